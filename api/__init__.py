@@ -1,0 +1,1 @@
+"""The HTTP edge: settings, auth, routes, errors and the taskledger command line."""

@@ -1,0 +1,93 @@
+"""The FastAPI application: wiring, middleware, health, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from api.deps import ServicesDep
+from api.errors import install_error_handlers, problem, problem_responses
+from api.routes import router
+from api.schemas import Problem
+from api.services import Services
+from api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXPOSED_HEADERS = ["ETag", "Location", "X-Total-Count", "X-Ledger-Position", "X-Projection-Pending"]
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    settings = settings or (services.settings if services else Settings())
+    services = services or Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="taskledger",
+        version="0.1.0",
+        description="Event-sourced task service. Authenticate with a Better Auth JWT.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+        expose_headers=EXPOSED_HEADERS,
+        max_age=600,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses=problem_responses(503))
+    def readyz(services: ServicesDep) -> Any:
+        """The databases answer; reports how far the projection lags the log."""
+        try:
+            return services.readiness()
+        except Exception as error:
+            log.warning("not ready: %s", type(error).__name__)
+            return problem(503, "a database is unreachable", headers={"Retry-After": "1"})
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = Problem.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def app_factory() -> FastAPI:
+    """Entry point for uvicorn workers (``factory=True``): settings from the environment."""
+    return create_app(Settings())
+
+
+__all__ = ["app_factory", "create_app"]

@@ -1,0 +1,193 @@
+"""Verifying Better Auth JWTs with PyJWT: JWKS (asymmetric) and shared-secret (HS256)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt import PyJWK, PyJWKClient, PyJWKSet
+
+log = logging.getLogger(__name__)
+
+ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+MAX_TOKEN_LENGTH = 8192
+
+
+class AuthenticationFailed(Exception):
+    """No valid token: answered 401. The message is safe to show the client."""
+
+
+class KeysUnavailable(Exception):
+    """The key set could not be fetched and no cached key fits: answered 503."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    roles: frozenset[str]
+    expires_at: float
+
+
+class JwksKeys:
+    """The auth server's public keys, fetched once and cached.
+
+    Refreshed when older than ``max_age``, or when a token names an unknown ``kid``
+    (a rotated key works on its first use), but never more often than once per
+    ``cooldown``, so a flood of made-up ``kid``s cannot hammer the auth server.
+    A failed refresh keeps the keys already known: tokens keep verifying while the
+    auth server is down.
+    """
+
+    def __init__(self, url: str, *, max_age: float, cooldown: float, timeout: float = 5):
+        # Only used to fetch: it refuses redirects and non-http(s) schemes.
+        self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
+        self._max_age = max_age
+        self._cooldown = cooldown
+        self._keys: dict[str, PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
+        self._lock = threading.Lock()
+        self.fetches = 0
+
+    def key_for(self, kid: str) -> PyJWK:
+        with self._lock:
+            now = time.monotonic()
+            stale = now - self._fetched_at > self._max_age
+            if (stale or kid not in self._keys) and now - self._attempted_at >= self._cooldown:
+                self._refresh(now)
+            try:
+                return self._keys[kid]
+            except KeyError:
+                if not self._keys:
+                    raise KeysUnavailable("signing keys unavailable") from None
+                raise AuthenticationFailed("token signed with an unknown key") from None
+
+    def _refresh(self, now: float) -> None:
+        self._attempted_at = now
+        self.fetches += 1
+        try:
+            key_set = PyJWKSet.from_dict(self._client.fetch_data())
+        except Exception as error:  # network, JSON, or key parsing: keep what we have
+            log.warning("fetching the JWKS failed: %s", type(error).__name__)
+            return
+        self._keys = {
+            key.key_id: key
+            for key in key_set.keys
+            if key.key_id and key.public_key_use in ("sig", None)
+        }
+        self._fetched_at = now
+
+
+class TokenVerifier:
+    """Turns a bearer token into a Principal, or refuses it.
+
+    A token is tried against one mode, chosen by its ``alg`` header: HS256 against
+    the shared secret, the asymmetric algorithms against the JWKS. Anything else
+    (``none`` included) is refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | None,
+        jwks: JwksKeys | None,
+        issuer: str | None,
+        audience: str | None,
+        leeway: float,
+        cache_size: int = 4096,
+    ) -> None:
+        self._secret = secret
+        self._jwks = jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+        # Verified tokens, so that a client's repeated requests skip the signature check.
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    @property
+    def modes(self) -> list[str]:
+        return [name for name, on in (("jwks", self._jwks), ("secret", self._secret)) if on]
+
+    def verify(self, token: str) -> Principal:
+        cached = self._cached(token)
+        if cached is not None:
+            return cached
+        principal = self._verify(token)
+        with self._cache_lock:
+            self._verified[token] = principal
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _cached(self, token: str) -> Principal | None:
+        with self._cache_lock:
+            principal = self._verified.get(token)
+            if principal is None:
+                return None
+            if time.time() > principal.expires_at + self._leeway:
+                del self._verified[token]
+                return None
+            self._verified.move_to_end(token)
+            return principal
+
+    def _verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise AuthenticationFailed("token too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthenticationFailed("malformed token") from None
+        algorithm = header.get("alg")
+        key: Any
+        if algorithm == "HS256" and self._secret is not None:
+            key = self._secret
+        elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise AuthenticationFailed("token has no key id")
+            key = self._jwks.key_for(kid)
+        else:
+            raise AuthenticationFailed("token algorithm not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": self._audience is not None,
+                    "verify_iss": self._issuer is not None,
+                },
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthenticationFailed("token expired") from None
+        except jwt.PyJWTError:
+            raise AuthenticationFailed("invalid token") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject:
+            raise AuthenticationFailed("invalid token subject")
+        return Principal(
+            user_id=subject,
+            roles=frozenset(_roles(claims.get("role"))),
+            expires_at=float(claims["exp"]),
+        )
+
+
+def _roles(claim: object) -> Iterable[str]:
+    # Better Auth's admin plugin keeps several roles as one comma-separated string.
+    if isinstance(claim, str):
+        return (role.strip() for role in claim.split(","))
+    if isinstance(claim, list):
+        return (role for role in claim if isinstance(role, str))
+    return ()

@@ -1,0 +1,121 @@
+"""The ``taskledger`` command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from typing import Annotated
+
+import jwt
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+
+from api.settings import Settings
+
+app = typer.Typer(help="taskledger: an event-sourced task service.", no_args_is_help=True)
+err = Console(stderr=True)
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (ValidationError, ValueError) as error:
+        err.print(f"[red]Refusing to start:[/red] {error}")
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+    no_projector: Annotated[
+        bool, typer.Option("--no-projector", help="Leave projecting to `taskledger project`")
+    ] = False,
+) -> None:
+    """Run the HTTP API (with an in-process projector unless --no-projector)."""
+    if no_projector:
+        # Worker processes build their own Settings from the environment.
+        os.environ["RUN_PROJECTOR"] = "false"
+    settings = _settings()
+    _logging(settings)
+    _ = settings.storage  # fail here, not in a worker, on a bad DATABASE_URL
+    uvicorn.run(
+        "api.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def project() -> None:
+    """Run the projector on its own (one active worker; others wait as standbys)."""
+    from api.services import Services  # noqa: PLC0415 - heavy, only for this command
+
+    settings = _settings()
+    _logging(settings)
+    services = Services(settings, with_projector=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    services.start()
+    err.print(f"projector running on {settings.storage.kind}; Ctrl-C stops it")
+    while not stop.wait(1.0):
+        pass
+    services.close()
+
+
+@app.command()
+def token(
+    user_id: Annotated[str, typer.Argument(help="The user id (the token's sub)")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 90s, 15m, 1h, 2d")] = "1h",
+    role: Annotated[list[str] | None, typer.Option(help="Role claim; repeatable")] = None,
+) -> None:
+    """Print an HS256 token signed with BETTER_AUTH_SECRET (for development)."""
+    settings = _settings()
+    secret = settings.shared_secret()
+    if secret is None:
+        err.print("[red]No shared secret:[/red] set BETTER_AUTH_SECRET to sign tokens.")
+        raise typer.Exit(2)
+    match = _DURATION.match(ttl.strip())
+    if match is None:
+        err.print(f"[red]Bad --ttl {ttl!r}:[/red] use e.g. 90s, 15m, 1h or 2d.")
+        raise typer.Exit(2)
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": user_id,
+        "iat": now,
+        "exp": now + int(match[1]) * _UNIT_SECONDS[match[2]],
+    }
+    if settings.issuer:
+        claims["iss"] = settings.issuer
+    if settings.audience:
+        claims["aud"] = settings.audience
+    if role:
+        claims["role"] = role[0] if len(role) == 1 else role
+    typer.echo(jwt.encode(claims, secret, algorithm="HS256"))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,69 @@
+"""Request dependencies, declared once as Annotated aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from api.auth import AuthenticationFailed, Principal
+from api.errors import Forbidden
+from api.schemas import USER_ID_PATTERN
+from api.services import Services
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT issued by Better Auth")
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def current_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthenticationFailed("a bearer token is required")
+    return services.verifier.verify(credentials.credentials)
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+UserIdPath = Annotated[
+    str,
+    Path(pattern=USER_ID_PATTERN, min_length=1, max_length=128, description="Better Auth user id"),
+]
+
+
+def readable_user(user_id: UserIdPath, principal: PrincipalDep, services: ServicesDep) -> str:
+    """The path's user, if the caller is that user or an auditor."""
+    if principal.user_id != user_id and not (
+        principal.roles & set(services.settings.auditor_roles)
+    ):
+        raise Forbidden("these tasks belong to another user")
+    return user_id
+
+
+def writable_user(user_id: UserIdPath, principal: PrincipalDep) -> str:
+    """The path's user, if the caller is that user: nobody writes another's tasks."""
+    if principal.user_id != user_id:
+        raise Forbidden("these tasks belong to another user")
+    return user_id
+
+
+ReadableUser = Annotated[str, Depends(readable_user)]
+WritableUser = Annotated[str, Depends(writable_user)]
+
+
+def read_session(services: ServicesDep) -> Iterator[Session]:
+    with services.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(read_session)]

@@ -1,0 +1,134 @@
+"""Every error leaves as application/problem+json (RFC 9457), mapped here once."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from eventsourcing import persistence
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sqlalchemy_errors
+from starlette.exceptions import HTTPException
+
+from api.auth import AuthenticationFailed, KeysUnavailable
+from write_side import ConcurrencyExhausted, InvalidTask, TaskNotFound
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE_BASE = "https://taskledger.dev/problems/"
+
+
+class Forbidden(Exception):
+    """Authenticated, but this principal may not do this."""
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    phrase = HTTPStatus(status).phrase
+    body = {
+        "type": _TYPE_BASE + phrase.lower().replace(" ", "-"),
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    # ("body", "title") -> "title"; ("query", "limit") -> "limit"
+    parts = [str(part) for part in loc[1:]] or [str(part) for part in loc]
+    return ".".join(parts)
+
+
+async def _validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return problem(400, "the request body is not valid JSON")
+    fields = [
+        {"field": _location(tuple(error.get("loc", ()))), "message": error.get("msg", "")}
+        for error in errors
+    ]
+    return problem(422, "the request is not valid", errors=fields)
+
+
+async def _http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return problem(exc.status_code, detail, headers=exc.headers)
+
+
+async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
+    return problem(
+        401,
+        str(exc),
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return problem(403, str(exc) or "not allowed")
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return problem(404, "task not found")
+
+
+async def _invalid_task(_: Request, exc: Exception) -> JSONResponse:
+    return problem(422, str(exc), errors=[{"field": "body", "message": str(exc)}])
+
+
+async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("service unavailable: %s", type(exc).__name__)
+    detail = {
+        KeysUnavailable: "the token's signing keys cannot be fetched right now",
+        ConcurrencyExhausted: "too many concurrent changes to these tasks; retry",
+    }.get(type(exc), "the database is unavailable; retry shortly")
+    return problem(503, detail, headers={"Retry-After": "1"})
+
+
+async def _internal(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return problem(500, "internal error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(AuthenticationFailed, _unauthenticated)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(TaskNotFound, _not_found)
+    app.add_exception_handler(InvalidTask, _invalid_task)
+    for unavailable in (
+        KeysUnavailable,
+        ConcurrencyExhausted,
+        # The database is down, restarting or out of connections: worth a retry.
+        persistence.OperationalError,
+        persistence.InterfaceError,
+        sqlalchemy_errors.OperationalError,
+        sqlalchemy_errors.InterfaceError,
+        sqlalchemy_errors.TimeoutError,
+    ):
+        app.add_exception_handler(unavailable, _unavailable)
+    app.add_exception_handler(Exception, _internal)
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the problems a route can answer."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }

@@ -1,0 +1,132 @@
+"""The HTTP API: thin routes that send one command or run one query."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Body, Query, Response
+
+from api.deps import ReadableUser, ServicesDep, SessionDep, WritableUser
+from api.errors import problem_responses
+from api.schemas import CompletionSet, TaskCreate, TaskOut, TaskUpdate
+from api.services import Services
+from read_side import queries
+from write_side import UNSET, Change, TaskNotFound
+
+router = APIRouter(prefix="/api", tags=["tasks"])
+
+_READ_PROBLEMS = problem_responses(401, 403, 404, 422, 503)
+_WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 422, 503)
+_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def _task_json(user_id: str, task: Any) -> dict[str, Any]:
+    # Works for the domain's Task and for a read-table row alike.
+    return {
+        "id": task.id,
+        "user_id": user_id,
+        "title": task.title,
+        "description": task.description,
+        "completed": task.completed,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "version": task.version,
+    }
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(content, option=_JSON_OPTIONS),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+def _written(services: Services, user_id: str, change: Change, status: int = 200) -> Response:
+    """The answer to a write, once the read tables show it (read-your-writes)."""
+    headers = {"X-Ledger-Position": str(change.position)}
+    timeout = services.settings.read_your_writes_timeout_seconds
+    if not services.progress.wait_for(change.position, timeout):
+        # The write is durable in the log; only the listing lags behind it.
+        headers["X-Projection-Pending"] = "true"
+    if change.task is None:
+        return Response(status_code=204, headers=headers)
+    headers["ETag"] = f'"{change.task.version}"'
+    if status == 201:
+        headers["Location"] = f"/api/{user_id}/tasks/{change.task.id}"
+    return _json(_task_json(user_id, change.task), status, headers)
+
+
+@router.get("/{user_id}/tasks", response_model=list[TaskOut], responses=_READ_PROBLEMS)
+def list_tasks(
+    user_id: ReadableUser,
+    session: SessionDep,
+    status: Literal["all", "pending", "completed"] = "all",
+    sort: Literal["created_at", "updated_at", "title"] = "created_at",
+    order: Literal["asc", "desc"] = "desc",
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> Response:
+    spec = queries.TaskFilter(status, sort, order, q, limit, offset)
+    rows, total = queries.list_tasks(session, user_id, spec)
+    return _json([_task_json(user_id, row) for row in rows], headers={"X-Total-Count": str(total)})
+
+
+@router.post("/{user_id}/tasks", status_code=201, response_model=TaskOut, responses=_WRITE_PROBLEMS)
+def create_task(user_id: WritableUser, body: TaskCreate, services: ServicesDep) -> Response:
+    change = services.ledger.add_task(user_id, body.title, body.description)
+    return _written(services, user_id, change, status=201)
+
+
+@router.get("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_READ_PROBLEMS)
+def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Response:
+    row = queries.get_task(session, user_id, task_id)
+    if row is None:
+        raise TaskNotFound(task_id)
+    return _json(_task_json(user_id, row), headers={"ETag": f'"{row.version}"'})
+
+
+@router.put("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_WRITE_PROBLEMS)
+def update_task(
+    user_id: WritableUser, task_id: UUID, body: TaskUpdate, services: ServicesDep
+) -> Response:
+    sent = body.model_fields_set
+    change = services.ledger.update_task(
+        user_id,
+        task_id,
+        title=body.title if "title" in sent and body.title is not None else UNSET,
+        description=body.description if "description" in sent else UNSET,
+        completed=body.completed if "completed" in sent and body.completed is not None else UNSET,
+    )
+    return _written(services, user_id, change)
+
+
+@router.delete(
+    "/{user_id}/tasks/{task_id}",
+    status_code=204,
+    response_class=Response,
+    responses=_WRITE_PROBLEMS,
+)
+def delete_task(user_id: WritableUser, task_id: UUID, services: ServicesDep) -> Response:
+    return _written(services, user_id, services.ledger.delete_task(user_id, task_id))
+
+
+@router.patch(
+    "/{user_id}/tasks/{task_id}/complete", response_model=TaskOut, responses=_WRITE_PROBLEMS
+)
+def complete_task(
+    user_id: WritableUser,
+    task_id: UUID,
+    services: ServicesDep,
+    body: Annotated[CompletionSet | None, Body()] = None,
+) -> Response:
+    """Toggle the task, or with ``{"completed": bool}`` set it."""
+    if body is None:
+        change = services.ledger.toggle_task(user_id, task_id)
+    else:
+        change = services.ledger.set_task_completed(user_id, task_id, body.completed)
+    return _written(services, user_id, change)

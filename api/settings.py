@@ -1,0 +1,209 @@
+"""Configuration: the one place that reads the environment (and an optional .env)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "your-secret-here"}
+_POSTGRES_SCHEMES = ("postgres://", "postgresql://", "postgresql+psycopg://")
+
+
+class UnsafeSettings(ValueError):
+    """Settings that production refuses to start with."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Where the events and the read tables live, in the terms each side needs."""
+
+    kind: Literal["sqlite", "postgres"]
+    # eventsourcing's own configuration keys (PERSISTENCE_MODULE, …).
+    event_store_env: dict[str, str]
+    # SQLAlchemy URL of the read tables.
+    read_url: str
+    # libpq parameters beyond host/port/dbname/user/password (sslmode, …).
+    connect_options: dict[str, str] = field(default_factory=dict)
+    # A libpq connection string for LISTEN connections (Postgres only).
+    conninfo: str = ""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    app_env: Literal["development", "staging", "production"] = "development"
+    database_url: str | None = None
+    data_dir: Path = Path("data")
+
+    better_auth_url: str | None = None
+    better_auth_secret: SecretStr | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: float = Field(default=30, ge=0, le=300)
+    jwks_cache_seconds: float = Field(default=300, gt=0)
+    # Least time between two fetches of the key set caused by unknown key ids.
+    jwks_refresh_cooldown_seconds: float = Field(default=5, ge=0)
+    auditor_roles: Annotated[list[str], NoDecode] = ["auditor", "admin"]
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
+
+    run_projector: bool = True
+    read_your_writes_timeout_seconds: float = Field(default=5, ge=0)
+    projector_poll_seconds: float = Field(default=1.0, gt=0)
+    aggregate_cache_size: int = Field(default=1000, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+    log_level: str = "info"
+
+    @field_validator("auditor_roles", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("database_url", "better_auth_url", "jwks_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        problems = self.unsafe_settings()
+        if problems and self.app_env == "production":
+            raise UnsafeSettings("; ".join(problems))
+        for problem in problems:
+            log.warning("unsafe setting (refused in production): %s", problem)
+        return self
+
+    def unsafe_settings(self) -> list[str]:
+        problems = []
+        if self.better_auth_url is None and self.better_auth_secret is None:
+            if self.app_env != "development":
+                problems.append("no auth mode: set BETTER_AUTH_URL or BETTER_AUTH_SECRET")
+        if self.better_auth_secret is not None:
+            secret = self.better_auth_secret.get_secret_value()
+            if len(secret) < MIN_SECRET_LENGTH:
+                problems.append(
+                    f"BETTER_AUTH_SECRET is shorter than {MIN_SECRET_LENGTH} characters"
+                )
+            if secret.lower() in _PLACEHOLDER_SECRETS:
+                problems.append("BETTER_AUTH_SECRET is a placeholder")
+        if "*" in self.cors_origins:
+            problems.append("CORS_ORIGINS has '*' while credentials are allowed")
+        return problems
+
+    # Derived values ---------------------------------------------------------
+
+    @cached_property
+    def auth_origin(self) -> str | None:
+        if self.better_auth_url is None:
+            return None
+        parts = urlsplit(self.better_auth_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
+    def jwks_endpoint(self) -> str | None:
+        if self.jwks_url:
+            return self.jwks_url
+        return f"{self.auth_origin}/api/auth/jwks" if self.auth_origin else None
+
+    @property
+    def issuer(self) -> str | None:
+        return self.jwt_issuer or self.auth_origin
+
+    @property
+    def audience(self) -> str | None:
+        return self.jwt_audience or self.auth_origin
+
+    def shared_secret(self) -> str | None:
+        """The HS256 secret: configured, or in development with no auth configured at
+        all, a random one kept in the data folder so that local tokens work at once."""
+        if self.better_auth_secret is not None:
+            return self.better_auth_secret.get_secret_value()
+        if self.app_env != "development" or self.better_auth_url is not None:
+            return None
+        return _local_dev_secret(self.data_dir / "dev-secret")
+
+    @cached_property
+    def storage(self) -> Storage:
+        if self.database_url is None:
+            return self._sqlite_storage()
+        if self.database_url.startswith(_POSTGRES_SCHEMES):
+            return self._postgres_storage(self.database_url)
+        raise ValueError("DATABASE_URL must be a postgresql:// URL, or unset for embedded SQLite")
+
+    def _sqlite_storage(self) -> Storage:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        events = (self.data_dir / "events.sqlite3").resolve()
+        read = (self.data_dir / "read.sqlite3").resolve()
+        return Storage(
+            kind="sqlite",
+            event_store_env={
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(events),
+                "SQLITE_LOCK_TIMEOUT": "30",
+                **self._cache_env(),
+            },
+            read_url=f"sqlite:///{read}",
+        )
+
+    def _postgres_storage(self, url: str) -> Storage:
+        # libpq understands postgres:// and postgresql:// but not SQLAlchemy's +driver.
+        libpq_url = "postgresql://" + url.split("://", 1)[1]
+        params = conninfo_to_dict(libpq_url)
+        main = {
+            key: str(params.pop(key, "") or "")
+            for key in ("host", "port", "dbname", "user", "password")
+        }
+        options = {key: str(value) for key, value in params.items() if value is not None}
+        return Storage(
+            kind="postgres",
+            event_store_env={
+                "PERSISTENCE_MODULE": "eventsourcing.postgres",
+                "POSTGRES_DBNAME": main["dbname"] or main["user"] or "postgres",
+                "POSTGRES_HOST": main["host"] or "localhost",
+                "POSTGRES_PORT": main["port"] or "5432",
+                "POSTGRES_USER": main["user"] or "postgres",
+                "POSTGRES_PASSWORD": main["password"],
+                "POSTGRES_POOL_SIZE": str(self.db_pool_size),
+                "POSTGRES_MAX_OVERFLOW": str(self.db_pool_size),
+                # Seconds to wait for a pooled connection: fail fast when the DB is away.
+                "POSTGRES_CONNECT_TIMEOUT": "5",
+                "POSTGRES_PRE_PING": "y",
+                "POSTGRES_LOCK_TIMEOUT": "5",
+                **self._cache_env(),
+            },
+            read_url="postgresql+psycopg://" + url.split("://", 1)[1],
+            connect_options=options,
+            conninfo=make_conninfo(libpq_url),
+        )
+
+    def _cache_env(self) -> dict[str, str]:
+        if not self.aggregate_cache_size:
+            return {}
+        return {"AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size)}
+
+
+def _local_dev_secret(path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two processes starting at once agree on one secret.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()

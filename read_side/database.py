@@ -1,0 +1,67 @@
+"""Engine and schema for the read tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import SQLModel
+
+from read_side.tables import ProjectionPosition
+
+DEFAULT_PROJECTION = "tasks"
+
+
+def create_read_engine(url: str, *, pool_size: int = 10) -> Engine:
+    """An engine for the read tables; ``url`` is an SQLAlchemy URL."""
+    if url.startswith("sqlite"):
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=pool_size,
+            max_overflow=pool_size,
+        )
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # A request must not hang when the database is away.
+        pool_timeout=5,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while the projector writes; NORMAL is durable across
+    # process crashes, and the read tables can be rebuilt from the log anyway.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> None:
+    """Create missing tables and the projection's position row. Safe to run from
+    several processes at once: a lost creation race is retried."""
+    for attempt in range(5):
+        try:
+            SQLModel.metadata.create_all(engine)
+            with engine.begin() as conn:
+                exists = conn.execute(
+                    select(ProjectionPosition.position).where(
+                        ProjectionPosition.name == projection  # type: ignore[arg-type]
+                    )
+                ).first()
+                if exists is None:
+                    conn.execute(insert(ProjectionPosition).values(name=projection, position=0))
+            return
+        except DBAPIError:
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))

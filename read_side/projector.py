@@ -1,0 +1,172 @@
+"""The projector: applies the event log to the read tables, exactly once.
+
+Each batch runs in one read-side transaction that locks the projection's position
+row, applies the events after it and moves it forward. The row changes and the new
+position commit together, so a projector killed at any moment resumes where the
+last commit left it, and two projectors running at once cannot apply an event twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import Notification
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+
+from read_side.database import DEFAULT_PROJECTION
+from read_side.tables import ProjectionPosition, TaskListOwner, TaskView
+from write_side.domain import TaskList
+
+log = logging.getLogger(__name__)
+
+PROJECTION_CHANNEL = "taskledger_projection"
+
+_task = TaskView.__table__
+_owner = TaskListOwner.__table__
+_position = ProjectionPosition.__table__
+
+
+class Projector:
+    """Keeps the read tables in step with ``ledger``'s notification log."""
+
+    def __init__(
+        self,
+        ledger: Application,
+        engine: Engine,
+        *,
+        name: str = DEFAULT_PROJECTION,
+        batch_size: int = 500,
+        on_projected: Callable[[int], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.engine = engine
+        self.name = name
+        self.batch_size = batch_size
+        self.on_projected = on_projected
+        self._is_postgres = engine.dialect.name == "postgresql"
+        self._owners: dict[UUID, str] = {}
+
+    def project_batch(self) -> int:
+        """Apply the next batch of events; return how many there were."""
+        with self.engine.begin() as conn:
+            position = self._lock_position(conn)
+            notifications = self.ledger.recorder.select_notifications(
+                start=position, limit=self.batch_size, inclusive_of_start=False
+            )
+            if not notifications:
+                return 0
+            try:
+                self._apply_all(conn, notifications)
+            except Exception:
+                # Cached owners may come from rows this rollback removes.
+                self._owners.clear()
+                raise
+            new_position = notifications[-1].id
+            conn.execute(
+                update(_position).where(_position.c.name == self.name).values(position=new_position)
+            )
+            if self._is_postgres:
+                # Delivered on commit, to API processes waiting to read their writes.
+                conn.execute(
+                    text("SELECT pg_notify(:channel, :position)"),
+                    {"channel": PROJECTION_CHANNEL, "position": str(new_position)},
+                )
+        if self.on_projected is not None:
+            self.on_projected(new_position)
+        return len(notifications)
+
+    def catch_up(self) -> int:
+        """Project until the log is exhausted; return the number of events applied."""
+        total = 0
+        while applied := self.project_batch():
+            total += applied
+        return total
+
+    def position(self) -> int:
+        with self.engine.connect() as conn:
+            return read_position(conn, self.name)
+
+    # ------------------------------------------------------------------------
+
+    def _lock_position(self, conn: Connection) -> int:
+        query = select(_position.c.position).where(_position.c.name == self.name)
+        if self._is_postgres:
+            query = query.with_for_update()
+        else:
+            # SQLite: take the write lock now, so that a second projector waits here
+            # rather than failing at commit after doing the work.
+            conn.execute(
+                update(_position)
+                .where(_position.c.name == self.name)
+                .values(position=_position.c.position)
+            )
+        value = conn.execute(query).scalar_one_or_none()
+        if value is None:
+            conn.execute(insert(_position).values(name=self.name, position=0))
+            return 0
+        return int(value)
+
+    def _apply_all(self, conn: Connection, notifications: Sequence[Notification]) -> None:
+        mapper = self.ledger.mapper
+        for notification in notifications:
+            self._apply(conn, mapper.to_domain_event(notification), notification.id)
+
+    def _apply(self, conn: Connection, event: Any, position: int) -> None:
+        match event:
+            case TaskList.Started(user_id=user_id):
+                conn.execute(insert(_owner).values(list_id=event.originator_id, user_id=user_id))
+                self._owners[event.originator_id] = user_id
+            case TaskList.TaskAdded():
+                conn.execute(
+                    insert(_task).values(
+                        id=event.task_id,
+                        user_id=self._owner_of(conn, event.originator_id),
+                        title=event.title,
+                        description=event.description,
+                        completed=False,
+                        created_at=event.timestamp,
+                        updated_at=event.timestamp,
+                        version=1,
+                        created_seq=position,
+                    )
+                )
+            case TaskList.TaskEdited():
+                self._change(conn, event, title=event.title, description=event.description)
+            case TaskList.TaskCompleted():
+                self._change(conn, event, completed=True)
+            case TaskList.TaskReopened():
+                self._change(conn, event, completed=False)
+            case TaskList.TaskDeleted():
+                conn.execute(delete(_task).where(_task.c.id == event.task_id))
+            case _:
+                # Events this projection has no use for (e.g. added by a later
+                # version) move the position on and change nothing.
+                pass
+
+    def _change(self, conn: Connection, event: Any, **values: Any) -> None:
+        conn.execute(
+            update(_task)
+            .where(_task.c.id == event.task_id)
+            .values(updated_at=event.timestamp, version=_task.c.version + 1, **values)
+        )
+
+    def _owner_of(self, conn: Connection, list_id: UUID) -> str:
+        try:
+            return self._owners[list_id]
+        except KeyError:
+            user_id = conn.execute(
+                select(_owner.c.user_id).where(_owner.c.list_id == list_id)
+            ).scalar_one()
+            self._owners[list_id] = user_id
+            return str(user_id)
+
+
+def read_position(conn: Connection, name: str = DEFAULT_PROJECTION) -> int:
+    value = conn.execute(
+        select(_position.c.position).where(_position.c.name == name)
+    ).scalar_one_or_none()
+    return int(value or 0)

@@ -1,0 +1,177 @@
+"""The command side: load a user's task list, decide, save, report where it landed."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.postgres import PostgresFactory
+
+from write_side.domain import Task, TaskList
+
+log = logging.getLogger(__name__)
+
+
+class Unset:
+    """Marks an optional field the caller did not send (``None`` is a real value)."""
+
+
+UNSET = Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a command did: the task as it now stands (None once deleted) and the
+    position in the global log that a reader must reach to see it."""
+
+    task: Task | None
+    position: int
+    conflicts_retried: int = 0
+
+
+class TaskAsDict(Transcoding):
+    type = Task
+    name = "task"
+
+    def encode(self, obj: Task) -> dict[str, Any]:
+        return {
+            "id": obj.id,
+            "title": obj.title,
+            "description": obj.description,
+            "completed": obj.completed,
+            "created_at": obj.created_at,
+            "updated_at": obj.updated_at,
+            "version": obj.version,
+        }
+
+    def decode(self, data: dict[str, Any]) -> Task:
+        return Task(**data)
+
+
+class TaskLedger(Application):
+    """Event-sourced application holding one ``TaskList`` stream per user."""
+
+    name = "TaskLedger"
+    # Snapshots bound the replay of a long stream when it is not in the cache.
+    snapshotting_intervals: ClassVar = {TaskList: 100}
+    MAX_ATTEMPTS = 12
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        connect_options: Mapping[str, str] | None = None,
+        on_saved: Callable[[int], None] | None = None,
+    ) -> None:
+        # libpq options from the URL (sslmode, …) that eventsourcing's env cannot carry.
+        self._connect_options = dict(connect_options or {})
+        self._on_saved = on_saved
+        # Commands on one user are serialised inside this process, so that they do not
+        # conflict with each other; conflicts with other processes are still retried.
+        self._user_locks = [threading.Lock() for _ in range(256)]
+        super().__init__(env=dict(env or {}))
+
+    def construct_factory(self, env: Any) -> Any:
+        factory = super().construct_factory(env)
+        if isinstance(factory, PostgresFactory) and self._connect_options:
+            factory.datastore.pool.kwargs.update(self._connect_options)
+        return factory
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(TaskAsDict())
+
+    # Commands ---------------------------------------------------------------
+
+    def add_task(self, user_id: str, title: str, description: str | None) -> Change:
+        return self._command(user_id, lambda tasks: tasks.add(title, description))
+
+    def update_task(
+        self,
+        user_id: str,
+        task_id: UUID,
+        *,
+        title: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        completed: bool | Unset = UNSET,
+    ) -> Change:
+        def decide(tasks: TaskList) -> Task:
+            task = tasks.task(task_id)
+            if not (isinstance(title, Unset) and isinstance(description, Unset)):
+                tasks.edit(
+                    task_id,
+                    task.title if isinstance(title, Unset) else title,
+                    task.description if isinstance(description, Unset) else description,
+                )
+            if not isinstance(completed, Unset):
+                tasks.set_completed(task_id, completed)
+            return tasks.task(task_id)
+
+        return self._command(user_id, decide)
+
+    def toggle_task(self, user_id: str, task_id: UUID) -> Change:
+        return self._command(user_id, lambda tasks: tasks.toggle(task_id))
+
+    def set_task_completed(self, user_id: str, task_id: UUID, completed: bool) -> Change:
+        return self._command(user_id, lambda tasks: tasks.set_completed(task_id, completed))
+
+    def delete_task(self, user_id: str, task_id: UUID) -> Change:
+        return self._command(user_id, lambda tasks: tasks.delete(task_id))
+
+    # Queries on the log (the read side serves listings) ---------------------
+
+    def task_list(self, user_id: str) -> TaskList | None:
+        try:
+            return self.repository.get(TaskList.create_id(user_id))  # type: ignore[no-any-return]
+        except AggregateNotFoundError:
+            return None
+
+    def last_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    # ------------------------------------------------------------------------
+
+    def _command(
+        self,
+        user_id: str,
+        decide: Callable[[TaskList], Task | None],
+    ) -> Change:
+        """Load, decide, save; on a conflicting concurrent save, do it all again
+        against the fresh stream (the decision may differ, e.g. the task is gone)."""
+        lock = self._user_locks[hash(user_id) % len(self._user_locks)]
+        for attempt in range(self.MAX_ATTEMPTS):
+            with lock:
+                # A user's stream starts with their first command; on a user without
+                # one, commands on a task fail with TaskNotFound and save nothing.
+                tasks = self.task_list(user_id)
+                if tasks is None:
+                    tasks = TaskList.start(user_id)
+                task = decide(tasks)
+                if not tasks.pending_events:
+                    # Nothing changed: reading up to the current end of the log
+                    # shows the same state as this answer.
+                    return Change(task, self.last_position(), attempt)
+                try:
+                    recordings = self.save(tasks)
+                except IntegrityError:
+                    log.info("conflict on %s, retrying (attempt %d)", tasks.id, attempt)
+                else:
+                    position = recordings[-1].notification.id
+                    if self._on_saved is not None:
+                        self._on_saved(position)
+                    return Change(task, position, attempt)
+            # Back off a little, with jitter, so that competing writers interleave.
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise ConcurrencyExhausted(user_id)
+
+
+class ConcurrencyExhausted(Exception):
+    """Too many concurrent writers on one stream; the client may retry."""

@@ -1,0 +1,202 @@
+"""The task list of one user: an event-sourced aggregate that decides and records.
+
+Public methods check the rules and trigger an event; each event's ``apply`` only
+assigns state, because it runs again on every replay. Event class names and this
+module's path are stored with every event (``write_side.domain:TaskList.TaskAdded``):
+renaming either breaks replay of the log, so change them only with a registered topic.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from eventsourcing.domain import Aggregate
+
+TITLE_MAX_LENGTH = 200
+DESCRIPTION_MAX_LENGTH = 1000
+
+# Stream ids are derived from the user id, so a user's stream is found without an index.
+_USER_NAMESPACE = uuid5(NAMESPACE_URL, "https://taskledger.dev/users")
+
+
+class TaskLedgerError(Exception):
+    """Base of the domain's own errors."""
+
+
+class TaskNotFound(TaskLedgerError):
+    def __init__(self, task_id: UUID) -> None:
+        super().__init__(f"task {task_id} not found")
+        self.task_id = task_id
+
+
+class InvalidTask(TaskLedgerError, ValueError):
+    """A title or description that breaks the task rules."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One task as the aggregate knows it. Immutable: a change makes a new Task."""
+
+    id: UUID
+    title: str
+    description: str | None
+    completed: bool
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+def clean_title(title: str) -> str:
+    cleaned = title.strip()
+    if not cleaned:
+        raise InvalidTask("title must not be blank")
+    if len(cleaned) > TITLE_MAX_LENGTH:
+        raise InvalidTask(f"title must be at most {TITLE_MAX_LENGTH} characters")
+    return cleaned
+
+
+def check_description(description: str | None) -> str | None:
+    if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
+        raise InvalidTask(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
+    return description
+
+
+class TaskList(Aggregate):
+    """All tasks of one user, as one stream of events."""
+
+    class Started(Aggregate.Created):
+        user_id: str
+
+    class TaskAdded(Aggregate.Event):
+        task_id: UUID
+        title: str
+        description: str | None
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate._tasks[str(self.task_id)] = Task(
+                id=self.task_id,
+                title=self.title,
+                description=self.description,
+                completed=False,
+                created_at=self.timestamp,
+                updated_at=self.timestamp,
+                version=1,
+            )
+
+    class TaskEdited(Aggregate.Event):
+        task_id: UUID
+        title: str
+        description: str | None
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate._change(
+                self.task_id,
+                self.timestamp,
+                title=self.title,
+                description=self.description,
+            )
+
+    class TaskCompleted(Aggregate.Event):
+        task_id: UUID
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate._change(self.task_id, self.timestamp, completed=True)
+
+    class TaskReopened(Aggregate.Event):
+        task_id: UUID
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate._change(self.task_id, self.timestamp, completed=False)
+
+    class TaskDeleted(Aggregate.Event):
+        task_id: UUID
+
+        def apply(self, aggregate: Any) -> None:
+            del aggregate._tasks[str(self.task_id)]
+
+    # Started's fields become __init__ arguments; the body only sets initial state.
+    def __init__(self, user_id: str) -> None:
+        self._user_id = user_id
+        # Keyed by str(task id): snapshots are JSON, whose object keys are strings.
+        self._tasks: dict[str, Task] = {}
+
+    @staticmethod
+    def create_id(user_id: str) -> UUID:
+        return uuid5(_USER_NAMESPACE, user_id)
+
+    @classmethod
+    def start(cls, user_id: str) -> TaskList:
+        return cls._create(cls.Started, id=cls.create_id(user_id), user_id=user_id)
+
+    @property
+    def user_id(self) -> str:
+        return self._user_id
+
+    def task(self, task_id: UUID) -> Task:
+        try:
+            return self._tasks[str(task_id)]
+        except KeyError:
+            raise TaskNotFound(task_id) from None
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, title: str, description: str | None = None) -> Task:
+        task_id = uuid4()
+        self.trigger_event(
+            self.TaskAdded,
+            task_id=task_id,
+            title=clean_title(title),
+            description=check_description(description),
+        )
+        return self.task(task_id)
+
+    def edit(self, task_id: UUID, title: str, description: str | None) -> Task:
+        task = self.task(task_id)
+        title = clean_title(title)
+        description = check_description(description)
+        if (title, description) != (task.title, task.description):
+            self.trigger_event(
+                self.TaskEdited, task_id=task_id, title=title, description=description
+            )
+        return self.task(task_id)
+
+    def complete(self, task_id: UUID) -> Task:
+        if not self.task(task_id).completed:
+            self.trigger_event(self.TaskCompleted, task_id=task_id)
+        return self.task(task_id)
+
+    def reopen(self, task_id: UUID) -> Task:
+        if self.task(task_id).completed:
+            self.trigger_event(self.TaskReopened, task_id=task_id)
+        return self.task(task_id)
+
+    def toggle(self, task_id: UUID) -> Task:
+        if self.task(task_id).completed:
+            return self.reopen(task_id)
+        return self.complete(task_id)
+
+    def set_completed(self, task_id: UUID, completed: bool) -> Task:
+        return self.complete(task_id) if completed else self.reopen(task_id)
+
+    def delete(self, task_id: UUID) -> None:
+        self.task(task_id)
+        self.trigger_event(self.TaskDeleted, task_id=task_id)
+
+    def _change(self, task_id: UUID, when: datetime, **fields: Any) -> None:
+        key = str(task_id)
+        task = self._tasks[key]
+        self._tasks[key] = replace(task, updated_at=when, version=task.version + 1, **fields)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TaskList:
+        # The repository deep-copies cached aggregates before every command. Tasks are
+        # immutable, so copying the dict is enough, and it keeps a user with tens of
+        # thousands of tasks fast (a real deep copy walks every task).
+        clone = copy.copy(self)
+        clone._tasks = dict(self._tasks)
+        clone._pending_events = list(self._pending_events)
+        return clone
