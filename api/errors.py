@@ -65,7 +65,7 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 async def _http(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem(exc.status_code, detail, headers=exc.headers)
+    return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
 
 
 async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -90,9 +91,9 @@ class Settings(BaseSettings):
 
     def unsafe_settings(self) -> list[str]:
         problems = []
-        if self.better_auth_url is None and self.better_auth_secret is None:
-            if self.app_env != "development":
-                problems.append("no auth mode: set BETTER_AUTH_URL or BETTER_AUTH_SECRET")
+        no_auth = self.better_auth_url is None and self.better_auth_secret is None
+        if no_auth and self.app_env != "development":
+            problems.append("no auth mode: set BETTER_AUTH_URL or BETTER_AUTH_SECRET")
         if self.better_auth_secret is not None:
             secret = self.better_auth_secret.get_secret_value()
             if len(secret) < MIN_SECRET_LENGTH:
@@ -200,10 +201,14 @@ class Settings(BaseSettings):
 def _local_dev_secret(path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        # O_EXCL: two processes starting at once agree on one secret.
+        # O_EXCL: of two processes starting at once, one writes and both use its secret.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_text().strip()
+        for _ in range(100):
+            if secret := path.read_text().strip():
+                return secret
+            time.sleep(0.01)  # the other process is still writing it
+        raise RuntimeError(f"{path} is empty: delete it to make a new secret") from None
     with os.fdopen(fd, "w") as file:
         file.write(secrets.token_urlsafe(48))
     return path.read_text().strip()

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
-from read_side.tables import ProjectionPosition
+from read_side.tables import projection_position
 
 DEFAULT_PROJECTION = "tasks"
 
@@ -53,13 +53,10 @@ def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> 
         try:
             SQLModel.metadata.create_all(engine)
             with engine.begin() as conn:
-                exists = conn.execute(
-                    select(ProjectionPosition.position).where(
-                        ProjectionPosition.name == projection  # type: ignore[arg-type]
-                    )
-                ).first()
+                row = projection_position.c
+                exists = conn.execute(select(row.position).where(row.name == projection)).first()
                 if exists is None:
-                    conn.execute(insert(ProjectionPosition).values(name=projection, position=0))
+                    conn.execute(insert(projection_position).values(name=projection, position=0))
             return
         except DBAPIError:
             if attempt == 4:

@@ -18,16 +18,14 @@ from eventsourcing.persistence import Notification
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
 from read_side.database import DEFAULT_PROJECTION
-from read_side.tables import ProjectionPosition, TaskListOwner, TaskView
+from read_side.tables import projection_position as _position
+from read_side.tables import task_list_owner as _owner
+from read_side.tables import task_view as _task
 from write_side.domain import TaskList
 
 log = logging.getLogger(__name__)
 
 PROJECTION_CHANNEL = "taskledger_projection"
-
-_task = TaskView.__table__
-_owner = TaskListOwner.__table__
-_position = ProjectionPosition.__table__
 
 
 class Projector:
@@ -35,7 +33,7 @@ class Projector:
 
     def __init__(
         self,
-        ledger: Application,
+        ledger: Application[UUID],
         engine: Engine,
         *,
         name: str = DEFAULT_PROJECTION,

@@ -10,13 +10,12 @@ from uuid import UUID
 from sqlalchemy import Row, func, or_, select
 from sqlmodel import Session
 
-from read_side.tables import TaskView
+from read_side.tables import task_view as _task
 
 Status = Literal["all", "pending", "completed"]
 SortKey = Literal["created_at", "updated_at", "title"]
 Order = Literal["asc", "desc"]
 
-_task = TaskView.__table__
 _columns = (
     _task.c.id,
     _task.c.user_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, DateTime, Index
+from sqlalchemy import BigInteger, Column, DateTime, Index, Table
 from sqlmodel import Field, SQLModel
 
 
@@ -49,3 +49,9 @@ class ProjectionPosition(SQLModel, table=True):
 
     name: str = Field(primary_key=True, max_length=64)
     position: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
+
+
+# The Core tables behind the models, for the projector's and queries' SQL statements.
+task_view: Table = TaskView.__table__  # type: ignore[attr-defined]
+task_list_owner: Table = TaskListOwner.__table__  # type: ignore[attr-defined]
+projection_position: Table = ProjectionPosition.__table__  # type: ignore[attr-defined]

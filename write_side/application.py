@@ -56,7 +56,7 @@ class TaskAsDict(Transcoding):
         return Task(**data)
 
 
-class TaskLedger(Application):
+class TaskLedger(Application[UUID]):
     """Event-sourced application holding one ``TaskList`` stream per user."""
 
     name = "TaskLedger"
@@ -82,7 +82,9 @@ class TaskLedger(Application):
     def construct_factory(self, env: Any) -> Any:
         factory = super().construct_factory(env)
         if isinstance(factory, PostgresFactory) and self._connect_options:
-            factory.datastore.pool.kwargs.update(self._connect_options)
+            pool_kwargs = factory.datastore.pool.kwargs
+            assert isinstance(pool_kwargs, dict)  # set by eventsourcing, never a callable
+            pool_kwargs.update(self._connect_options)
         return factory
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
@@ -130,7 +132,7 @@ class TaskLedger(Application):
 
     def task_list(self, user_id: str) -> TaskList | None:
         try:
-            return self.repository.get(TaskList.create_id(user_id))  # type: ignore[no-any-return]
+            return self.repository.get(TaskList.create_id(user_id))
         except AggregateNotFoundError:
             return None
 
@@ -169,7 +171,7 @@ class TaskLedger(Application):
                         self._on_saved(position)
                     return Change(task, position, attempt)
             # Back off a little, with jitter, so that competing writers interleave.
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not crypto
         raise ConcurrencyExhausted(user_id)
 
 

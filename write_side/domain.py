@@ -145,6 +145,10 @@ class TaskList(Aggregate):
     def __len__(self) -> int:
         return len(self._tasks)
 
+    def tasks(self) -> list[Task]:
+        """The live tasks, in creation order."""
+        return list(self._tasks.values())
+
     def add(self, title: str, description: str | None = None) -> Task:
         task_id = uuid4()
         self.trigger_event(

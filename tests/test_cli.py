@@ -1,0 +1,67 @@
+"""The command line, run as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import jwt
+
+from tests.conftest import ROOT, SECRET, LiveProcess, service_env
+
+
+def taskledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "api", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_token_is_signed_with_the_secret_and_carries_claims(tmp_path: Path) -> None:
+    result = taskledger(
+        "token", "alice", "--ttl", "15m", "--role", "auditor", env=service_env(None, tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["role"] == "auditor"
+    assert 14 * 60 <= claims["exp"] - claims["iat"] <= 15 * 60
+
+
+def test_token_refuses_a_bad_ttl(tmp_path: Path) -> None:
+    result = taskledger("token", "alice", "--ttl", "soon", env=service_env(None, tmp_path))
+    assert result.returncode == 2
+    assert "ttl" in result.stderr.lower()
+
+
+def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
+    env = service_env(None, tmp_path, APP_ENV="production")
+    del env["BETTER_AUTH_SECRET"]
+    result = taskledger("serve", "--port", "1", env=env)
+    assert result.returncode == 2
+    assert "no auth mode" in result.stderr
+
+
+def test_zero_configuration_serve_token_create_list(
+    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
+) -> None:
+    """The README's promise: nothing configured, then token + two calls work."""
+    env = service_env(None, tmp_path / "data")
+    del env["BETTER_AUTH_SECRET"]
+    base_url, _ = live_server(env)
+    token = taskledger("token", "alice", env=env).stdout.strip()
+    assert (tmp_path / "data" / "dev-secret").stat().st_mode & 0o777 == 0o600
+    headers = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(f"{base_url}/api/alice/tasks", json={"title": "Buy milk"}, headers=headers)
+    assert created.status_code == 201, created.text
+    listed = httpx.get(f"{base_url}/api/alice/tasks", headers=headers)
+    assert [task["title"] for task in listed.json()] == ["Buy milk"]
+    assert (tmp_path / "data" / "events.sqlite3").exists()

@@ -1,0 +1,427 @@
+"""Process tier: real `taskledger serve` and `taskledger project` processes.
+
+These tests prove the Consistency and Scale parts of the design with the processes an
+operator would run, over real HTTP:
+
+- read-your-writes across processes: `serve --no-projector` replicas with a separate
+  `project` worker, every write visible on the very next read, from either replica;
+- exactly-once under SIGKILL: the projector is killed -9 in the middle of a stream of
+  writes and restarted (or a standby takes over); afterwards the read table equals a
+  full replay of the event log, and every acknowledged write is in that log;
+- a write acknowledged while no projector runs answers within the read-your-writes
+  timeout, says so (`X-Projection-Pending: true`), and shows once a projector runs.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+import pytest
+from eventsourcing.utils import get_topic
+from sqlmodel import Session, select
+
+from read_side.database import create_read_engine
+from read_side.tables import ProjectionPosition, TaskView
+from write_side import TaskLedger, TaskList
+from tests.conftest import LiveProcess, User, make_settings, service_env
+
+pytestmark = pytest.mark.slow
+
+StartProcess = Callable[..., LiveProcess]
+LiveServer = Callable[..., tuple[str, LiveProcess]]
+
+PENDING = "X-Projection-Pending"
+POSITION = "X-Ledger-Position"
+# Fields a task has in the API, in the log and in the read table alike.
+FIELDS = ("id", "user_id", "title", "description", "completed", "version", "created_at", "updated_at")
+
+
+# Helpers --------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def start_projector(start_process: StartProcess, env: dict[str, str]) -> LiveProcess:
+    """Start `taskledger project` and wait until its worker runs."""
+    proc = start_process(["project"], env, name="project")
+
+    def running() -> bool:
+        assert proc.proc is not None
+        if proc.proc.poll() is not None:
+            raise AssertionError(f"projector exited early:\n{proc.output()}")
+        return "projector running" in proc.output()
+
+    wait_for(running, 30, "the projector to start")
+    return proc
+
+
+def utc(value: datetime | str) -> datetime:
+    """A datetime from the API (RFC 3339) or a table (SQLite gives naive UTC)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def normal(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as comparable values, whichever side it came from."""
+    return {
+        "id": UUID(str(task["id"])),
+        "user_id": task["user_id"],
+        "title": task["title"],
+        "description": task["description"],
+        "completed": bool(task["completed"]),
+        "version": int(task["version"]),
+        "created_at": utc(task["created_at"]),
+        "updated_at": utc(task["updated_at"]),
+    }
+
+
+@dataclass
+class LogState:
+    """The event log, replayed from scratch by a fresh write-side application."""
+
+    tasks: dict[UUID, dict[str, Any]]
+    users: set[str]
+    events: dict[int, Any]
+    max_position: int
+
+
+def replay_log(database_url: str | None, data_dir: Path) -> LogState:
+    settings = make_settings(database_url, data_dir, aggregate_cache_size=0)
+    ledger = TaskLedger(
+        env=settings.storage.event_store_env, connect_options=settings.storage.connect_options
+    )
+    # A full replay: every stream from its first event, no snapshots.
+    ledger.repository.snapshot_store = None
+    try:
+        events: dict[int, Any] = {}
+        start = 1
+        while batch := ledger.recorder.select_notifications(start=start, limit=1000):
+            for notification in batch:
+                events[notification.id] = ledger.mapper.to_domain_event(notification)
+            start = batch[-1].id + 1
+        started = get_topic(TaskList.Started)
+        users = {e.user_id for e in events.values() if get_topic(type(e)) == started}
+        tasks: dict[UUID, dict[str, Any]] = {}
+        for user_id in users:
+            task_list = ledger.task_list(user_id)
+            assert task_list is not None, user_id
+            assert task_list.user_id == user_id
+            for task in task_list.tasks():
+                assert task.id not in tasks, f"task {task.id} in two streams"
+                tasks[task.id] = normal({**task.__getstate__(), "user_id": user_id})
+        return LogState(tasks, users, events, ledger.last_position())
+    finally:
+        ledger.close()
+
+
+def read_table(database_url: str | None, data_dir: Path) -> tuple[dict[UUID, dict[str, Any]], int]:
+    """The task_view rows and the projection's position."""
+    settings = make_settings(database_url, data_dir)
+    engine = create_read_engine(settings.storage.read_url, pool_size=1)
+    try:
+        with Session(engine) as session:
+            rows = session.exec(select(TaskView)).all()
+            positions = session.exec(select(ProjectionPosition)).all()
+        tasks = {row.id: normal(row.model_dump()) for row in rows}
+        assert len(tasks) == len(rows)
+        by_name = {p.name: p.position for p in positions}
+        return tasks, by_name.get("tasks", 0)
+    finally:
+        engine.dispose()
+
+
+def assert_read_table_equals_replay(database_url: str | None, data_dir: Path) -> LogState:
+    log = replay_log(database_url, data_dir)
+    rows, position = read_table(database_url, data_dir)
+    assert position == log.max_position, "projection position is not the end of the log"
+    assert rows.keys() == log.tasks.keys(), (
+        f"only in the read table: {rows.keys() - log.tasks.keys()}; "
+        f"only in the log: {log.tasks.keys() - rows.keys()}"
+    )
+    for task_id, expected in log.tasks.items():
+        for name in FIELDS:
+            assert rows[task_id][name] == expected[name], (task_id, name)
+    return log
+
+
+def projection_caught_up(base_url: str) -> bool:
+    ready = httpx.get(base_url + "/readyz", timeout=5).json()
+    return bool(ready["projection_lag_events"] == 0)
+
+
+# A writer that remembers what was acknowledged ------------------------------
+
+
+@dataclass
+class Ack:
+    position: int
+    task_id: UUID
+    event: str  # the class name of the event that the write must have recorded
+
+
+@dataclass
+class Writer:
+    """Writes one user's tasks over HTTP and keeps the model of what was acknowledged."""
+
+    base_url: str
+    user: User = field(default_factory=User)
+    seed: int = 0
+    tasks: dict[UUID, dict[str, Any]] = field(default_factory=dict)
+    acks: list[Ack] = field(default_factory=list)
+    pending: int = 0
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self.random = random.Random(self.seed)
+        self.client = httpx.Client(base_url=self.base_url, headers=self.user.headers, timeout=30)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def step(self, n: int) -> tuple[str, UUID]:
+        """One write: create mostly, otherwise edit, toggle or delete a known task."""
+        action = "create" if len(self.tasks) < 3 else self.random.random()
+        if action == "create" or action < 0.5:
+            response = self.client.post(
+                self.user.tasks_url(),
+                json={"title": f"task {n}", "description": self.random.choice([None, f"d{n}"])},
+            )
+            return self._acked(response, 201, "TaskAdded")
+        task_id = self.random.choice(list(self.tasks))
+        url = self.user.tasks_url(str(task_id))
+        if action < 0.7:
+            response = self.client.put(url, json={"title": f"edited {n}"})
+            return self._acked(response, 200, "TaskEdited")
+        if action < 0.9:
+            completed = self.tasks[task_id]["completed"]
+            response = self.client.patch(url + "/complete")
+            return self._acked(response, 200, "TaskReopened" if completed else "TaskCompleted")
+        response = self.client.delete(url)
+        return self._acked(response, 204, "TaskDeleted", task_id)
+
+    def _acked(
+        self, response: httpx.Response, status: int, event: str, task_id: UUID | None = None
+    ) -> tuple[str, UUID]:
+        assert response.status_code == status, response.text
+        if response.headers.get(PENDING) == "true":
+            self.pending += 1
+        if task_id is None:
+            task = normal(response.json())
+            assert task["user_id"] == self.user.id
+            task_id = task["id"]
+            self.tasks[task_id] = task
+        else:
+            del self.tasks[task_id]
+        self.acks.append(Ack(int(response.headers[POSITION]), task_id, event))
+        return event, task_id
+
+    def run_until(self, stop: threading.Event) -> None:
+        try:
+            n = 0
+            while not stop.is_set():
+                self.step(n)
+                n += 1
+        except BaseException as error:  # reported by the test thread
+            self.error = error
+
+    def assert_all_in(self, log: LogState) -> None:
+        """Every acknowledged write is in the log, where its position says, and the
+        user's tasks in the log are exactly those the acknowledgements describe."""
+        for ack in self.acks:
+            event = log.events.get(ack.position)
+            assert event is not None, f"acknowledged write at {ack.position} is not in the log"
+            assert type(event).__name__ == ack.event, (ack, event)
+            assert event.task_id == ack.task_id, (ack, event)
+            assert event.originator_id == TaskList.create_id(self.user.id)
+        mine = {k: v for k, v in log.tasks.items() if v["user_id"] == self.user.id}
+        assert mine == self.tasks
+
+
+@pytest.fixture
+def writers() -> Iterator[list[Writer]]:
+    made: list[Writer] = []
+    yield made
+    for writer in made:
+        writer.close()
+
+
+def run_writers(writers: list[Writer]) -> tuple[threading.Event, list[threading.Thread]]:
+    stop = threading.Event()
+    threads = [threading.Thread(target=w.run_until, args=(stop,), daemon=True) for w in writers]
+    for thread in threads:
+        thread.start()
+    return stop, threads
+
+
+def stop_writers(writers: list[Writer], stop: threading.Event, threads: list[threading.Thread]):
+    stop.set()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a writer hung"
+    for writer in writers:
+        if writer.error is not None:
+            raise writer.error
+
+
+# 1. Read-your-writes with a separate projector --------------------------------
+
+
+def write_then_read_cycles(
+    write_url: str, read_urls: list[str], cycles: int, users: int = 4, seed: int = 7
+) -> None:
+    """``cycles`` times: a write on ``write_url``, then a read on the next of
+    ``read_urls`` that must show it. Every write must have waited for its projection."""
+    rng = random.Random(seed)
+    people = [User() for _ in range(users)]
+    model: dict[str, dict[str, dict[str, Any]]] = {u.id: {} for u in people}
+    writer = httpx.Client(base_url=write_url, timeout=30)
+    readers = [httpx.Client(base_url=url, timeout=30) for url in read_urls]
+    try:
+        for n in range(cycles):
+            user = people[n % users]
+            mine = model[user.id]
+            reader = readers[n % len(readers)]
+            # Create, then the list must hold it (and be exactly what was acknowledged).
+            created = writer.post(
+                user.tasks_url(), json={"title": f"cycle {n}"}, headers=user.headers
+            )
+            assert created.status_code == 201, created.text
+            assert PENDING not in created.headers, f"cycle {n}: write not projected in time"
+            task = created.json()
+            mine[task["id"]] = task
+            listed = reader.get(user.tasks_url(), params={"limit": 500}, headers=user.headers)
+            assert listed.status_code == 200, listed.text
+            assert any(t["id"] == task["id"] for t in listed.json()), f"cycle {n}: create unseen"
+            assert {t["id"]: t for t in listed.json()} == mine, f"cycle {n}: list differs"
+            assert listed.headers["X-Total-Count"] == str(len(mine))
+            if n % 3 != 2 or len(mine) < 2:
+                continue
+            # Now and then change an older task; GET it on the next read.
+            task_id = rng.choice(list(mine))
+            url = user.tasks_url(task_id)
+            action = rng.choice(["update", "toggle", "set", "delete"])
+            if action == "update":
+                changed = writer.put(
+                    url, json={"title": f"renamed {n}", "description": f"d{n}"}, headers=user.headers
+                )
+            elif action == "toggle":
+                changed = writer.patch(url + "/complete", headers=user.headers)
+            elif action == "set":
+                completed = not mine[task_id]["completed"]
+                changed = writer.patch(
+                    url + "/complete", json={"completed": completed}, headers=user.headers
+                )
+            else:
+                changed = writer.delete(url, headers=user.headers)
+            assert changed.status_code == (204 if action == "delete" else 200), changed.text
+            assert PENDING not in changed.headers, f"cycle {n}: {action} not projected in time"
+            got = reader.get(url, headers=user.headers)
+            if action == "delete":
+                del mine[task_id]
+                assert got.status_code == 404, f"cycle {n}: deleted task still shown"
+            else:
+                mine[task_id] = changed.json()
+                assert got.status_code == 200, got.text
+                assert got.json() == changed.json(), f"cycle {n}: {action} unseen"
+                assert got.headers["ETag"] == changed.headers["ETag"]
+    finally:
+        writer.close()
+        for reader in readers:
+            reader.close()
+
+
+@pytest.mark.postgres
+def test_read_your_writes_with_separate_projector_on_postgres(
+    fresh_postgres_url: str, tmp_path: Path, start_process: StartProcess, live_server: LiveServer
+) -> None:
+    env = service_env(fresh_postgres_url, tmp_path / "data")
+    start_projector(start_process, env)
+    # Two API replicas (as behind a load balancer): write on one, read on either.
+    first, _ = live_server(env, "--no-projector")
+    second, _ = live_server(env, "--no-projector")
+    assert httpx.get(first + "/readyz").json()["projector"] == "external"
+    write_then_read_cycles(first, [second, first], cycles=500)
+    assert_read_table_equals_replay(fresh_postgres_url, tmp_path / "data")
+
+
+def test_read_your_writes_with_separate_projector_on_sqlite(
+    tmp_path: Path, start_process: StartProcess, live_server: LiveServer
+) -> None:
+    data_dir = tmp_path / "data"
+    env = service_env(None, data_dir)
+    start_projector(start_process, env)
+    base_url, _ = live_server(env, "--no-projector")
+    write_then_read_cycles(base_url, [base_url], cycles=100)
+    assert_read_table_equals_replay(None, data_dir)
+
+
+# 2. kill -9 the projector in the middle of the writes --------------------------
+
+
+def backend_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    return str(request.getfixturevalue("fresh_postgres_url")) if backend == "postgres" else None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
+    backend: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    start_process: StartProcess,
+    live_server: LiveServer,
+    writers: list[Writer],
+) -> None:
+    url = backend_url(backend, request)
+    data_dir = tmp_path / "data"
+    env = service_env(url, data_dir)
+    projector = start_projector(start_process, env)
+    # Writes made while the projector is down answer after this long, pending.
+    base_url, _ = live_server(env, "--no-projector", READ_YOUR_WRITES_TIMEOUT_SECONDS="0.3")
+    writers.extend(Writer(base_url, seed=i) for i in range(3))
+    stop, threads = run_writers(writers)
+    rng = random.Random(11)
+    try:
+        for _ in range(2):
+            time.sleep(rng.uniform(0.8, 1.5))
+            projector.kill()  # SIGKILL: no clean-up, a batch may be half done
+            time.sleep(0.5)
+            projector = start_projector(start_process, env)
+        time.sleep(1.0)
+    finally:
+        stop_writers(writers, stop, threads)
+    wait_for(lambda: projection_caught_up(base_url), 30, "the projector to catch up")
+    log = assert_read_table_equals_replay(url, data_dir)
+    assert {w.user.id for w in writers} == log.users
+    for writer in writers:
+        writer.assert_all_in(log)
+    acked = sum(len(w.acks) for w in writers)
+    assert acked > 50, f"too few writes to prove anything ({acked})"
+    assert sum(w.pending for w in writers) > 0, "no write was made while the projector was down"
+    assert len(log.events) == log.max_position, "the log has gaps"
+
+
+def with_env(env: dict[str, str], **extra: str) -> dict[str, str]:
+    return {**env, **extra}
+
+
+def test_live_server_env_extras_are_applied() -> None:
+    # live_server(env, *args) passes args to `serve`; environment extras go in env.
+    assert with_env({"A": "1"}, B="2") == {"A": "1", "B": "2"}

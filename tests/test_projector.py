@@ -1,0 +1,139 @@
+"""Integration tier: the projector against real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+
+from api.settings import Settings
+from read_side.database import create_read_engine, create_read_tables
+from read_side.projector import Projector, read_position
+from read_side.tables import task_view
+from tests.conftest import BACKENDS, make_settings
+from write_side import Task, TaskLedger
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on an empty log and empty read tables."""
+    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    return make_settings(url, tmp_path)
+
+
+@pytest.fixture
+def ledger(fresh_settings: Settings) -> Iterator[TaskLedger]:
+    storage = fresh_settings.storage
+    app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def engine(fresh_settings: Settings) -> Iterator[Engine]:
+    engine = create_read_engine(fresh_settings.storage.read_url)
+    create_read_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+def add(ledger: TaskLedger, user_id: str, title: str, description: str | None = None) -> Task:
+    task = ledger.add_task(user_id, title, description).task
+    assert task is not None
+    return task
+
+
+def rows(engine: Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as conn:
+        result = conn.execute(select(task_view)).mappings().all()
+    return {str(row["id"]): dict(row) for row in result}
+
+
+def test_each_event_type_lands_in_the_read_table(ledger: TaskLedger, engine: Engine) -> None:
+    projector = Projector(ledger, engine)
+    kept = add(ledger, "alice", "first", "d")
+    gone = add(ledger, "alice", "second")
+    ledger.update_task("alice", kept.id, title="first!", description=None)
+    ledger.toggle_task("alice", kept.id)
+    ledger.delete_task("alice", gone.id)
+    last = add(ledger, "bob", "bob's")
+    ledger.set_task_completed("bob", last.id, True)
+    ledger.set_task_completed("bob", last.id, False)
+
+    assert projector.catch_up() == 10  # 2 Started + 8 task events
+    table = rows(engine)
+    assert set(table) == {str(kept.id), str(last.id)}
+    row = table[str(kept.id)]
+    assert (row["user_id"], row["title"], row["description"], row["completed"]) == (
+        "alice",
+        "first!",
+        None,
+        True,
+    )
+    assert row["version"] == 3
+    assert table[str(last.id)]["completed"] is False
+    assert table[str(last.id)]["version"] == 3
+    assert projector.position() == ledger.last_position()
+
+
+def test_catch_up_twice_applies_nothing_twice(ledger: TaskLedger, engine: Engine) -> None:
+    for i in range(7):
+        ledger.add_task("alice", f"t{i}", None)
+    projector = Projector(ledger, engine, batch_size=3)
+    assert projector.catch_up() == 8
+    assert projector.catch_up() == 0
+    assert Projector(ledger, engine).catch_up() == 0
+    assert len(rows(engine)) == 7
+
+
+def test_a_failing_batch_commits_neither_rows_nor_position(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    for i in range(5):
+        ledger.add_task("alice", f"t{i}", None)
+    projector = Projector(ledger, engine)
+    calls = 0
+    real_apply = projector._apply
+
+    def crash_on_fourth(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("killed mid-batch")
+        real_apply(*args)
+
+    projector._apply = crash_on_fourth  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        projector.project_batch()
+    assert rows(engine) == {}
+    with engine.connect() as conn:
+        assert read_position(conn) == 0
+    projector._apply = real_apply  # type: ignore[method-assign]
+    assert projector.catch_up() == 6
+    assert len(rows(engine)) == 5
+
+
+def test_two_projectors_at_once_apply_each_event_once(ledger: TaskLedger, engine: Engine) -> None:
+    for i in range(200):
+        ledger.add_task(f"user{i % 7}", f"t{i}", None)
+    projectors = [Projector(ledger, engine, batch_size=10) for _ in range(2)]
+    errors: list[BaseException] = []
+
+    def run(projector: Projector) -> None:
+        try:
+            projector.catch_up()
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in projectors]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(rows(engine)) == 200
+    assert projectors[0].position() == ledger.last_position()
