@@ -62,7 +62,7 @@ class TaskLedger(Application[UUID]):
     name = "TaskLedger"
     # Snapshots bound the replay of a long stream when it is not in the cache.
     snapshotting_intervals: ClassVar = {TaskList: 100}
-    MAX_ATTEMPTS = 12
+    MAX_ATTEMPTS = 30
 
     def __init__(
         self,
@@ -170,8 +170,10 @@ class TaskLedger(Application[UUID]):
                     if self._on_saved is not None:
                         self._on_saved(position)
                     return Change(task, position, attempt)
-            # Back off a little, with jitter, so that competing writers interleave.
-            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not crypto
+            # Back off exponentially (capped), with full jitter, so that a writer that
+            # keeps losing the race gets a gap to win it.
+            backoff = min(0.001 * 2**attempt, 0.05)
+            time.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
         raise ConcurrencyExhausted(user_id)
 
 
