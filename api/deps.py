@@ -9,8 +9,8 @@ from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from api.auth import AuthenticationFailed, Principal
-from api.errors import Forbidden
+from api.auth import Principal
+from api.errors import Forbidden, TokenMissing
 from api.schemas import USER_ID_PATTERN
 from api.services import Services
 
@@ -30,7 +30,7 @@ def current_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise AuthenticationFailed("a bearer token is required")
+        raise TokenMissing("a bearer token is required")
     return services.verifier.verify(credentials.credentials)
 
 

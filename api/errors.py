@@ -26,6 +26,10 @@ class Forbidden(Exception):
     """Authenticated, but this principal may not do this."""
 
 
+class TokenMissing(AuthenticationFailed):
+    """No bearer token at all (as opposed to one that fails verification)."""
+
+
 def problem(
     status: int,
     detail: str,
@@ -69,11 +73,10 @@ async def _http(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
-    return problem(
-        401,
-        str(exc),
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )
+    # RFC 6750 §3.1: a request that sent no credentials gets a bare challenge;
+    # only a token that was sent and refused earns error="invalid_token".
+    challenge = "Bearer" if isinstance(exc, TokenMissing) else 'Bearer error="invalid_token"'
+    return problem(401, str(exc), headers={"WWW-Authenticate": challenge})
 
 
 async def _forbidden(_: Request, exc: Exception) -> JSONResponse:

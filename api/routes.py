@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Body, Query, Response
 
 from api.deps import ReadableUser, ServicesDep, SessionDep, WritableUser
 from api.errors import problem_responses
-from api.schemas import CompletionSet, TaskCreate, TaskOut, TaskUpdate
+from api.schemas import CompletionSet, NoNul, TaskCreate, TaskOut, TaskUpdate
 from api.services import Services
 from read_side import queries
 from write_side import UNSET, Change, TaskNotFound
@@ -22,6 +23,12 @@ _WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 422, 503)
 _JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
+def _utc(moment: datetime) -> datetime:
+    # PostgreSQL answers timestamptz in the session's TimeZone (initdb picks the host's
+    # zone); naive values (SQLite) are UTC already, and OPT_NAIVE_UTC says so.
+    return moment if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _task_json(user_id: str, task: Any) -> dict[str, Any]:
     # Works for the domain's Task and for a read-table row alike.
     return {
@@ -30,8 +37,8 @@ def _task_json(user_id: str, task: Any) -> dict[str, Any]:
         "title": task.title,
         "description": task.description,
         "completed": task.completed,
-        "created_at": task.created_at,
-        "updated_at": task.updated_at,
+        "created_at": _utc(task.created_at),
+        "updated_at": _utc(task.updated_at),
         "version": task.version,
     }
 
@@ -64,10 +71,11 @@ def _written(services: Services, user_id: str, change: Change, status: int = 200
 def list_tasks(
     user_id: ReadableUser,
     session: SessionDep,
+    *,
     status: Literal["all", "pending", "completed"] = "all",
     sort: Literal["created_at", "updated_at", "title"] = "created_at",
     order: Literal["asc", "desc"] = "desc",
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[str | None, Query(max_length=200), NoNul] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:

@@ -6,15 +6,34 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 
 from write_side import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
 
+
+def refuse_nul(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold U+0000: one such title would stop the projector
+    # for everybody, so it is refused at the door on every backend alike.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL (U+0000) characters")
+    return value
+
+
+NoNul = AfterValidator(refuse_nul)
 Title = Annotated[
     str,
     StringConstraints(
         strict=True, strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH
     ),
+    NoNul,
 ]
 Description = Annotated[
     str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, json_schema_extra={"nullable": True})
@@ -28,14 +47,18 @@ class _Body(BaseModel):
 
 class TaskCreate(_Body):
     title: Title
-    description: Annotated[str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True)] = None
+    description: Annotated[
+        str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True), NoNul
+    ] = None
 
 
 class TaskUpdate(_Body):
     """Any of the fields; those left out stay as they are."""
 
     title: Title | None = None
-    description: Annotated[str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True)] = None
+    description: Annotated[
+        str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True), NoNul
+    ] = None
     completed: StrictBool | None = None
 
     @model_validator(mode="after")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import Row, func, or_, select
+from sqlalchemy import ColumnElement, Row, func, or_, select
 from sqlmodel import Session
 
 from read_side.tables import task_view as _task
@@ -51,7 +51,11 @@ def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[Sequen
                 func.lower(_task.c.description).like(pattern, escape="\\"),
             )
         )
-    key = _task.c[spec.sort]
+    # Titles sort alphabetically as a reader means it, whatever the database's
+    # collation (SQLite and a C-collated Postgres put "Zebra" before "apple").
+    key: ColumnElement[Any] = (
+        func.lower(_task.c.title) if spec.sort == "title" else _task.c[spec.sort]
+    )
     # Ties keep creation order, whichever way the page is sorted.
     ordering = (key.desc() if spec.order == "desc" else key.asc(), _task.c.created_seq)
     total = func.count().over().label("total")

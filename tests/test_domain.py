@@ -46,7 +46,7 @@ def test_add_trims_title_and_starts_pending() -> None:
 
 @pytest.mark.parametrize(
     "title",
-    ["", "   ", "x" * (TITLE_MAX_LENGTH + 1)],
+    ["", "   ", "x" * (TITLE_MAX_LENGTH + 1), "nul\x00inside"],
 )
 def test_add_refuses_bad_titles(title: str) -> None:
     tasks = TaskList.start("alice")
@@ -60,6 +60,8 @@ def test_description_limit() -> None:
     tasks.add("ok", "d" * DESCRIPTION_MAX_LENGTH)
     with pytest.raises(InvalidTask):
         tasks.add("too long", "d" * (DESCRIPTION_MAX_LENGTH + 1))
+    with pytest.raises(InvalidTask):
+        tasks.add("nul", "d\x00")
 
 
 def test_edit_complete_reopen_toggle_bump_version_and_time() -> None:

@@ -50,7 +50,14 @@ class Task:
     version: int
 
 
+def _refuse_nul(text: str, field: str) -> None:
+    # PostgreSQL text cannot hold U+0000: such an event could never be projected.
+    if "\x00" in text:
+        raise InvalidTask(f"{field} must not contain NUL characters")
+
+
 def clean_title(title: str) -> str:
+    _refuse_nul(title, "title")
     cleaned = title.strip()
     if not cleaned:
         raise InvalidTask("title must not be blank")
@@ -60,6 +67,8 @@ def clean_title(title: str) -> str:
 
 
 def check_description(description: str | None) -> str | None:
+    if description is not None:
+        _refuse_nul(description, "description")
     if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
         raise InvalidTask(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
     return description
