@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -67,3 +67,26 @@ def read_session(services: ServicesDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(read_session)]
+
+
+def if_match_versions(
+    if_match: Annotated[
+        str | None,
+        Header(
+            description='Only change the task if it is at this version (its ETag, e.g. "3")',
+            max_length=1024,
+        ),
+    ] = None,
+) -> frozenset[int] | None:
+    """The versions an If-Match header allows; None when any version will do."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    # Strong comparison (RFC 9110): weak or malformed tags match no version.
+    return frozenset(
+        int(tag[1:-1])
+        for tag in (part.strip() for part in if_match.split(","))
+        if len(tag) > 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit()
+    )
+
+
+IfMatch = Annotated[frozenset[int] | None, Depends(if_match_versions)]

@@ -14,7 +14,7 @@ from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException
 
 from api.auth import AuthenticationFailed, KeysUnavailable
-from write_side import ConcurrencyExhausted, InvalidTask, TaskNotFound
+from write_side import ConcurrencyExhausted, InvalidTask, TaskNotFound, TaskVersionMismatch
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,15 @@ async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
     return problem(403, str(exc) or "not allowed")
 
 
+async def _version_mismatch(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TaskVersionMismatch)
+    return problem(
+        412,
+        f"the task has changed since that version: it is now at version {exc.current}",
+        headers={"ETag": f'"{exc.current}"'},
+    )
+
+
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return problem(404, "task not found")
 
@@ -111,6 +120,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthenticationFailed, _unauthenticated)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(TaskNotFound, _not_found)
+    app.add_exception_handler(TaskVersionMismatch, _version_mismatch)
     app.add_exception_handler(InvalidTask, _invalid_task)
     for unavailable in (
         KeysUnavailable,

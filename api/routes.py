@@ -9,7 +9,7 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Body, Query, Response
 
-from api.deps import ReadableUser, ServicesDep, SessionDep, WritableUser
+from api.deps import IfMatch, ReadableUser, ServicesDep, SessionDep, WritableUser
 from api.errors import problem_responses
 from api.schemas import CompletionSet, NoNul, TaskCreate, TaskOut, TaskUpdate
 from api.services import Services
@@ -19,7 +19,7 @@ from write_side import UNSET, Change, TaskNotFound
 router = APIRouter(prefix="/api", tags=["tasks"])
 
 _READ_PROBLEMS = problem_responses(401, 403, 404, 422, 503)
-_WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 422, 503)
+_WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 412, 422, 503)
 _JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
@@ -100,7 +100,11 @@ def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Respo
 
 @router.put("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_WRITE_PROBLEMS)
 def update_task(
-    user_id: WritableUser, task_id: UUID, body: TaskUpdate, services: ServicesDep
+    user_id: WritableUser,
+    task_id: UUID,
+    body: TaskUpdate,
+    services: ServicesDep,
+    if_match: IfMatch,
 ) -> Response:
     sent = body.model_fields_set
     change = services.ledger.update_task(
@@ -109,6 +113,7 @@ def update_task(
         title=body.title if "title" in sent and body.title is not None else UNSET,
         description=body.description if "description" in sent else UNSET,
         completed=body.completed if "completed" in sent and body.completed is not None else UNSET,
+        if_version=if_match,
     )
     return _written(services, user_id, change)
 
@@ -119,8 +124,11 @@ def update_task(
     response_class=Response,
     responses=_WRITE_PROBLEMS,
 )
-def delete_task(user_id: WritableUser, task_id: UUID, services: ServicesDep) -> Response:
-    return _written(services, user_id, services.ledger.delete_task(user_id, task_id))
+def delete_task(
+    user_id: WritableUser, task_id: UUID, services: ServicesDep, if_match: IfMatch
+) -> Response:
+    change = services.ledger.delete_task(user_id, task_id, if_version=if_match)
+    return _written(services, user_id, change)
 
 
 @router.patch(
@@ -130,11 +138,14 @@ def complete_task(
     user_id: WritableUser,
     task_id: UUID,
     services: ServicesDep,
+    if_match: IfMatch,
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Toggle the task, or with ``{"completed": bool}`` set it."""
     if body is None:
-        change = services.ledger.toggle_task(user_id, task_id)
+        change = services.ledger.toggle_task(user_id, task_id, if_version=if_match)
     else:
-        change = services.ledger.set_task_completed(user_id, task_id, body.completed)
+        change = services.ledger.set_task_completed(
+            user_id, task_id, body.completed, if_version=if_match
+        )
     return _written(services, user_id, change)

@@ -9,6 +9,7 @@ from write_side.domain import (
     TaskLedgerError,
     TaskList,
     TaskNotFound,
+    TaskVersionMismatch,
 )
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "TaskLedgerError",
     "TaskList",
     "TaskNotFound",
+    "TaskVersionMismatch",
     "Unset",
 ]

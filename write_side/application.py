@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from uuid import UUID
@@ -104,6 +104,7 @@ class TaskLedger(Application[UUID]):
         title: str | Unset = UNSET,
         description: str | Unset | None = UNSET,
         completed: bool | Unset = UNSET,
+        if_version: Collection[int] | None = None,
     ) -> Change:
         def decide(tasks: TaskList) -> Task:
             task = tasks.task(task_id)
@@ -117,16 +118,35 @@ class TaskLedger(Application[UUID]):
                 tasks.set_completed(task_id, completed)
             return tasks.task(task_id)
 
-        return self._command(user_id, decide)
+        return self._command(user_id, decide, _on_version(task_id, if_version))
 
-    def toggle_task(self, user_id: str, task_id: UUID) -> Change:
-        return self._command(user_id, lambda tasks: tasks.toggle(task_id))
+    def toggle_task(
+        self, user_id: str, task_id: UUID, *, if_version: Collection[int] | None = None
+    ) -> Change:
+        return self._command(
+            user_id, lambda tasks: tasks.toggle(task_id), _on_version(task_id, if_version)
+        )
 
-    def set_task_completed(self, user_id: str, task_id: UUID, completed: bool) -> Change:
-        return self._command(user_id, lambda tasks: tasks.set_completed(task_id, completed))
+    def set_task_completed(
+        self,
+        user_id: str,
+        task_id: UUID,
+        completed: bool,
+        *,
+        if_version: Collection[int] | None = None,
+    ) -> Change:
+        return self._command(
+            user_id,
+            lambda tasks: tasks.set_completed(task_id, completed),
+            _on_version(task_id, if_version),
+        )
 
-    def delete_task(self, user_id: str, task_id: UUID) -> Change:
-        return self._command(user_id, lambda tasks: tasks.delete(task_id))
+    def delete_task(
+        self, user_id: str, task_id: UUID, *, if_version: Collection[int] | None = None
+    ) -> Change:
+        return self._command(
+            user_id, lambda tasks: tasks.delete(task_id), _on_version(task_id, if_version)
+        )
 
     # Queries on the log (the read side serves listings) ---------------------
 
@@ -145,6 +165,7 @@ class TaskLedger(Application[UUID]):
         self,
         user_id: str,
         decide: Callable[[TaskList], Task | None],
+        precondition: Callable[[TaskList], None] | None = None,
     ) -> Change:
         """Load, decide, save; on a conflicting concurrent save, do it all again
         against the fresh stream (the decision may differ, e.g. the task is gone)."""
@@ -156,6 +177,10 @@ class TaskLedger(Application[UUID]):
                 tasks = self.task_list(user_id)
                 if tasks is None:
                     tasks = TaskList.start(user_id)
+                if precondition is not None:
+                    # Checked on the state the save will build on: if another writer
+                    # gets in first, the save conflicts and the check runs again.
+                    precondition(tasks)
                 task = decide(tasks)
                 if not tasks.pending_events:
                     # Nothing changed: reading up to the current end of the log
@@ -179,3 +204,12 @@ class TaskLedger(Application[UUID]):
 
 class ConcurrencyExhausted(Exception):
     """Too many concurrent writers on one stream; the client may retry."""
+
+
+def _on_version(
+    task_id: UUID, versions: Collection[int] | None
+) -> Callable[[TaskList], None] | None:
+    """A precondition that the task is at one of ``versions`` (HTTP If-Match)."""
+    if versions is None:
+        return None
+    return lambda tasks: tasks.require_version(task_id, versions)

@@ -9,6 +9,7 @@ renaming either breaks replay of the log, so change them only with a registered 
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,15 @@ class TaskNotFound(TaskLedgerError):
     def __init__(self, task_id: UUID) -> None:
         super().__init__(f"task {task_id} not found")
         self.task_id = task_id
+
+
+class TaskVersionMismatch(TaskLedgerError):
+    """The task is not at the version the caller based its change on."""
+
+    def __init__(self, task_id: UUID, current: int) -> None:
+        super().__init__(f"task {task_id} is at version {current}")
+        self.task_id = task_id
+        self.current = current
 
 
 class InvalidTask(TaskLedgerError, ValueError):
@@ -150,6 +160,11 @@ class TaskList(Aggregate):
             return self._tasks[str(task_id)]
         except KeyError:
             raise TaskNotFound(task_id) from None
+
+    def require_version(self, task_id: UUID, versions: Collection[int]) -> None:
+        current = self.task(task_id).version
+        if current not in versions:
+            raise TaskVersionMismatch(task_id, current)
 
     def __len__(self) -> int:
         return len(self._tasks)
