@@ -20,7 +20,14 @@ from api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXPOSED_HEADERS = ["ETag", "Location", "X-Total-Count", "X-Ledger-Position", "X-Projection-Pending"]
+EXPOSED_HEADERS = [
+    "ETag",
+    "Location",
+    "X-Total-Count",
+    "X-Ledger-Position",
+    "X-Projection-Pending",
+    "Idempotent-Replayed",
+]
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

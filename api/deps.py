@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -13,6 +15,7 @@ from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
 from api.schemas import USER_ID_PATTERN
 from api.services import Services
+from write_side import RequestKey
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT issued by Better Auth")
 
@@ -90,3 +93,33 @@ def if_match_versions(
 
 
 IfMatch = Annotated[frozenset[int] | None, Depends(if_match_versions)]
+
+
+async def request_key(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            description="Repeat-safe retries: a repeat with this key answers the first "
+            "response and changes nothing (keys live 24 hours, per user)",
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+        ),
+    ] = None,
+) -> RequestKey | None:
+    if idempotency_key is None:
+        return None
+    # The same request is the same method, path and JSON body, however it is spaced.
+    body = await request.body()
+    try:
+        canonical = (
+            json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")) if body else ""
+        )
+    except ValueError:
+        canonical = body.decode("utf-8", "replace")
+    digest = hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode())
+    return RequestKey(idempotency_key, digest.hexdigest())
+
+
+IdempotencyKey = Annotated[RequestKey | None, Depends(request_key)]

@@ -14,7 +14,13 @@ from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException
 
 from api.auth import AuthenticationFailed, KeysUnavailable
-from write_side import ConcurrencyExhausted, InvalidTask, TaskNotFound, TaskVersionMismatch
+from write_side import (
+    ConcurrencyExhausted,
+    IdempotencyKeyReused,
+    InvalidTask,
+    TaskNotFound,
+    TaskVersionMismatch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,11 @@ async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
     return problem(403, str(exc) or "not allowed")
 
 
+async def _key_reused(_: Request, exc: Exception) -> JSONResponse:
+    detail = "this Idempotency-Key was already used for a different request"
+    return problem(422, detail, errors=[{"field": "Idempotency-Key", "message": detail}])
+
+
 async def _version_mismatch(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TaskVersionMismatch)
     return problem(
@@ -121,6 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(TaskNotFound, _not_found)
     app.add_exception_handler(TaskVersionMismatch, _version_mismatch)
+    app.add_exception_handler(IdempotencyKeyReused, _key_reused)
     app.add_exception_handler(InvalidTask, _invalid_task)
     for unavailable in (
         KeysUnavailable,

@@ -9,7 +9,14 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Body, Query, Response
 
-from api.deps import IfMatch, ReadableUser, ServicesDep, SessionDep, WritableUser
+from api.deps import (
+    IdempotencyKey,
+    IfMatch,
+    ReadableUser,
+    ServicesDep,
+    SessionDep,
+    WritableUser,
+)
 from api.errors import problem_responses
 from api.schemas import CompletionSet, NoNul, TaskCreate, TaskOut, TaskUpdate
 from api.services import Services
@@ -59,6 +66,8 @@ def _written(services: Services, user_id: str, change: Change, status: int = 200
     if not services.progress.wait_for(change.position, timeout):
         # The write is durable in the log; only the listing lags behind it.
         headers["X-Projection-Pending"] = "true"
+    if change.replayed:
+        headers["Idempotent-Replayed"] = "true"
     if change.task is None:
         return Response(status_code=204, headers=headers)
     headers["ETag"] = f'"{change.task.version}"'
@@ -85,8 +94,10 @@ def list_tasks(
 
 
 @router.post("/{user_id}/tasks", status_code=201, response_model=TaskOut, responses=_WRITE_PROBLEMS)
-def create_task(user_id: WritableUser, body: TaskCreate, services: ServicesDep) -> Response:
-    change = services.ledger.add_task(user_id, body.title, body.description)
+def create_task(
+    user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
+) -> Response:
+    change = services.ledger.add_task(user_id, body.title, body.description, request=request_key)
     return _written(services, user_id, change, status=201)
 
 
@@ -102,9 +113,11 @@ def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Respo
 def update_task(
     user_id: WritableUser,
     task_id: UUID,
+    *,
     body: TaskUpdate,
     services: ServicesDep,
     if_match: IfMatch,
+    request_key: IdempotencyKey,
 ) -> Response:
     sent = body.model_fields_set
     change = services.ledger.update_task(
@@ -114,6 +127,7 @@ def update_task(
         description=body.description if "description" in sent else UNSET,
         completed=body.completed if "completed" in sent and body.completed is not None else UNSET,
         if_version=if_match,
+        request=request_key,
     )
     return _written(services, user_id, change)
 
@@ -125,9 +139,13 @@ def update_task(
     responses=_WRITE_PROBLEMS,
 )
 def delete_task(
-    user_id: WritableUser, task_id: UUID, services: ServicesDep, if_match: IfMatch
+    user_id: WritableUser,
+    task_id: UUID,
+    services: ServicesDep,
+    if_match: IfMatch,
+    request_key: IdempotencyKey,
 ) -> Response:
-    change = services.ledger.delete_task(user_id, task_id, if_version=if_match)
+    change = services.ledger.delete_task(user_id, task_id, if_version=if_match, request=request_key)
     return _written(services, user_id, change)
 
 
@@ -137,15 +155,19 @@ def delete_task(
 def complete_task(
     user_id: WritableUser,
     task_id: UUID,
+    *,
     services: ServicesDep,
     if_match: IfMatch,
+    request_key: IdempotencyKey,
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Toggle the task, or with ``{"completed": bool}`` set it."""
     if body is None:
-        change = services.ledger.toggle_task(user_id, task_id, if_version=if_match)
+        change = services.ledger.toggle_task(
+            user_id, task_id, if_version=if_match, request=request_key
+        )
     else:
         change = services.ledger.set_task_completed(
-            user_id, task_id, body.completed, if_version=if_match
+            user_id, task_id, body.completed, if_version=if_match, request=request_key
         )
     return _written(services, user_id, change)

@@ -11,6 +11,7 @@ from write_side.domain import (
     TaskNotFound,
     TaskVersionMismatch,
 )
+from write_side.idempotency import IdempotencyKeyReused, RequestKey
 
 __all__ = [
     "DESCRIPTION_MAX_LENGTH",
@@ -18,7 +19,9 @@ __all__ = [
     "UNSET",
     "Change",
     "ConcurrencyExhausted",
+    "IdempotencyKeyReused",
     "InvalidTask",
+    "RequestKey",
     "Task",
     "TaskLedger",
     "TaskLedgerError",

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -16,6 +17,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcodin
 from eventsourcing.postgres import PostgresFactory
 
 from write_side.domain import Task, TaskList
+from write_side.idempotency import RequestKey, RequestRecord
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,8 @@ class Change:
     task: Task | None
     position: int
     conflicts_retried: int = 0
+    # True when an idempotency key's recorded outcome was answered again.
+    replayed: bool = False
 
 
 class TaskAsDict(Transcoding):
@@ -93,8 +97,15 @@ class TaskLedger(Application[UUID]):
 
     # Commands ---------------------------------------------------------------
 
-    def add_task(self, user_id: str, title: str, description: str | None) -> Change:
-        return self._command(user_id, lambda tasks: tasks.add(title, description))
+    def add_task(
+        self,
+        user_id: str,
+        title: str,
+        description: str | None,
+        *,
+        request: RequestKey | None = None,
+    ) -> Change:
+        return self._command(user_id, lambda tasks: tasks.add(title, description), request=request)
 
     def update_task(
         self,
@@ -105,6 +116,7 @@ class TaskLedger(Application[UUID]):
         description: str | Unset | None = UNSET,
         completed: bool | Unset = UNSET,
         if_version: Collection[int] | None = None,
+        request: RequestKey | None = None,
     ) -> Change:
         def decide(tasks: TaskList) -> Task:
             task = tasks.task(task_id)
@@ -118,13 +130,18 @@ class TaskLedger(Application[UUID]):
                 tasks.set_completed(task_id, completed)
             return tasks.task(task_id)
 
-        return self._command(user_id, decide, _on_version(task_id, if_version))
+        return self._command(user_id, decide, _on_version(task_id, if_version), request)
 
     def toggle_task(
-        self, user_id: str, task_id: UUID, *, if_version: Collection[int] | None = None
+        self,
+        user_id: str,
+        task_id: UUID,
+        *,
+        if_version: Collection[int] | None = None,
+        request: RequestKey | None = None,
     ) -> Change:
         return self._command(
-            user_id, lambda tasks: tasks.toggle(task_id), _on_version(task_id, if_version)
+            user_id, lambda tasks: tasks.toggle(task_id), _on_version(task_id, if_version), request
         )
 
     def set_task_completed(
@@ -134,18 +151,25 @@ class TaskLedger(Application[UUID]):
         completed: bool,
         *,
         if_version: Collection[int] | None = None,
+        request: RequestKey | None = None,
     ) -> Change:
         return self._command(
             user_id,
             lambda tasks: tasks.set_completed(task_id, completed),
             _on_version(task_id, if_version),
+            request,
         )
 
     def delete_task(
-        self, user_id: str, task_id: UUID, *, if_version: Collection[int] | None = None
+        self,
+        user_id: str,
+        task_id: UUID,
+        *,
+        if_version: Collection[int] | None = None,
+        request: RequestKey | None = None,
     ) -> Change:
         return self._command(
-            user_id, lambda tasks: tasks.delete(task_id), _on_version(task_id, if_version)
+            user_id, lambda tasks: tasks.delete(task_id), _on_version(task_id, if_version), request
         )
 
     # Queries on the log (the read side serves listings) ---------------------
@@ -153,6 +177,12 @@ class TaskLedger(Application[UUID]):
     def task_list(self, user_id: str) -> TaskList | None:
         try:
             return self.repository.get(TaskList.create_id(user_id))
+        except AggregateNotFoundError:
+            return None
+
+    def request_record(self, user_id: str, key: str) -> RequestRecord | None:
+        try:
+            return self.repository.get(RequestRecord.create_id(user_id, key))
         except AggregateNotFoundError:
             return None
 
@@ -166,12 +196,21 @@ class TaskLedger(Application[UUID]):
         user_id: str,
         decide: Callable[[TaskList], Task | None],
         precondition: Callable[[TaskList], None] | None = None,
+        request: RequestKey | None = None,
     ) -> Change:
         """Load, decide, save; on a conflicting concurrent save, do it all again
-        against the fresh stream (the decision may differ, e.g. the task is gone)."""
+        against the fresh stream (the decision may differ, e.g. the task is gone).
+        With an idempotency key, a repeat of a recorded request decides nothing and
+        answers the recorded outcome."""
         lock = self._user_locks[hash(user_id) % len(self._user_locks)]
         for attempt in range(self.MAX_ATTEMPTS):
             with lock:
+                record = None if request is None else self.request_record(user_id, request.key)
+                if request and record and record.is_live(datetime.now(UTC)):
+                    # Whatever happened since, the repeat sees the first outcome; the
+                    # log's current end is at or past the position it had.
+                    task = record.outcome_for(request)
+                    return Change(task, self.last_position(), attempt, replayed=True)
                 # A user's stream starts with their first command; on a user without
                 # one, commands on a task fail with TaskNotFound and save nothing.
                 tasks = self.task_list(user_id)
@@ -182,12 +221,18 @@ class TaskLedger(Application[UUID]):
                     # gets in first, the save conflicts and the check runs again.
                     precondition(tasks)
                 task = decide(tasks)
-                if not tasks.pending_events:
+                if request is not None:
+                    if record is None:
+                        record = RequestRecord.record(user_id, request, task)
+                    else:
+                        record.rerecord(request, task)
+                if not tasks.pending_events and record is None:
                     # Nothing changed: reading up to the current end of the log
                     # shows the same state as this answer.
                     return Change(task, self.last_position(), attempt)
                 try:
-                    recordings = self.save(tasks)
+                    # One transaction: the request's record is durable with its events.
+                    recordings = self.save(tasks, record)
                 except IntegrityError:
                     log.info("conflict on %s, retrying (attempt %d)", tasks.id, attempt)
                 else:
