@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 
 from api.deps import ServicesDep
 from api.errors import install_error_handlers, problem, problem_responses
+from api.limits import RequestLimits
 from api.routes import router
 from api.schemas import Problem
 from api.services import Services
@@ -49,6 +50,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
     )
     app.state.services = services
+    # Added first, so it runs inside CORS: its refusals still carry CORS headers.
+    app.add_middleware(RequestLimits)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -41,7 +41,8 @@ class JwksKeys:
     (a rotated key works on its first use), but never more often than once per
     ``cooldown``, so a flood of made-up ``kid``s cannot hammer the auth server.
     A failed refresh keeps the keys already known: tokens keep verifying while the
-    auth server is down.
+    auth server is down. Only a request whose key is unknown waits for a fetch;
+    one with a known (even stale) key never queues behind a slow auth server.
     """
 
     def __init__(self, url: str, *, max_age: float, cooldown: float, timeout: float = 5):
@@ -49,39 +50,61 @@ class JwksKeys:
         self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
         self._max_age = max_age
         self._cooldown = cooldown
+        # Replaced whole on each successful fetch, so readers need no lock.
         self._keys: dict[str, PyJWK] = {}
         self._fetched_at = float("-inf")
         self._attempted_at = float("-inf")
-        self._lock = threading.Lock()
+        self._last_fetch_failed = False
+        self._fetch_lock = threading.Lock()
         self.fetches = 0
 
     def key_for(self, kid: str) -> PyJWK:
-        with self._lock:
-            now = time.monotonic()
-            stale = now - self._fetched_at > self._max_age
-            if (stale or kid not in self._keys) and now - self._attempted_at >= self._cooldown:
-                self._refresh(now)
-            try:
-                return self._keys[kid]
-            except KeyError:
-                if not self._keys:
-                    raise KeysUnavailable("signing keys unavailable") from None
-                raise AuthenticationFailed("token signed with an unknown key") from None
+        key = self._keys.get(kid)
+        if key is not None:
+            if time.monotonic() - self._fetched_at <= self._max_age:
+                return key
+            # Stale: one request refreshes (if due) while the others use the known key.
+            if self._fetch_lock.acquire(blocking=False):
+                try:
+                    self._refresh_if_due()
+                finally:
+                    self._fetch_lock.release()
+            if self._last_fetch_failed or kid in self._keys:
+                return self._keys.get(kid, key)
+            raise AuthenticationFailed("token signed with a withdrawn key")
+        # Unknown: wait for a fetch under way, then fetch again unless one just ran.
+        with self._fetch_lock:
+            self._refresh_if_due()
+            key = self._keys.get(kid)
+        if key is not None:
+            return key
+        if not self._keys or self._last_fetch_failed:
+            # Perhaps a key rotated in that cannot be fetched now: retry, don't sign out.
+            raise KeysUnavailable("signing keys unavailable")
+        raise AuthenticationFailed("token signed with an unknown key")
 
-    def _refresh(self, now: float) -> None:
+    def _refresh_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._attempted_at < self._cooldown:
+            return
         self._attempted_at = now
         self.fetches += 1
         try:
             key_set = PyJWKSet.from_dict(self._client.fetch_data())
         except Exception as error:  # network, JSON, or key parsing: keep what we have
             log.warning("fetching the JWKS failed: %s", type(error).__name__)
+            self._last_fetch_failed = True
             return
         self._keys = {
             key.key_id: key
             for key in key_set.keys
-            if key.key_id and key.public_key_use in ("sig", None)
+            if isinstance(key.key_id, str)
+            and key.key_id
+            and key.algorithm_name in ASYMMETRIC_ALGORITHMS
+            and key.public_key_use in ("sig", None)
         }
         self._fetched_at = now
+        self._last_fetch_failed = False
 
 
 class TokenVerifier:
@@ -146,6 +169,8 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise AuthenticationFailed("malformed token") from None
         algorithm = header.get("alg")
+        if not isinstance(algorithm, str):
+            raise AuthenticationFailed("token algorithm not accepted")
         key: Any
         if algorithm == "HS256" and self._secret is not None:
             key = self._secret
@@ -174,13 +199,21 @@ class TokenVerifier:
             raise AuthenticationFailed("token expired") from None
         except jwt.PyJWTError:
             raise AuthenticationFailed("invalid token") from None
+        except Exception as error:
+            # A token PyJWT chokes on is still just an invalid token, never a 500.
+            log.warning("token verification raised %s", type(error).__name__)
+            raise AuthenticationFailed("invalid token") from None
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthenticationFailed("invalid token subject")
+        try:
+            expires_at = float(claims["exp"])
+        except (TypeError, ValueError, OverflowError):
+            raise AuthenticationFailed("invalid token expiry") from None
         return Principal(
             user_id=subject,
             roles=frozenset(_roles(claims.get("role"))),
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
         )
 
 

@@ -26,7 +26,7 @@ from write_side import UNSET, Change, TaskNotFound
 router = APIRouter(prefix="/api", tags=["tasks"])
 
 _READ_PROBLEMS = problem_responses(401, 403, 404, 422, 503)
-_WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 412, 422, 503)
+_WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 412, 413, 415, 422, 503)
 _JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 

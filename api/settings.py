@@ -43,7 +43,13 @@ class Storage:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        # A refused setting must not print the secret it was given.
+        hide_input_in_errors=True,
+    )
 
     app_env: Literal["development", "staging", "production"] = "development"
     database_url: str | None = None
@@ -112,8 +118,16 @@ class Settings(BaseSettings):
     def auth_origin(self) -> str | None:
         if self.better_auth_url is None:
             return None
-        parts = urlsplit(self.better_auth_url)
-        return f"{parts.scheme}://{parts.netloc}"
+        # As a browser's URL.origin has it (and Better Auth puts in iss/aud): lower-case
+        # scheme and host, default port dropped, no user info, path or trailing slash.
+        parts = urlsplit(self.better_auth_url.strip())
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        if ":" in host:
+            host = f"[{host}]"
+        default_port = {"http": 80, "https": 443}.get(scheme)
+        port = "" if parts.port in (None, default_port) else f":{parts.port}"
+        return f"{scheme}://{host}{port}"
 
     @property
     def jwks_endpoint(self) -> str | None:

@@ -102,7 +102,8 @@ class JwksServer:
 
     Keys can be added (rotation) and removed while it runs; ``stop()`` closes the port,
     so fetches fail with "connection refused" as when the auth server is down.
-    ``broken`` makes it answer 500 instead of the key set.
+    Setting ``answer`` to (status, body) makes it answer that instead of the key set;
+    ``delay`` (seconds) makes it slow.
     """
 
     def __init__(self) -> None:
@@ -110,11 +111,14 @@ class JwksServer:
         self._lock = threading.Lock()
         self.fetches = 0
         self.requests: list[str] = []
-        self.broken = False
+        self.answer: tuple[int, bytes] | None = None
+        self.delay = 0.0
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         self._running = True
 
@@ -159,8 +163,9 @@ class JwksServer:
                     return
                 with server._lock:
                     server.fetches += 1
-                if server.broken:
-                    self._send(500, b"Internal Server Error")
+                time.sleep(server.delay)
+                if server.answer is not None:
+                    self._send(*server.answer)
                     return
                 self._send(200, json.dumps(server.key_set()).encode())
 
