@@ -18,9 +18,8 @@ from eventsourcing.persistence import Notification
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
 from read_side.database import DEFAULT_PROJECTION
+from read_side.tables import LIVE_TABLES, ViewTables
 from read_side.tables import projection_position as _position
-from read_side.tables import task_list_owner as _owner
-from read_side.tables import task_view as _task
 from write_side.domain import TaskList
 
 log = logging.getLogger(__name__)
@@ -39,8 +38,10 @@ class Projector:
         name: str = DEFAULT_PROJECTION,
         batch_size: int = 500,
         on_projected: Callable[[int], None] | None = None,
+        tables: ViewTables = LIVE_TABLES,
     ) -> None:
         self.ledger = ledger
+        self.tables = tables
         self.engine = engine
         self.name = name
         self.batch_size = batch_size
@@ -48,12 +49,12 @@ class Projector:
         self._is_postgres = engine.dialect.name == "postgresql"
         self._owners: dict[UUID, str] = {}
 
-    def project_batch(self) -> int:
-        """Apply the next batch of events; return how many there were."""
+    def project_batch(self, stop: int | None = None) -> int:
+        """Apply the next batch of events (up to ``stop``); return how many there were."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
             notifications = self.ledger.recorder.select_notifications(
-                start=position, limit=self.batch_size, inclusive_of_start=False
+                start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
             )
             if not notifications:
                 return 0
@@ -77,10 +78,11 @@ class Projector:
             self.on_projected(new_position)
         return len(notifications)
 
-    def catch_up(self) -> int:
-        """Project until the log is exhausted; return the number of events applied."""
+    def catch_up(self, stop: int | None = None) -> int:
+        """Project until the log (or position ``stop``) is reached; return the number
+        of events applied."""
         total = 0
-        while applied := self.project_batch():
+        while applied := self.project_batch(stop):
             total += applied
         return total
 
@@ -114,13 +116,16 @@ class Projector:
             self._apply(conn, mapper.to_domain_event(notification), notification.id)
 
     def _apply(self, conn: Connection, event: Any, position: int) -> None:
+        task_table, owner_table = self.tables.task, self.tables.owner
         match event:
             case TaskList.Started(user_id=user_id):
-                conn.execute(insert(_owner).values(list_id=event.originator_id, user_id=user_id))
+                conn.execute(
+                    insert(owner_table).values(list_id=event.originator_id, user_id=user_id)
+                )
                 self._owners[event.originator_id] = user_id
             case TaskList.TaskAdded():
                 conn.execute(
-                    insert(_task).values(
+                    insert(task_table).values(
                         id=event.task_id,
                         user_id=self._owner_of(conn, event.originator_id),
                         title=event.title,
@@ -139,25 +144,27 @@ class Projector:
             case TaskList.TaskReopened():
                 self._change(conn, event, completed=False)
             case TaskList.TaskDeleted():
-                conn.execute(delete(_task).where(_task.c.id == event.task_id))
+                conn.execute(delete(task_table).where(task_table.c.id == event.task_id))
             case _:
                 # Events this projection has no use for (e.g. added by a later
                 # version) move the position on and change nothing.
                 pass
 
     def _change(self, conn: Connection, event: Any, **values: Any) -> None:
+        task_table = self.tables.task
         conn.execute(
-            update(_task)
-            .where(_task.c.id == event.task_id)
-            .values(updated_at=event.timestamp, version=_task.c.version + 1, **values)
+            update(task_table)
+            .where(task_table.c.id == event.task_id)
+            .values(updated_at=event.timestamp, version=task_table.c.version + 1, **values)
         )
 
     def _owner_of(self, conn: Connection, list_id: UUID) -> str:
         try:
             return self._owners[list_id]
         except KeyError:
+            owner_table = self.tables.owner
             user_id = conn.execute(
-                select(_owner.c.user_id).where(_owner.c.list_id == list_id)
+                select(owner_table.c.user_id).where(owner_table.c.list_id == list_id)
             ).scalar_one()
             self._owners[list_id] = user_id
             return str(user_id)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Table
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Table
+from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
 
@@ -55,3 +57,39 @@ class ProjectionPosition(SQLModel, table=True):
 task_view: Table = TaskView.__table__  # type: ignore[attr-defined]
 task_list_owner: Table = TaskListOwner.__table__  # type: ignore[attr-defined]
 projection_position: Table = ProjectionPosition.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class ViewTables:
+    """The tables one projection writes: the live ones, or a copy under other names
+    (for checking the live ones against a replay, or rebuilding beside them)."""
+
+    task: Table
+    owner: Table
+
+    @classmethod
+    def copy(cls, prefix: str) -> ViewTables:
+        metadata = MetaData()
+        return cls(
+            task=_renamed(task_view, prefix, metadata),
+            owner=_renamed(task_list_owner, prefix, metadata),
+        )
+
+    def create(self, engine: Engine) -> None:
+        for table in (self.task, self.owner):
+            table.create(engine, checkfirst=True)
+
+    def drop(self, engine: Engine) -> None:
+        for table in (self.task, self.owner):
+            table.drop(engine, checkfirst=True)
+
+
+def _renamed(table: Table, prefix: str, metadata: MetaData) -> Table:
+    copy = table.to_metadata(metadata, name=prefix + table.name)
+    # Index names are schema-wide in PostgreSQL: give the copies their own.
+    for index in copy.indexes:
+        index.name = quoted_name(f"{prefix}{index.name}", quote=None)
+    return copy
+
+
+LIVE_TABLES = ViewTables(task=task_view, owner=task_list_owner)

@@ -6,14 +6,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, insert, select, update
 
 from api.settings import Settings
 from read_side.database import create_read_engine, create_read_tables
 from read_side.projector import Projector, read_position
-from read_side.tables import task_view
+from read_side.tables import projection_position, task_view
+from read_side.verify import verify
 from tests.conftest import BACKENDS, make_settings
 from write_side import Task, TaskLedger
 
@@ -137,3 +139,56 @@ def test_two_projectors_at_once_apply_each_event_once(ledger: TaskLedger, engine
     assert errors == []
     assert len(rows(engine)) == 200
     assert projectors[0].position() == ledger.last_position()
+
+
+def test_verify_finds_no_difference_in_a_faithful_projection(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    task = add(ledger, "alice", "a")
+    add(ledger, "bob", "b")
+    ledger.toggle_task("alice", task.id)
+    Projector(ledger, engine).catch_up()
+    result = verify(ledger, engine)
+    assert result.ok
+    assert (result.live_rows, result.replayed_rows) == (2, 2)
+    assert result.position == ledger.last_position()
+
+
+def test_verify_lists_every_difference(ledger: TaskLedger, engine: Engine) -> None:
+    changed = add(ledger, "alice", "changed")
+    removed = add(ledger, "alice", "removed")
+    Projector(ledger, engine).catch_up()
+    stray = uuid4()
+    with engine.begin() as conn:
+        conn.execute(
+            update(task_view)
+            .where(task_view.c.id == changed.id)
+            .values(title="tampered", completed=True)
+        )
+        conn.execute(delete(task_view).where(task_view.c.id == removed.id))
+        conn.execute(
+            insert(task_view).values(
+                id=stray,
+                user_id="alice",
+                title="stray",
+                completed=False,
+                created_at=changed.created_at,
+                updated_at=changed.created_at,
+                version=1,
+                created_seq=0,
+            )
+        )
+    result = verify(ledger, engine)
+    assert not result.ok
+    by_id = {d.task_id: d for d in result.differences}
+    assert by_id[str(removed.id)].kind == "missing"
+    assert by_id[str(stray)].kind == "unexpected"
+    assert by_id[str(changed.id)].kind == "different"
+    assert by_id[str(changed.id)].fields == {
+        "title": ("tampered", "changed"),
+        "completed": (True, False),
+    }
+    # The scratch tables are gone again.
+    with engine.connect() as conn:
+        names = {row[0] for row in conn.execute(select(projection_position.c.name))}
+    assert names == {"tasks"}
