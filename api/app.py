@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import PlainTextResponse
 
 from api.deps import ServicesDep
 from api.errors import install_error_handlers, problem, problem_responses
@@ -77,6 +78,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         except Exception as error:
             log.warning("not ready: %s", type(error).__name__)
             return problem(503, "a database is unreachable", headers={"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def metrics(services: ServicesDep) -> str:
+        """Prometheus text format: command totals, log and projection positions, lag."""
+        return services.metrics()
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -92,6 +92,23 @@ class Services:
             ),
         }
 
+    def metrics(self) -> str:
+        """This process's figures in Prometheus' text format."""
+        lines = []
+        for name in ("commands_saved", "conflicts_retried", "idempotent_replays"):
+            lines += [
+                f"# TYPE taskledger_{name}_total counter",
+                f"taskledger_{name}_total {self.ledger.counts[name]}",
+            ]
+        try:
+            ready = self.readiness()
+        except Exception as error:
+            log.warning("metrics without positions: %s", type(error).__name__)
+        else:
+            for name in ("log_position", "projected_position", "projection_lag_events"):
+                lines += [f"# TYPE taskledger_{name} gauge", f"taskledger_{name} {ready[name]}"]
+        return "\n".join(lines) + "\n"
+
     # ------------------------------------------------------------------------
 
     def _projector_worker(self) -> ProjectorWorker:

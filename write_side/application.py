@@ -6,6 +6,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -81,6 +82,9 @@ class TaskLedger(Application[UUID]):
         # Commands on one user are serialised inside this process, so that they do not
         # conflict with each other; conflicts with other processes are still retried.
         self._user_locks = [threading.Lock() for _ in range(256)]
+        # Running totals for operators: commands saved, conflicts retried, replays.
+        self.counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
         super().__init__(env=dict(env or {}))
 
     def construct_factory(self, env: Any) -> Any:
@@ -186,6 +190,10 @@ class TaskLedger(Application[UUID]):
         except AggregateNotFoundError:
             return None
 
+    def _count(self, name: str) -> None:
+        with self._counts_lock:
+            self.counts[name] += 1
+
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
@@ -210,6 +218,7 @@ class TaskLedger(Application[UUID]):
                     # Whatever happened since, the repeat sees the first outcome; the
                     # log's current end is at or past the position it had.
                     task = record.outcome_for(request)
+                    self._count("idempotent_replays")
                     return Change(task, self.last_position(), attempt, replayed=True)
                 # A user's stream starts with their first command; on a user without
                 # one, commands on a task fail with TaskNotFound and save nothing.
@@ -235,7 +244,9 @@ class TaskLedger(Application[UUID]):
                     recordings = self.save(tasks, record)
                 except IntegrityError:
                     log.info("conflict on %s, retrying (attempt %d)", tasks.id, attempt)
+                    self._count("conflicts_retried")
                 else:
+                    self._count("commands_saved")
                     position = recordings[-1].notification.id
                     if self._on_saved is not None:
                         self._on_saved(position)
