@@ -15,6 +15,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from api.settings import Settings
 
@@ -115,6 +116,61 @@ def token(
     if role:
         claims["role"] = role[0] if len(role) == 1 else role
     typer.echo(jwt.encode(claims, secret, algorithm="HS256"))
+
+
+projections = typer.Typer(help="Operator tools for the read-side projections.")
+app.add_typer(projections, name="projections")
+
+
+@projections.command("status")
+def projections_status() -> None:
+    """Show the log's end, the projection's position and the lag between them."""
+    from api.services import Services  # noqa: PLC0415 - heavy, only for this command
+
+    settings = _settings()
+    services = Services(settings, with_projector=False)
+    try:
+        ready = services.readiness()
+    finally:
+        services.close()
+    table = Table("projection", "log position", "projected", "lag (events)")
+    table.add_row(
+        "tasks",
+        str(ready["log_position"]),
+        str(ready["projected_position"]),
+        str(ready["projection_lag_events"]),
+    )
+    Console().print(table)
+
+
+@projections.command("verify")
+def projections_verify() -> None:
+    """Replay the whole log into scratch tables and list every difference from the live
+    read table. Exits 1 when there is any."""
+    from api.services import Services  # noqa: PLC0415
+    from read_side.verify import verify  # noqa: PLC0415
+
+    settings = _settings()
+    services = Services(settings, with_projector=False)
+    try:
+        result = verify(services.ledger, services.read_engine)
+    finally:
+        services.close()
+    out = Console()
+    out.print(
+        f"position {result.position}: {result.live_rows} live rows, "
+        f"{result.replayed_rows} replayed rows, {len(result.differences)} differences"
+    )
+    if result.differences:
+        table = Table("task", "difference", "fields (live -> replayed)")
+        for difference in result.differences:
+            fields = ", ".join(
+                f"{name}: {live!r} -> {replayed!r}"
+                for name, (live, replayed) in difference.fields.items()
+            )
+            table.add_row(difference.task_id, difference.kind, fields)
+        out.print(table)
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -65,3 +66,27 @@ def test_zero_configuration_serve_token_create_list(
     listed = httpx.get(f"{base_url}/api/alice/tasks", headers=headers)
     assert [task["title"] for task in listed.json()] == ["Buy milk"]
     assert (tmp_path / "data" / "events.sqlite3").exists()
+
+
+def test_projections_status_and_verify(
+    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
+) -> None:
+    env = service_env(None, tmp_path)
+    base_url, server = live_server(env)
+    headers = {"Authorization": f"Bearer {taskledger('token', 'alice', env=env).stdout.strip()}"}
+    for title in ("a", "b"):
+        httpx.post(f"{base_url}/api/alice/tasks", json={"title": title}, headers=headers)
+    server.stop()
+    status = taskledger("projections", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert "tasks" in status.stdout
+    verified = taskledger("projections", "verify", env=env)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "2 live rows, 2 replayed rows, 0 differences" in verified.stdout
+    # Damage the read table behind the projector's back: verify names the task.
+    with sqlite3.connect(tmp_path / "read.sqlite3") as db:
+        db.execute("UPDATE task_view SET title = 'tampered' WHERE title = 'a'")
+    damaged = taskledger("projections", "verify", env=env)
+    assert damaged.returncode == 1
+    assert "different" in damaged.stdout
+    assert "tampered" in damaged.stdout
