@@ -8,9 +8,11 @@ import re
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Annotated
 
 import jwt
+import orjson
 import typer
 import uvicorn
 from pydantic import ValidationError
@@ -116,6 +118,52 @@ def token(
     if role:
         claims["role"] = role[0] if len(role) == 1 else role
     typer.echo(jwt.encode(claims, secret, algorithm="HS256"))
+
+
+@app.command()
+def history(
+    user_id: Annotated[str, typer.Argument(help="Whose history")],
+    until: Annotated[
+        str | None, typer.Option(help="Replay only up to this moment (ISO 8601, UTC if no zone)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
+) -> None:
+    """Replay a user's events from the log, and show their tasks as of then."""
+    from write_side import TaskLedger  # noqa: PLC0415 - heavy, only for this command
+
+    moment = None
+    if until is not None:
+        try:
+            moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            err.print(f"[red]Bad --until {until!r}:[/red] use ISO 8601, e.g. 2026-11-28T09:30:00Z")
+            raise typer.Exit(2) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    storage = _settings().storage
+    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    try:
+        result = ledger.history(user_id, moment)
+    finally:
+        ledger.close()
+    if as_json:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z).decode())
+        return
+    out = Console()
+    events = Table("version", "at (UTC)", "event", "task", "details", title=f"history of {user_id}")
+    for entry in result.entries:
+        details = ", ".join(f"{key}={value!r}" for key, value in entry.details.items())
+        events.add_row(
+            str(entry.version), entry.at.isoformat(), entry.event, str(entry.task_id or ""), details
+        )
+    out.print(events)
+    as_of = f"as of {moment.isoformat()}" if moment else "now"
+    tasks = Table("task", "title", "completed", "version", title=f"tasks {as_of}")
+    for task in result.tasks:
+        tasks.add_row(
+            str(task.id), task.title, "yes" if task.completed else "no", str(task.version)
+        )
+    out.print(tasks)
 
 
 projections = typer.Typer(help="Operator tools for the read-side projections.")

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import jwt
 
-from tests.conftest import ROOT, SECRET, LiveProcess, service_env
+from tests.conftest import ROOT, SECRET, LiveProcess, make_settings, service_env
+from write_side import TaskLedger
 
 
 def taskledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -90,3 +94,38 @@ def test_projections_status_and_verify(
     assert damaged.returncode == 1
     assert "different" in damaged.stdout
     assert "tampered" in damaged.stdout
+
+
+def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
+    env = service_env(None, tmp_path)
+    settings = make_settings(None, tmp_path)
+    ledger = TaskLedger(env=settings.storage.event_store_env)
+    task = ledger.add_task("alice", "first title", None).task
+    assert task is not None
+    ledger.toggle_task("alice", task.id)
+    moment = datetime.now(UTC)
+    time.sleep(0.01)
+    ledger.update_task("alice", task.id, title="second title")
+    ledger.close()
+
+    everything = taskledger("history", "alice", "--json", env=env)
+    assert everything.returncode == 0, everything.stderr
+    data = json.loads(everything.stdout)
+    assert [entry["event"] for entry in data["entries"]] == [
+        "Started",
+        "TaskAdded",
+        "TaskCompleted",
+        "TaskEdited",
+    ]
+    assert data["tasks"][0]["title"] == "second title"
+
+    then = taskledger("history", "alice", "--until", moment.isoformat(), "--json", env=env)
+    earlier = json.loads(then.stdout)
+    assert len(earlier["entries"]) == 3
+    assert (earlier["tasks"][0]["title"], earlier["tasks"][0]["completed"]) == (
+        "first title",
+        True,
+    )
+    table = taskledger("history", "alice", env=env)
+    assert "TaskEdited" in table.stdout
+    assert taskledger("history", "alice", "--until", "yesterday", env=env).returncode == 2

@@ -18,6 +18,7 @@ from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcodin
 from eventsourcing.postgres import PostgresFactory
 
 from write_side.domain import Task, TaskList
+from write_side.history import History, replay
 from write_side.idempotency import RequestKey, RequestRecord
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,15 @@ class TaskLedger(Application[UUID]):
     # Snapshots bound the replay of a long stream when it is not in the cache.
     snapshotting_intervals: ClassVar = {TaskList: 100}
     MAX_ATTEMPTS = 30
+    # eventsourcing retries a statement that fails for want of a connection 10 times,
+    # 0.2 s apart, each attempt waiting up to the pool's timeout for one: with its own
+    # 5 s a call on a database that is away would hang ~50 s. This wait keeps the whole
+    # retry loop near 3 s, so the request fails fast (503) instead.
+    POOL_WAIT_SECONDS = 0.1
+    # The pool reconnects in the background with back-off (1, 2, 4, … s apart) for up
+    # to 5 minutes; after a long outage its next try could come long after the database
+    # is back. Giving up sooner lets the next request that needs a connection try afresh.
+    POOL_RECONNECT_SECONDS = 300.0
 
     def __init__(
         self,
@@ -89,10 +99,12 @@ class TaskLedger(Application[UUID]):
 
     def construct_factory(self, env: Any) -> Any:
         factory = super().construct_factory(env)
-        if isinstance(factory, PostgresFactory) and self._connect_options:
-            pool_kwargs = factory.datastore.pool.kwargs
-            assert isinstance(pool_kwargs, dict)  # set by eventsourcing, never a callable
-            pool_kwargs.update(self._connect_options)
+        if isinstance(factory, PostgresFactory):
+            pool = factory.datastore.pool
+            pool.timeout = self.POOL_WAIT_SECONDS
+            pool.reconnect_timeout = self.POOL_RECONNECT_SECONDS
+            assert isinstance(pool.kwargs, dict)  # set by eventsourcing, never a callable
+            pool.kwargs.update(self._connect_options)
         return factory
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
@@ -183,6 +195,10 @@ class TaskLedger(Application[UUID]):
             return self.repository.get(TaskList.create_id(user_id))
         except AggregateNotFoundError:
             return None
+
+    def history(self, user_id: str, until: datetime | None = None) -> History:
+        """The user's events from the log, and their tasks as they stood at ``until``."""
+        return replay(user_id, self.events.get(TaskList.create_id(user_id)), until)
 
     def request_record(self, user_id: str, key: str) -> RequestRecord | None:
         try:
