@@ -195,7 +195,8 @@ class Settings(BaseSettings):
                 "POSTGRES_PASSWORD": main["password"],
                 "POSTGRES_POOL_SIZE": str(self.db_pool_size),
                 "POSTGRES_MAX_OVERFLOW": str(self.db_pool_size),
-                # Seconds to wait for a pooled connection: fail fast when the DB is away.
+                # Seconds to wait for a pooled connection (whole seconds only here:
+                # TaskLedger shortens it, as its library retries each wait 10 times).
                 "POSTGRES_CONNECT_TIMEOUT": "5",
                 "POSTGRES_PRE_PING": "y",
                 "POSTGRES_LOCK_TIMEOUT": "5",

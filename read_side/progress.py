@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 
 class ProjectionProgress:
@@ -41,8 +44,14 @@ class ProjectionProgress:
             return True
         deadline = time.monotonic() + timeout
         while True:
-            if self.refresh() >= position:
-                return True
+            try:
+                if self.refresh() >= position:
+                    return True
+            except Exception as error:
+                # The read tables are unreachable (the database is restarting). The
+                # write is durable already: wait on, and at worst answer it as pending,
+                # never as an error that a client would retry into a duplicate.
+                log.info("reading the projection position failed (%s)", type(error).__name__)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False

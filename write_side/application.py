@@ -77,7 +77,7 @@ class TaskLedger(Application[UUID]):
     # The pool reconnects in the background with back-off (1, 2, 4, … s apart) for up
     # to 5 minutes; after a long outage its next try could come long after the database
     # is back. Giving up sooner lets the next request that needs a connection try afresh.
-    POOL_RECONNECT_SECONDS = 300.0
+    POOL_RECONNECT_SECONDS = 5.0
 
     def __init__(
         self,
