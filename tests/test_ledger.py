@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from api.settings import Settings
 from tests.conftest import BACKENDS, make_settings
@@ -124,3 +126,41 @@ def test_long_streams_are_snapshotted(ledger: TaskLedger) -> None:
     # A process without the cache rebuilds from the latest snapshot plus 51 events.
     stream = ledger.repository.get(TaskList.create_id("busy"), version=None)
     assert len(stream) == 250
+
+
+class LostAcknowledgement(TaskLedger):
+    """A ledger whose next save commits, then fails as a lost answer would: the library's
+    own retry of the insert collides with the rows just committed."""
+
+    lose_next_answer = False
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        recordings = super().save(*objs, **kwargs)
+        if self.lose_next_answer:
+            self.lose_next_answer = False
+            raise IntegrityError("duplicate key value violates unique constraint")
+        return recordings
+
+
+def test_a_committed_save_whose_answer_was_lost_is_not_applied_twice(
+    fresh_settings: Settings,
+) -> None:
+    storage = fresh_settings.storage
+    ledger = LostAcknowledgement(env=storage.event_store_env)
+    task = ledger.add_task("alice", "t", None).task
+    assert task is not None
+    ledger.lose_next_answer = True
+    toggled = ledger.toggle_task("alice", task.id)
+    assert toggled.task is not None
+    assert toggled.task.completed is True
+    assert toggled.conflicts_retried == 0
+    stream = ledger.task_list("alice")
+    assert stream is not None
+    assert stream.task(task.id).completed is True  # toggled once, not twice
+    assert stream.version == 3
+    ledger.lose_next_answer = True
+    ledger.add_task("alice", "once", None)
+    stream = ledger.task_list("alice")
+    assert stream is not None
+    assert [t.title for t in stream.tasks()] == ["t", "once"]
+    ledger.close()

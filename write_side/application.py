@@ -255,23 +255,39 @@ class TaskLedger(Application[UUID]):
                     # Nothing changed: reading up to the current end of the log
                     # shows the same state as this answer.
                     return Change(task, self.last_position(), attempt)
-                try:
-                    # One transaction: the request's record is durable with its events.
-                    recordings = self.save(tasks, record)
-                except IntegrityError:
-                    log.info("conflict on %s, retrying (attempt %d)", tasks.id, attempt)
-                    self._count("conflicts_retried")
-                else:
+                position = self._save(tasks, record)
+                if position is not None:
                     self._count("commands_saved")
-                    position = recordings[-1].notification.id
                     if self._on_saved is not None:
                         self._on_saved(position)
                     return Change(task, position, attempt)
+                log.info("conflict on %s, retrying (attempt %d)", tasks.id, attempt)
+                self._count("conflicts_retried")
             # Back off exponentially (capped), with full jitter, so that a writer that
             # keeps losing the race gets a gap to win it.
             backoff = min(0.001 * 2**attempt, 0.05)
             time.sleep(random.uniform(0, backoff))  # noqa: S311 - jitter, not crypto
         raise ConcurrencyExhausted(user_id)
+
+    def _save(self, tasks: TaskList, record: RequestRecord | None) -> int | None:
+        """Save in one transaction (the request's record is durable with its events);
+        the position of the last event, or None when another writer got in first."""
+        pending = list(tasks.pending_events)
+        try:
+            return self.save(tasks, record)[-1].notification.id
+        except IntegrityError:
+            # The library retries an insert whose connection broke. If the first try
+            # had committed (only its answer was lost), the retry collides with our own
+            # events: that is success, not a conflict, and running the command again
+            # would apply it twice.
+            if pending and self._stored(pending) == pending:
+                log.warning("save of %s was committed before its connection broke", tasks.id)
+                return self.last_position()
+            return None
+
+    def _stored(self, events: list[Any]) -> list[Any]:
+        first, last = events[0].originator_version, events[-1].originator_version
+        return list(self.events.get(events[0].originator_id, gt=first - 1, lte=last))
 
 
 class ConcurrencyExhausted(Exception):
