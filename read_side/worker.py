@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import IO, Protocol
@@ -95,7 +96,10 @@ class ProjectorWorker:
     """Runs ``projector`` in a thread while it holds ``leadership``.
 
     ``wake()`` is called by whoever knows of new events (a save in this process, a
-    NOTIFY from the event store); ``poll_interval`` is only the safety net.
+    NOTIFY from the event store); ``poll_interval`` is only the safety net. SQLite has
+    no NOTIFY: a projector in its own process would learn of another process's saves
+    only by that poll, so there the worker also watches the log's end, every
+    ``watch_interval`` (a cheap read of the events file).
     """
 
     def __init__(
@@ -105,11 +109,15 @@ class ProjectorWorker:
         *,
         poll_interval: float = 1.0,
         standby_interval: float = 1.0,
+        watch_interval: float | None = None,
     ) -> None:
         self.projector = projector
         self.leadership = leadership
         self.poll_interval = poll_interval
         self.standby_interval = standby_interval
+        if watch_interval is None and projector.engine.dialect.name == "sqlite":
+            watch_interval = 0.01
+        self.watch_interval = watch_interval
         self.is_leader = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -144,6 +152,8 @@ class ProjectorWorker:
             # Clear before reading, so that a wake during the round is not lost.
             self._wake.clear()
             try:
+                # Everything up to here is applied when catch_up returns.
+                seen = self._log_end() if self.watch_interval else 0
                 self.projector.catch_up()
             except Exception as error:
                 # The database may be away. The next round starts again from the
@@ -153,6 +163,26 @@ class ProjectorWorker:
                 if not self.leadership.holds():
                     return
                 continue
-            if not self._wake.wait(self.poll_interval) and not self.leadership.holds():
+            if not self._wait_for_events(seen) and not self.leadership.holds():
                 log.warning("projector %s: lost leadership", self.projector.name)
                 return
+
+    def _log_end(self) -> int:
+        return int(self.projector.ledger.recorder.max_notification_id() or 0)
+
+    def _wait_for_events(self, seen: int) -> bool:
+        """Wait for a wake, or for the log to grow past ``seen``; False when
+        ``poll_interval`` passed with neither."""
+        if not self.watch_interval:
+            return self._wake.wait(self.poll_interval)
+        deadline = time.monotonic() + self.poll_interval
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self._wake.wait(min(self.watch_interval, remaining)):
+                return True
+            try:
+                if self._log_end() > seen:
+                    return True
+            except Exception as error:
+                log.warning("watching the log failed (%s)", type(error).__name__)
+                return False
+        return False
