@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     read_your_writes_timeout_seconds: float = Field(default=5, ge=0)
     projector_poll_seconds: float = Field(default=1.0, gt=0)
     aggregate_cache_size: int = Field(default=1000, ge=0)
-    db_pool_size: int = Field(default=10, ge=1)
+    # Most connections a process opens to each of the event store and the read tables.
+    db_pool_size: int = Field(default=10, ge=2)
     log_level: str = "info"
 
     @field_validator("auditor_roles", "cors_origins", mode="before")
@@ -193,8 +194,10 @@ class Settings(BaseSettings):
                 "POSTGRES_PORT": main["port"] or "5432",
                 "POSTGRES_USER": main["user"] or "postgres",
                 "POSTGRES_PASSWORD": main["password"],
-                "POSTGRES_POOL_SIZE": str(self.db_pool_size),
-                "POSTGRES_MAX_OVERFLOW": str(self.db_pool_size),
+                # Few connections held open while idle (managed Postgres counts them;
+                # a projector process needs one or two); up to DB_POOL_SIZE under load.
+                "POSTGRES_POOL_SIZE": "2",
+                "POSTGRES_MAX_OVERFLOW": str(max(self.db_pool_size - 2, 0)),
                 # Seconds to wait for a pooled connection (whole seconds only here:
                 # TaskLedger shortens it, as its library retries each wait 10 times).
                 "POSTGRES_CONNECT_TIMEOUT": "5",

@@ -27,8 +27,10 @@ def create_read_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     return create_engine(
         url,
+        # Opened on demand, kept while idle; ``pool_size`` in all, so that every
+        # process stays inside its share of the server's connection limit.
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         # A request must not hang when the database is away.
         pool_timeout=5,
