@@ -94,9 +94,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components["Problem"] = Problem.model_json_schema(
-            ref_template="#/components/schemas/{model}"
-        )
+        problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        # Its nested models (the 422 errors) are components too, where its $refs point.
+        components.update(problem_schema.pop("$defs", {}))
+        components["Problem"] = problem_schema
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from api.auth import AuthenticationFailed, KeysUnavailable
 from write_side import (
@@ -72,10 +73,28 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
     return problem(422, "the request is not valid", errors=fields)
 
 
-async def _http(_: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return problem(exc.status_code, detail, headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route on this path only; the
+        # resource has one route per method, and RFC 9110 wants them all.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem(exc.status_code, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    # Each method is tried on the app's routes (included routers answer matches() too,
+    # while they hide their routes' methods).
+    routes = request.app.router.routes
+    return [
+        method
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
 
 
 async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
@@ -148,12 +167,39 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _internal)
 
 
+# The headers the handlers above always send with these problems.
+_PROBLEM_HEADERS: dict[int, dict[str, dict[str, Any]]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": 'The bearer challenge (RFC 6750): `Bearer` or `Bearer error="…"`',
+            "required": True,
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        }
+    },
+    412: {
+        "ETag": {
+            "description": "The task's current version",
+            "required": True,
+            "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    },
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the problems a route can answer."""
     return {
         status: {
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            **({"headers": _PROBLEM_HEADERS[status]} if status in _PROBLEM_HEADERS else {}),
         }
         for status in statuses
     }

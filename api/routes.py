@@ -18,7 +18,7 @@ from api.deps import (
     WritableUser,
 )
 from api.errors import problem_responses
-from api.schemas import CompletionSet, NoNul, TaskCreate, TaskOut, TaskUpdate
+from api.schemas import CompletionSet, NoNul, NoNulText, TaskCreate, TaskOut, TaskUpdate
 from api.services import Services
 from read_side import queries
 from write_side import UNSET, Change, TaskNotFound
@@ -27,6 +27,37 @@ router = APIRouter(prefix="/api", tags=["tasks"])
 
 _READ_PROBLEMS = problem_responses(401, 403, 404, 422, 503)
 _WRITE_PROBLEMS = problem_responses(400, 401, 403, 404, 412, 413, 415, 422, 503)
+_POSITION = {"type": "integer", "minimum": 0}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "ETag": {
+        "description": 'The task\'s version, e.g. "3": send it back as If-Match',
+        "schema": {"type": "string", "pattern": '^"[0-9]+"$'},
+    },
+    "Location": {"description": "The new task's URL", "schema": {"type": "string"}},
+    "X-Ledger-Position": {
+        "description": "The write's position in the event log",
+        "schema": _POSITION,
+    },
+    "X-Total-Count": {"description": "Tasks matching the filter, all pages", "schema": _POSITION},
+    "X-Projection-Pending": {
+        "description": "Sent when the listing does not show this write yet (it is durable)",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+    "Idempotent-Replayed": {
+        "description": "Sent when this answers an earlier request with the same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+
+
+def _success(status: int, *always: str, write: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The success response's documented headers: ``always`` sent, and for writes the
+    two sent only sometimes."""
+    names = [*always, *(["X-Projection-Pending", "Idempotent-Replayed"] if write else [])]
+    headers = {name: {**_HEADERS[name], "required": name in always} for name in names}
+    return {status: {"headers": headers}}
+
+
 _JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
@@ -76,7 +107,11 @@ def _written(services: Services, user_id: str, change: Change, status: int = 200
     return _json(_task_json(user_id, change.task), status, headers)
 
 
-@router.get("/{user_id}/tasks", response_model=list[TaskOut], responses=_READ_PROBLEMS)
+@router.get(
+    "/{user_id}/tasks",
+    response_model=list[TaskOut],
+    responses={**_success(200, "X-Total-Count"), **_READ_PROBLEMS},
+)
 def list_tasks(
     user_id: ReadableUser,
     session: SessionDep,
@@ -84,7 +119,7 @@ def list_tasks(
     status: Literal["all", "pending", "completed"] = "all",
     sort: Literal["created_at", "updated_at", "title"] = "created_at",
     order: Literal["asc", "desc"] = "desc",
-    q: Annotated[str | None, Query(max_length=200), NoNul] = None,
+    q: Annotated[NoNulText | None, Query(max_length=200), NoNul] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:
@@ -93,7 +128,15 @@ def list_tasks(
     return _json([_task_json(user_id, row) for row in rows], headers={"X-Total-Count": str(total)})
 
 
-@router.post("/{user_id}/tasks", status_code=201, response_model=TaskOut, responses=_WRITE_PROBLEMS)
+@router.post(
+    "/{user_id}/tasks",
+    status_code=201,
+    response_model=TaskOut,
+    responses={
+        **_success(201, "Location", "ETag", "X-Ledger-Position", write=True),
+        **_WRITE_PROBLEMS,
+    },
+)
 def create_task(
     user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
 ) -> Response:
@@ -101,7 +144,11 @@ def create_task(
     return _written(services, user_id, change, status=201)
 
 
-@router.get("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_READ_PROBLEMS)
+@router.get(
+    "/{user_id}/tasks/{task_id}",
+    response_model=TaskOut,
+    responses={**_success(200, "ETag"), **_READ_PROBLEMS},
+)
 def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Response:
     row = queries.get_task(session, user_id, task_id)
     if row is None:
@@ -109,7 +156,11 @@ def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Respo
     return _json(_task_json(user_id, row), headers={"ETag": f'"{row.version}"'})
 
 
-@router.put("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_WRITE_PROBLEMS)
+@router.put(
+    "/{user_id}/tasks/{task_id}",
+    response_model=TaskOut,
+    responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
+)
 def update_task(
     user_id: WritableUser,
     task_id: UUID,
@@ -136,7 +187,7 @@ def update_task(
     "/{user_id}/tasks/{task_id}",
     status_code=204,
     response_class=Response,
-    responses=_WRITE_PROBLEMS,
+    responses={**_success(204, "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
 )
 def delete_task(
     user_id: WritableUser,
@@ -150,7 +201,9 @@ def delete_task(
 
 
 @router.patch(
-    "/{user_id}/tasks/{task_id}/complete", response_model=TaskOut, responses=_WRITE_PROBLEMS
+    "/{user_id}/tasks/{task_id}/complete",
+    response_model=TaskOut,
+    responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
 )
 def complete_task(
     user_id: WritableUser,
