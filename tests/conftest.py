@@ -180,6 +180,17 @@ def service_env(database_url: str | None, data_dir: Path, **extra: str) -> dict[
     return env
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not gone within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 class LiveProcess:
     """A `taskledger` command running as a real process, stopped at teardown."""
 
@@ -206,13 +217,8 @@ class LiveProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

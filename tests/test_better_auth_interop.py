@@ -44,7 +44,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tests.conftest import LiveProcess, free_port, make_settings, service_env
+from tests.conftest import LiveProcess, free_port, make_settings, service_env, stop_process
 
 NODE_PROJECT = Path(__file__).resolve().parent / "interop" / "better_auth"
 NODE_FILES = ("package.json", "package-lock.json", "server.mjs")
@@ -189,13 +189,7 @@ class BetterAuthServer:
 
     def stop(self) -> None:
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
     def sign_up(self, name: str = "user") -> AuthUser:
         email = f"{name}-{uuid.uuid4().hex[:10]}@example.com"
