@@ -150,6 +150,10 @@ class TokenVerifier:
                 self._verified.popitem(last=False)
         return principal
 
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired; no I/O."""
+        return self._cached(token)
+
     def _cached(self, token: str) -> Principal | None:
         with self._cache_lock:
             principal = self._verified.get(token)

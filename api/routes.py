@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import orjson
 from fastapi import APIRouter, Body, Query, Response
 
 from api.deps import (
@@ -14,13 +12,13 @@ from api.deps import (
     IfMatch,
     ReadableUser,
     ServicesDep,
-    SessionDep,
     WritableUser,
 )
 from api.errors import problem_responses
 from api.schemas import CompletionSet, NoNul, NoNulText, TaskCreate, TaskOut, TaskUpdate
 from api.services import Services
 from read_side import queries
+from read_side.documents import task_document
 from write_side import UNSET, Change, TaskNotFound
 
 router = APIRouter(prefix="/api", tags=["tasks"])
@@ -58,36 +56,10 @@ def _success(status: int, *always: str, write: bool = False) -> dict[int | str, 
     return {status: {"headers": headers}}
 
 
-_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
-
-
-def _utc(moment: datetime) -> datetime:
-    # PostgreSQL answers timestamptz in the session's TimeZone (initdb picks the host's
-    # zone); naive values (SQLite) are UTC already, and OPT_NAIVE_UTC says so.
-    return moment if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _task_json(user_id: str, task: Any) -> dict[str, Any]:
-    # Works for the domain's Task and for a read-table row alike.
-    return {
-        "id": task.id,
-        "user_id": user_id,
-        "title": task.title,
-        "description": task.description,
-        "completed": task.completed,
-        "created_at": _utc(task.created_at),
-        "updated_at": _utc(task.updated_at),
-        "version": task.version,
-    }
-
-
-def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(content, option=_JSON_OPTIONS),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
+def _json_response(
+    document: str, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(document, status, headers, media_type="application/json")
 
 
 def _written(services: Services, user_id: str, change: Change, status: int = 200) -> Response:
@@ -104,7 +76,18 @@ def _written(services: Services, user_id: str, change: Change, status: int = 200
     headers["ETag"] = f'"{change.task.version}"'
     if status == 201:
         headers["Location"] = f"/api/{user_id}/tasks/{change.task.id}"
-    return _json(_task_json(user_id, change.task), status, headers)
+    task = change.task
+    document = task_document(
+        id=task.id,
+        user_id=user_id,
+        title=task.title,
+        description=task.description,
+        completed=task.completed,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+        version=task.version,
+    )
+    return _json_response(document, status, headers)
 
 
 @router.get(
@@ -114,7 +97,7 @@ def _written(services: Services, user_id: str, change: Change, status: int = 200
 )
 def list_tasks(
     user_id: ReadableUser,
-    session: SessionDep,
+    services: ServicesDep,
     *,
     status: Literal["all", "pending", "completed"] = "all",
     sort: Literal["created_at", "updated_at", "title"] = "created_at",
@@ -124,8 +107,10 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:
     spec = queries.TaskFilter(status, sort, order, q, limit, offset)
-    rows, total = queries.list_tasks(session, user_id, spec)
-    return _json([_task_json(user_id, row) for row in rows], headers={"X-Total-Count": str(total)})
+    with services.session() as session:
+        # Stored documents are the response's items as they are: no row is converted.
+        body, total = services.listings.page(session, user_id, spec)
+    return _json_response(body, headers={"X-Total-Count": str(total)})
 
 
 @router.post(
@@ -149,11 +134,12 @@ def create_task(
     response_model=TaskOut,
     responses={**_success(200, "ETag"), **_READ_PROBLEMS},
 )
-def get_task(user_id: ReadableUser, task_id: UUID, session: SessionDep) -> Response:
-    row = queries.get_task(session, user_id, task_id)
+def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Response:
+    with services.session() as session:
+        row = queries.get_task(session, user_id, task_id)
     if row is None:
         raise TaskNotFound(task_id)
-    return _json(_task_json(user_id, row), headers={"ETag": f'"{row.version}"'})
+    return _json_response(row.doc, headers={"ETag": f'"{row.version}"'})
 
 
 @router.put(

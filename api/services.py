@@ -11,6 +11,7 @@ from api.auth import JwksKeys, TokenVerifier
 from api.settings import Settings
 from read_side.database import DEFAULT_PROJECTION, create_read_engine, create_read_tables
 from read_side.listener import PostgresListener
+from read_side.listings import CachedListings
 from read_side.progress import ProjectionProgress
 from read_side.projector import PROJECTION_CHANNEL, Projector, read_position
 from read_side.worker import FileLeadership, Leadership, PostgresLeadership, ProjectorWorker
@@ -26,14 +27,19 @@ class Services:
         self.settings = settings
         storage = settings.storage
         self.is_postgres = storage.kind == "postgres"
-        self.read_engine = create_read_engine(storage.read_url, pool_size=settings.db_pool_size)
+        # The projector's (transactions, few connections) and the queries' (autocommit).
+        self.read_engine = create_read_engine(storage.read_url, pool_size=2)
         create_read_tables(self.read_engine)
+        self.query_engine = create_read_engine(
+            storage.read_url, pool_size=settings.db_pool_size, autocommit=True
+        )
         self.ledger = TaskLedger(
             env=storage.event_store_env,
             connect_options=storage.connect_options,
             on_saved=self._saved,
         )
         self.verifier = build_verifier(settings)
+        self.listings = CachedListings()
         run_projector = settings.run_projector if with_projector is None else with_projector
         self.worker = self._projector_worker() if run_projector else None
         # Without a projector here or notifications from one, waiters poll the table.
@@ -68,12 +74,13 @@ class Services:
             listener.stop()
         self.ledger.close()
         self.read_engine.dispose()
+        self.query_engine.dispose()
 
     def session(self) -> Session:
-        return Session(self.read_engine)
+        return Session(self.query_engine)
 
     def projected_position(self) -> int:
-        with self.read_engine.connect() as conn:
+        with self.query_engine.connect() as conn:
             return read_position(conn)
 
     def readiness(self) -> dict[str, Any]:

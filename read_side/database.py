@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
-from read_side.tables import projection_position
+from read_side.tables import LIVE_TABLES, projection_position
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PROJECTION = "tasks"
 
 
-def create_read_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for the read tables; ``url`` is an SQLAlchemy URL."""
+def create_read_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:
+    """An engine for the read tables; ``url`` is an SQLAlchemy URL.
+
+    ``autocommit`` suits queries of one statement each: no BEGIN and no ROLLBACK
+    around them, two round trips fewer per request. (The projector needs transactions.)
+    """
+    options: dict[str, Any] = (
+        {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}
+    )
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=pool_size,
             max_overflow=pool_size,
+            **options,
         )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
@@ -31,10 +42,14 @@ def create_read_engine(url: str, *, pool_size: int = 10) -> Engine:
         # process stays inside its share of the server's connection limit.
         pool_size=pool_size,
         max_overflow=0,
-        pool_pre_ping=True,
+        # Checking each connection before use costs a round trip per query; without
+        # it, the first query on a connection the server dropped fails (answered 503)
+        # and SQLAlchemy then discards every connection made before the drop.
+        pool_pre_ping=not autocommit,
         # A request must not hang when the database is away.
         pool_timeout=5,
         connect_args={"connect_timeout": 5},
+        **options,
     )
 
 
@@ -60,6 +75,7 @@ def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> 
     several processes at once: a lost creation race is retried."""
     for attempt in range(5):
         try:
+            _drop_outdated_views(engine)
             SQLModel.metadata.create_all(engine)
             with engine.begin() as conn:
                 row = projection_position.c
@@ -71,3 +87,25 @@ def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> 
             if attempt == 4:
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def _drop_outdated_views(engine: Engine) -> None:
+    """Read tables are disposable: when a table's columns are not the model's (an older
+    version made it), drop the views and their positions; the projector rebuilds them
+    from the log."""
+    existing = inspect(engine)
+    outdated = [
+        table.name
+        for table in LIVE_TABLES.all()
+        if existing.has_table(table.name)
+        and {column["name"] for column in existing.get_columns(table.name)}
+        != {column.name for column in table.columns}
+    ]
+    if not outdated:
+        return
+    log.warning("read tables %s are outdated: rebuilding them from the log", outdated)
+    with engine.begin() as conn:
+        for table in LIVE_TABLES.all():
+            table.drop(conn, checkfirst=True)
+        if existing.has_table(projection_position.name):
+            conn.execute(delete(projection_position))

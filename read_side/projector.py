@@ -18,6 +18,7 @@ from eventsourcing.persistence import Notification
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
 from read_side.database import DEFAULT_PROJECTION
+from read_side.documents import DOCUMENT_FIELDS, task_document
 from read_side.tables import LIVE_TABLES, ViewTables
 from read_side.tables import projection_position as _position
 from write_side.domain import TaskList
@@ -112,8 +113,19 @@ class Projector:
 
     def _apply_all(self, conn: Connection, notifications: Sequence[Notification]) -> None:
         mapper = self.ledger.mapper
+        changed: dict[UUID, int] = {}
         for notification in notifications:
-            self._apply(conn, mapper.to_domain_event(notification), notification.id)
+            event = mapper.to_domain_event(notification)
+            self._apply(conn, event, notification.id)
+            if isinstance(event, TaskList.Event):
+                changed[event.originator_id] = notification.id
+        owner_table = self.tables.owner
+        for list_id, position in changed.items():
+            conn.execute(
+                update(owner_table)
+                .where(owner_table.c.list_id == list_id)
+                .values(last_position=position)
+            )
 
     def _apply(self, conn: Connection, event: Any, position: int) -> None:
         task_table, owner_table = self.tables.task, self.tables.owner
@@ -124,17 +136,19 @@ class Projector:
                 )
                 self._owners[event.originator_id] = user_id
             case TaskList.TaskAdded():
+                fields: dict[str, Any] = {
+                    "id": event.task_id,
+                    "user_id": self._owner_of(conn, event.originator_id),
+                    "title": event.title,
+                    "description": event.description,
+                    "completed": False,
+                    "created_at": event.timestamp,
+                    "updated_at": event.timestamp,
+                    "version": 1,
+                }
                 conn.execute(
                     insert(task_table).values(
-                        id=event.task_id,
-                        user_id=self._owner_of(conn, event.originator_id),
-                        title=event.title,
-                        description=event.description,
-                        completed=False,
-                        created_at=event.timestamp,
-                        updated_at=event.timestamp,
-                        version=1,
-                        created_seq=position,
+                        **fields, created_seq=position, doc=task_document(**fields)
                     )
                 )
             case TaskList.TaskEdited():
@@ -151,11 +165,21 @@ class Projector:
                 pass
 
     def _change(self, conn: Connection, event: Any, **values: Any) -> None:
-        task_table = self.tables.task
+        table = self.tables.task
+        row = conn.execute(
+            select(*(table.c[name] for name in DOCUMENT_FIELDS)).where(table.c.id == event.task_id)
+        ).one()
+        fields = dict(row._mapping)
+        fields.update(values, updated_at=event.timestamp, version=row.version + 1)
         conn.execute(
-            update(task_table)
-            .where(task_table.c.id == event.task_id)
-            .values(updated_at=event.timestamp, version=task_table.c.version + 1, **values)
+            update(table)
+            .where(table.c.id == event.task_id)
+            .values(
+                **values,
+                updated_at=event.timestamp,
+                version=fields["version"],
+                doc=task_document(**fields),
+            )
         )
 
     def _owner_of(self, conn: Connection, list_id: UUID) -> str:

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Row, func, or_, select
+from sqlalchemy import ColumnElement, Row, bindparam, func, or_, select
 from sqlmodel import Session
 
+from read_side.tables import task_list_owner
 from read_side.tables import task_view as _task
+from write_side.domain import TaskList
 
 Status = Literal["all", "pending", "completed"]
 SortKey = Literal["created_at", "updated_at", "title"]
 Order = Literal["asc", "desc"]
-
-_columns = (
-    _task.c.id,
-    _task.c.user_id,
-    _task.c.title,
-    _task.c.description,
-    _task.c.completed,
-    _task.c.created_at,
-    _task.c.updated_at,
-    _task.c.version,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +28,9 @@ class TaskFilter:
     offset: int = 0
 
 
-def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[Sequence[Row[Any]], int]:
-    """One page of a user's tasks and the number of tasks that match in all."""
+def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[list[str], int]:
+    """One page of a user's tasks, as their JSON documents, and the number of tasks that
+    match in all."""
     conditions = [_task.c.user_id == user_id]
     if spec.status != "all":
         conditions.append(_task.c.completed == (spec.status == "completed"))
@@ -60,24 +51,41 @@ def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[Sequen
     ordering = (key.desc() if spec.order == "desc" else key.asc(), _task.c.created_seq)
     total = func.count().over().label("total")
     rows = session.execute(
-        select(*_columns, total)
+        select(_task.c.doc, total)
         .where(*conditions)
         .order_by(*ordering)
         .limit(spec.limit)
         .offset(spec.offset)
     ).all()
     if rows:
-        return rows, int(rows[0].total)
+        return [row.doc for row in rows], int(rows[0].total)
     # Past the last page the window count has no row to ride on.
     count = session.execute(select(func.count()).where(*conditions)).scalar_one()
-    return rows, int(count)
+    return [], int(count)
 
 
 def get_task(session: Session, user_id: str, task_id: UUID) -> Row[Any] | None:
-    """The user's task, or None: another user's task id is as good as unknown."""
+    """The user's task (``doc``, ``version``), or None: another user's task id is as
+    good as unknown."""
     return session.execute(
-        select(*_columns).where(_task.c.id == task_id, _task.c.user_id == user_id)
+        select(_task.c.doc, _task.c.version).where(
+            _task.c.id == task_id, _task.c.user_id == user_id
+        )
     ).first()
+
+
+# Built once: this runs on every listing, and building a statement costs more than
+# the primary-key lookup it makes.
+_USER_POSITION = select(task_list_owner.c.last_position).where(
+    task_list_owner.c.list_id == bindparam("list_id")
+)
+
+
+def user_position(session: Session, user_id: str) -> int:
+    """The log position of the user's last change in the tables (0: none yet)."""
+    list_id = TaskList.create_id(user_id)
+    position = session.execute(_USER_POSITION, {"list_id": list_id}).scalar_one_or_none()
+    return int(position or 0)
 
 
 def _escape_like(value: str) -> str:

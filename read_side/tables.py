@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Table
+from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Table, Text
 from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
@@ -31,6 +31,8 @@ class TaskView(SQLModel, table=True):
     version: int
     # Log position of the TaskAdded event: a total creation order, unlike timestamps.
     created_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # The task as JSON, exactly as responses show it (read_side.documents).
+    doc: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class TaskListOwner(SQLModel, table=True):
@@ -41,6 +43,9 @@ class TaskListOwner(SQLModel, table=True):
 
     list_id: UUID = Field(primary_key=True)
     user_id: str = Field(max_length=128)
+    # Log position of the last event of this user's stream in the tables: while it
+    # stands still, so do the user's rows, and a listing read before can be served again.
+    last_position: int = Field(sa_column=Column(BigInteger, nullable=False, default=0))
 
 
 class ProjectionPosition(SQLModel, table=True):
@@ -74,6 +79,9 @@ class ViewTables:
             task=_renamed(task_view, prefix, metadata),
             owner=_renamed(task_list_owner, prefix, metadata),
         )
+
+    def all(self) -> tuple[Table, Table]:
+        return (self.task, self.owner)
 
     def create(self, engine: Engine) -> None:
         for table in (self.task, self.owner):

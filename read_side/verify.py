@@ -16,7 +16,16 @@ from read_side.database import DEFAULT_PROJECTION
 from read_side.projector import Projector, read_position
 from read_side.tables import LIVE_TABLES, ViewTables, projection_position
 
-COMPARED = ("user_id", "title", "description", "completed", "created_at", "updated_at", "version")
+COMPARED = (
+    "user_id",
+    "title",
+    "description",
+    "completed",
+    "created_at",
+    "updated_at",
+    "version",
+    "doc",
+)
 
 
 @dataclass(frozen=True)
