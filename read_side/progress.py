@@ -39,24 +39,26 @@ class ProjectionProgress:
         return self._position
 
     def wait_for(self, position: int, timeout: float) -> bool:
-        """Wait until the read tables include ``position``; False on timeout."""
-        if self._position >= position:
-            return True
+        """Wait until the read tables include ``position``; False on timeout.
+
+        Waiters sleep until ``advance`` wakes them; the table itself is read only when
+        a poll interval passes without news (the only way, with no live source).
+        """
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.refresh() >= position:
-                    return True
-            except Exception as error:
-                # The read tables are unreachable (the database is restarting). The
-                # write is durable already: wait on, and at worst answer it as pending,
-                # never as an error that a client would retry into a duplicate.
-                log.info("reading the projection position failed (%s)", type(error).__name__)
+        while self._position < position:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             with self._changed:
-                if self._position < position:
-                    self._changed.wait(min(remaining, self._poll_interval))
-            if self._position >= position:
-                return True
+                woken = self._position >= position or self._changed.wait(
+                    min(remaining, self._poll_interval)
+                )
+            if not woken:
+                try:
+                    self.refresh()
+                except Exception as error:
+                    # The read tables are unreachable (the database is restarting).
+                    # The write is durable already: wait on, and at worst answer it as
+                    # pending, never as an error a client would retry into a duplicate.
+                    log.info("reading the projection position failed (%s)", type(error).__name__)
+        return True
