@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -38,6 +39,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # Route code runs in at most as many threads as a pool has connections: more
+        # would only queue inside the pools, whose waits are kept short so that an
+        # outage fails fast, and would time out there under load.
+        to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
         services.start()
         try:
             yield

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import (
     IdempotencyKey,
@@ -62,11 +64,12 @@ def _json_response(
     return Response(document, status, headers, media_type="application/json")
 
 
-def _written(services: Services, user_id: str, change: Change, status: int = 200) -> Response:
-    """The answer to a write, once the read tables show it (read-your-writes)."""
+async def _written(services: Services, user_id: str, change: Change, status: int = 200) -> Response:
+    """The answer to a write, once the read tables show it (read-your-writes). The
+    wait is on the event loop: no thread is held while the projector catches up."""
     headers = {"X-Ledger-Position": str(change.position)}
     timeout = services.settings.read_your_writes_timeout_seconds
-    if not services.progress.wait_for(change.position, timeout):
+    if not await services.progress.wait(change.position, timeout):
         # The write is durable in the log; only the listing lags behind it.
         headers["X-Projection-Pending"] = "true"
     if change.replayed:
@@ -122,11 +125,16 @@ def list_tasks(
         **_WRITE_PROBLEMS,
     },
 )
-def create_task(
+async def create_task(
     user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
 ) -> Response:
-    change = services.ledger.add_task(user_id, body.title, body.description, request=request_key)
-    return _written(services, user_id, change, status=201)
+    change = await run_in_threadpool(
+        partial(services.ledger.add_task, request=request_key),
+        user_id,
+        body.title,
+        body.description,
+    )
+    return await _written(services, user_id, change, status=201)
 
 
 @router.get(
@@ -147,7 +155,7 @@ def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Res
     response_model=TaskOut,
     responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
 )
-def update_task(
+async def update_task(
     user_id: WritableUser,
     task_id: UUID,
     *,
@@ -157,7 +165,8 @@ def update_task(
     request_key: IdempotencyKey,
 ) -> Response:
     sent = body.model_fields_set
-    change = services.ledger.update_task(
+    command = partial(
+        services.ledger.update_task,
         user_id,
         task_id,
         title=body.title if "title" in sent and body.title is not None else UNSET,
@@ -166,7 +175,7 @@ def update_task(
         if_version=if_match,
         request=request_key,
     )
-    return _written(services, user_id, change)
+    return await _written(services, user_id, await run_in_threadpool(command))
 
 
 @router.delete(
@@ -175,15 +184,17 @@ def update_task(
     response_class=Response,
     responses={**_success(204, "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
 )
-def delete_task(
+async def delete_task(
     user_id: WritableUser,
     task_id: UUID,
     services: ServicesDep,
     if_match: IfMatch,
     request_key: IdempotencyKey,
 ) -> Response:
-    change = services.ledger.delete_task(user_id, task_id, if_version=if_match, request=request_key)
-    return _written(services, user_id, change)
+    command = partial(
+        services.ledger.delete_task, user_id, task_id, if_version=if_match, request=request_key
+    )
+    return await _written(services, user_id, await run_in_threadpool(command))
 
 
 @router.patch(
@@ -191,7 +202,7 @@ def delete_task(
     response_model=TaskOut,
     responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
 )
-def complete_task(
+async def complete_task(
     user_id: WritableUser,
     task_id: UUID,
     *,
@@ -202,11 +213,16 @@ def complete_task(
 ) -> Response:
     """Toggle the task, or with ``{"completed": bool}`` set it."""
     if body is None:
-        change = services.ledger.toggle_task(
-            user_id, task_id, if_version=if_match, request=request_key
+        command = partial(
+            services.ledger.toggle_task, user_id, task_id, if_version=if_match, request=request_key
         )
     else:
-        change = services.ledger.set_task_completed(
-            user_id, task_id, body.completed, if_version=if_match, request=request_key
+        command = partial(
+            services.ledger.set_task_completed,
+            user_id,
+            task_id,
+            body.completed,
+            if_version=if_match,
+            request=request_key,
         )
-    return _written(services, user_id, change)
+    return await _written(services, user_id, await run_in_threadpool(command))

@@ -197,7 +197,7 @@ class Settings(BaseSettings):
                 # Few connections held open while idle (managed Postgres counts them;
                 # a projector process needs one or two); up to DB_POOL_SIZE under load.
                 "POSTGRES_POOL_SIZE": "2",
-                "POSTGRES_MAX_OVERFLOW": str(max(self.db_pool_size - 2, 0)),
+                "POSTGRES_MAX_OVERFLOW": str(self.db_pool_size - 1),  # + the projector
                 # Seconds to wait for a pooled connection (whole seconds only here:
                 # TaskLedger shortens it, as its library retries each wait 10 times).
                 "POSTGRES_CONNECT_TIMEOUT": "5",

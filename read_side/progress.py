@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
+
+from anyio import to_thread
 
 log = logging.getLogger(__name__)
 
@@ -22,43 +24,71 @@ class ProjectionProgress:
         self._read_position = read_position
         self._poll_interval = poll_interval
         self._position = 0
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
+        # Writers waiting on an event loop: (position, their loop, their future).
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
     @property
     def position(self) -> int:
         return self._position
 
     def advance(self, position: int) -> None:
-        with self._changed:
-            if position > self._position:
-                self._position = position
-                self._changed.notify_all()
+        with self._lock:
+            if position <= self._position:
+                return
+            self._position = position
+            reached = [waiter for waiter in self._waiters if waiter[0] <= position]
+            self._waiters = [waiter for waiter in self._waiters if waiter[0] > position]
+        for _, loop, future in reached:
+            # advance() runs in the projector's or a listener's thread.
+            loop.call_soon_threadsafe(_resolve, future)
 
     def refresh(self) -> int:
         self.advance(self._read_position())
         return self._position
 
-    def wait_for(self, position: int, timeout: float) -> bool:
+    async def wait(self, position: int, timeout: float) -> bool:
         """Wait until the read tables include ``position``; False on timeout.
 
-        Waiters sleep until ``advance`` wakes them; the table itself is read only when
-        a poll interval passes without news (the only way, with no live source).
+        Waiters sleep until ``advance`` wakes them, holding no thread; the table itself
+        is read only when a poll interval passes without news (the only way, with no
+        live source).
         """
-        deadline = time.monotonic() + timeout
-        while self._position < position:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with self._changed:
-                woken = self._position >= position or self._changed.wait(
-                    min(remaining, self._poll_interval)
-                )
-            if not woken:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = (position, loop, future)
+        with self._lock:
+            if self._position >= position:
+                return True
+            self._waiters.append(waiter)
+        deadline = loop.time() + timeout
+        try:
+            while self._position < position:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return False
                 try:
-                    self.refresh()
-                except Exception as error:
-                    # The read tables are unreachable (the database is restarting).
-                    # The write is durable already: wait on, and at worst answer it as
-                    # pending, never as an error a client would retry into a duplicate.
-                    log.info("reading the projection position failed (%s)", type(error).__name__)
-        return True
+                    await asyncio.wait_for(
+                        asyncio.shield(future), min(remaining, self._poll_interval)
+                    )
+                except TimeoutError:
+                    try:
+                        await to_thread.run_sync(self.refresh)
+                    except Exception as error:
+                        # The read tables are unreachable (the database is restarting).
+                        # The write is durable already: wait on, and at worst answer
+                        # it as pending, never as an error a client would retry into
+                        # a duplicate.
+                        log.info(
+                            "reading the projection position failed (%s)", type(error).__name__
+                        )
+            return True
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
