@@ -39,10 +39,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # Route code runs in at most as many threads as a pool has connections: more
-        # would only queue inside the pools, whose waits are kept short so that an
-        # outage fails fast, and would time out there under load.
-        to_thread.current_default_thread_limiter().total_tokens = settings.db_pool_size
+        # Route code (blocking database calls) runs in few threads: more only contend
+        # for the GIL (a long latency tail), and never more than a pool has
+        # connections, whose waits are kept short so that an outage fails fast.
+        threads = min(settings.worker_threads, settings.db_pool_size)
+        to_thread.current_default_thread_limiter().total_tokens = threads
         services.start()
         try:
             yield

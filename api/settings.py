@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     aggregate_cache_size: int = Field(default=1000, ge=0)
     # Most connections a process opens to each of the event store and the read tables.
     db_pool_size: int = Field(default=10, ge=2)
+    # Threads for blocking route code per process (writes wait for their projection
+    # without one, so few suffice).
+    worker_threads: int = Field(default=4, ge=1, le=64)
     log_level: str = "info"
 
     @field_validator("auditor_roles", "cors_origins", mode="before")

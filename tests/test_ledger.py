@@ -164,3 +164,30 @@ def test_a_committed_save_whose_answer_was_lost_is_not_applied_twice(
     assert stream is not None
     assert [t.title for t in stream.tasks()] == ["t", "once"]
     ledger.close()
+
+
+def test_processes_starting_at_once_on_an_empty_database_all_start(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """Several processes creating the tables at the same moment: none fails."""
+    env = make_settings(fresh_postgres_url, tmp_path).storage.event_store_env
+    started: list[TaskLedger] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            started.append(TaskLedger(env=env))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(started) == 4
+    for ledger in started:
+        ledger.close()

@@ -72,9 +72,7 @@ def test_a_list_of_tags_or_a_star_matches(client: TestClient, user: User) -> Non
     assert star.headers["ETag"] == '"3"'
 
 
-def test_two_clients_read_the_same_version_first_write_wins(
-    client: TestClient, user: User
-) -> None:
+def test_two_clients_read_the_same_version_first_write_wins(client: TestClient, user: User) -> None:
     task = new_task(client, user)
     url = user.tasks_url(task["id"])
     etag_a = client.get(url, headers=user.headers).headers["ETag"]

@@ -14,7 +14,13 @@ from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.persistence import (
+    IntegrityError,
+    InternalError,
+    JSONTranscoder,
+    ProgrammingError,
+    Transcoding,
+)
 from eventsourcing.postgres import PostgresFactory
 
 from write_side.domain import Task, TaskList
@@ -95,7 +101,19 @@ class TaskLedger(Application[UUID]):
         # Running totals for operators: commands saved, conflicts retried, replays.
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        super().__init__(env=dict(env or {}))
+        # Construction creates missing tables. PostgreSQL's CREATE TABLE IF NOT EXISTS
+        # is not safe against another process doing the same at that moment (the loser
+        # fails on a catalog row: duplicate key, "tuple concurrently updated"): try
+        # again, and the tables are then there.
+        for attempt in range(5):
+            try:
+                super().__init__(env=dict(env or {}))
+                return
+            except (IntegrityError, ProgrammingError, InternalError):
+                if attempt == 4:
+                    raise
+                log.info("tables being created by another process; retrying")
+                time.sleep(0.05 * (attempt + 1))
 
     def construct_factory(self, env: Any) -> Any:
         factory = super().construct_factory(env)

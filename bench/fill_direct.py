@@ -1,0 +1,62 @@
+"""Append task events straight into the event store, with the project's own TaskLedger
+(batched saves: many users' aggregates per transaction), for the memory benchmark's
+bulk: writing 100,000 events one HTTP request at a time takes longer than a run
+should. The server under test projects them with its own projector, and then loads
+every user's aggregate into its cache through one API write per user.
+
+    python bench/fill_direct.py DATABASE_URL|"" DATA_DIR EVENTS USER [USER ...]
+
+Run as its own process (by run.py), so that its memory and CPU are not the harness's.
+Prints the number of events written.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+def main() -> None:
+    database_url, data_dir, events = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    users = sys.argv[4:]
+    from api.settings import Settings  # noqa: PLC0415 - after argv checks
+    from write_side.application import TaskLedger  # noqa: PLC0415
+    from write_side.domain import TaskList  # noqa: PLC0415
+
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url or None,
+        data_dir=data_dir,
+        aggregate_cache_size=0,
+    )
+    storage = settings.storage
+    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    aggregates = {user: ledger.task_list(user) or TaskList.start(user) for user in users}
+    written, n = 0, 0
+    per_round = 10  # events per user per save: ~1,000 events per transaction
+    started = time.monotonic()
+    while written < events:
+        batch = []
+        for user in users:
+            aggregate = aggregates[user]
+            for _ in range(per_round):
+                if (
+                    written
+                    + sum(len(a.pending_events) for a in batch)
+                    + len(aggregate.pending_events)
+                    >= events
+                ):
+                    break
+                n += 1
+                aggregate.add(f"bulk task {n}", "appended by bench/fill_direct.py")
+            if aggregate.pending_events:
+                batch.append(aggregate)
+        if not batch:
+            break
+        written += len(ledger.save(*batch))
+    ledger.close()
+    print(f"{written} {time.monotonic() - started:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""Projection lag with a separate projector, at a steady write rate.
+
+`taskledger serve --no-projector` and `taskledger project` run as two processes.
+A paced (open-loop) client POSTs at RATE writes/s; a watcher process (watcher.py)
+stamps, on the same monotonic clock, the moment each event is committed to the
+event store and the moment the projection position reaches it:
+
+  lag(write)   = projection reaches the write's position - the event store commits it
+  write latency= response received - request sent (includes waiting for read-your-writes)
+  notice delay = response received - projection reached (the API noticing the projection)
+
+Postgres: commits are seen by LISTENing on the event store's own channel (one NOTIFY
+per insert transaction, delivered in commit order, which is notification-id order
+because inserts hold the table lock until commit); the k-th NOTIFY is matched to the
+k-th smallest X-Ledger-Position returned (each write here is one event, one
+transaction). The projection's NOTIFY carries its position. SQLite: polled every
+~0.5 ms (MAX(rowid) of stored_events, and the position row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import harness as h
+import httpx
+
+USERS = 32
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50_ms": h.percentile(values, 50) * 1000,
+        "p99_ms": h.percentile(values, 99) * 1000,
+        "max_ms": max(values) * 1000 if values else float("nan"),
+    }
+
+
+async def _paced_writes(
+    url: str, users: list[str], rate: float, seconds: float
+) -> list[dict[str, Any]]:
+    headers = {user: {"Authorization": f"Bearer {h.token(user)}"} for user in users}
+    results: list[dict[str, Any]] = []
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def one(i: int, user: str, due: float) -> None:
+            sent = time.monotonic()
+            try:
+                response = await client.post(
+                    f"/api/{user}/tasks", json={"title": f"lag probe {i}"}, headers=headers[user]
+                )
+                done = time.monotonic()
+                position = response.headers.get("x-ledger-position")
+                results.append(
+                    {
+                        "i": i,
+                        "sent": sent,
+                        "late": sent - due,
+                        "done": done,
+                        "status": response.status_code,
+                        "position": int(position) if position else None,
+                        "pending": response.headers.get("x-projection-pending") == "true",
+                    }
+                )
+            except httpx.HTTPError as error:
+                results.append(
+                    {
+                        "i": i,
+                        "sent": sent,
+                        "late": sent - due,
+                        "done": time.monotonic(),
+                        "status": 0,
+                        "position": None,
+                        "pending": False,
+                        "error": repr(error),
+                    }
+                )
+
+        # Warm the connection pool a little so the first probes do not pay for connects.
+        await asyncio.gather(*(client.get("/healthz") for _ in range(8)))
+        tasks = []
+        start = time.monotonic() + 0.05
+        total = int(rate * seconds)
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, users[i % len(users)], due)))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def _first_reaching(records: list[tuple[int, float]], position: int) -> float | None:
+    """records: (position, time) in time order, positions non-decreasing."""
+    positions = [p for p, _ in records]
+    index = bisect.bisect_left(positions, position)
+    return records[index][1] if index < len(records) else None
+
+
+def measure_lag(
+    storage: h.Storage,
+    *,
+    rate: float,
+    seconds: float,
+    extra_env: dict[str, str] | None = None,
+    quiet_wait: float = 30,
+) -> dict[str, Any]:
+    users = [f"lag-u{i:03d}" for i in range(USERS)]
+    with h.running_server(storage, separate_projector=True, extra_env=extra_env) as server:
+        # Start every user's stream first, so that each timed write is one event.
+        tokens = h.write_tokens(storage.workdir / "lag-tokens", users)
+        seed = h.wrk(
+            "write.lua", server.url, connections=8, duration=60, args=[str(tokens), str(USERS)]
+        )
+        if seed.counters.get("created") != USERS:
+            raise RuntimeError(f"seeding the lag users failed: {seed.counters}")
+        h.wait_projected(server)
+
+        out = storage.workdir / "watch.txt"
+        target = (
+            storage.env["DATABASE_URL"] if storage.backend == "postgres" else str(storage.data_dir)
+        )
+        watcher = h.spawn(
+            [sys.executable, str(h.BENCH / "watcher.py"), storage.backend, target, str(out)],
+            env=h.base_env(storage),
+            log_path=storage.workdir / "watcher.log",
+            cwd=storage.workdir,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            log_text = ""
+            while "ready" not in log_text:
+                if time.monotonic() > deadline or watcher.poll() is not None:
+                    raise RuntimeError(f"watcher did not start: {log_text}")
+                time.sleep(0.05)
+                log_text = (storage.workdir / "watcher.log").read_text()
+            pids = [server.pid] + ([server.projector.pid] if server.projector else [])
+            others_before = h.wait_for_quiet(pids, max_wait=quiet_wait)
+            h.renice_postgres(storage.dbname)
+            h.log(f"lag: {rate:.0f} writes/s for {seconds:.0f} s ({storage.backend})")
+            rss_before = h.rss_mb(server.pid)[0]
+            sessions = h.pg_sessions(storage.dbname) if storage.dbname else 0
+            meter = h.CpuMeter(pids)
+            results = asyncio.run(_paced_writes(server.url, users, rate, seconds))
+            cpu = meter.stop()
+            time.sleep(0.6)  # let the last notifications (and session counts) arrive
+            new_sessions = h.pg_sessions(storage.dbname) - sessions if storage.dbname else None
+            server_rss = h.rss_mb(server.pid)[0]
+            projector_rss = h.rss_mb(server.projector.pid)[0] if server.projector else 0.0
+        finally:
+            h.stop_process(watcher)
+    return _analyse(storage.backend, results, out) | {
+        "server_rss_mb": server_rss,
+        "projector_rss_mb": projector_rss,
+        "server_rss_before_mb": rss_before,
+        "cpu": cpu,
+        "others_before": others_before,
+        "pg_sessions": new_sessions,
+    }
+
+
+def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    ok = [r for r in results if 200 <= r["status"] < 300 and r["position"] is not None]
+    errors = len(results) - len(ok)
+    pending = sum(1 for r in ok if r["pending"])
+    # The rate at which requests went out (open loop: it does not wait for answers).
+    sending = max(r["sent"] for r in results) - min(r["sent"] for r in results)
+    events: list[tuple[str, float]] = []
+    projected: list[tuple[int, float]] = []
+    for line in out.read_text().splitlines():
+        kind, payload, stamp = line.split()
+        if kind == "e":
+            events.append((payload, float(stamp)))
+        elif payload.isdigit():
+            projected.append((int(payload), float(stamp)))
+    # Keep positions monotonic (they are; this only guards against reordering).
+    best = 0
+    monotonic_projected = []
+    for position, stamp in projected:
+        best = max(best, position)
+        monotonic_projected.append((best, stamp))
+
+    positions = sorted(r["position"] for r in ok)
+    note = ""
+    if backend == "postgres":
+        if len(events) != len(positions):
+            note = (
+                f"event NOTIFYs ({len(events)}) != acknowledged writes ({len(positions)}): "
+                "commit times matched by order may be off"
+            )
+        committed = {p: events[k][1] for k, p in enumerate(positions) if k < len(events)}
+    else:
+        event_records = [(int(p), t) for p, t in events]
+        committed = {}
+        for p in positions:
+            stamp = _first_reaching(event_records, p)
+            if stamp is not None:
+                committed[p] = stamp
+    lags, latencies, notice, unseen = [], [], [], 0
+    for r in ok:
+        latencies.append(r["done"] - r["sent"])
+        reached = _first_reaching(monotonic_projected, r["position"])
+        commit = committed.get(r["position"])
+        if reached is None or commit is None:
+            unseen += 1
+            continue
+        lags.append(max(reached - commit, 0.0))
+        notice.append(r["done"] - reached)
+    return {
+        "writes": len(results),
+        "ok": len(ok),
+        "errors": errors,
+        "projection_pending": pending,
+        "achieved_rate": (len(results) - 1) / sending if sending else 0.0,
+        # How late the client sent requests against its schedule (client overload).
+        "send_late_p99_ms": h.percentile([r["late"] for r in results], 99) * 1000,
+        "lag": _summary(lags),
+        "write_latency": _summary(latencies),
+        "notice_delay": _summary(notice),
+        "unmatched": unseen,
+        "note": note,
+    }

@@ -1,0 +1,534 @@
+"""Run the taskledger benchmarks against real `taskledger serve` processes.
+
+    .venv/bin/python bench/run.py --backend postgres|sqlite|both [options]
+
+See bench/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import harness as h
+import httpx
+import lag as lag_bench
+
+LIST_USER = "bench-list"
+LIST_TASKS = 1000
+CREATE_USERS = 32
+FILL_USERS = 100
+
+TARGETS = {
+    "list_rps": (">=", 1000),
+    "list_p99_ms": ("<=", 100),
+    "create_rps": (">=", 300),
+    "create_p99_ms": ("<=", 200),
+    "lag_p99_ms": ("<=", 50),
+    "rss_after_events_mb": ("<=", 250),
+}
+
+
+def pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = h.shutil.which("py-spy") or "/tmp/benchtools/bin/py-spy"
+    if not Path(exe).exists():
+        h.log("py-spy not found: skipping the profile")
+        return None
+    return subprocess.Popen(
+        [
+            exe,
+            "record",
+            "-f",
+            "raw",
+            "-r",
+            "97",
+            "-d",
+            str(int(seconds)),
+            "-o",
+            str(out),
+            "--pid",
+            str(pid),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+class Phase:
+    """Around a measured phase: wait for a quiet machine, then account CPU and (Postgres)
+    new database connections, stored into out[name]."""
+
+    def __init__(
+        self,
+        name: str,
+        out: dict[str, Any],
+        server: h.Server,
+        storage: h.Storage,
+        opts: argparse.Namespace,
+    ) -> None:
+        self.name, self.out, self.server, self.storage, self.opts = name, out, server, storage, opts
+        self.pids = [p.pid for p in (server.proc, server.projector) if p is not None]
+
+    def __enter__(self) -> Phase:
+        self.out.setdefault("others_before", {})[self.name] = h.wait_for_quiet(
+            self.pids, max_wait=self.opts.quiet_wait
+        )
+        h.renice_postgres(self.storage.dbname)
+        self.sessions = h.pg_sessions(self.storage.dbname) if self.storage.dbname else 0
+        self.meter = h.CpuMeter(self.pids)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu = self.meter.stop()
+        self.out.setdefault("cpu", {})[self.name] = cpu
+        if self.storage.dbname:
+            time.sleep(0.6)  # session counts reach pg_stat_database with a little delay
+            self.out.setdefault("pg_sessions", {})[self.name] = (
+                h.pg_sessions(self.storage.dbname) - self.sessions
+            )
+
+
+def seed_tasks(server: h.Server, tokens: Path, count: int, connections: int = 32) -> h.WrkResult:
+    return h.wrk(
+        "write.lua",
+        server.url,
+        connections=connections,
+        duration=3600,
+        args=[str(tokens), str(count)],
+    )
+
+
+def main_phases(storage: h.Storage, opts: argparse.Namespace, out: dict[str, Any]) -> None:
+    with h.running_server(storage) as server:
+        out["rss_idle_mb"] = server.rss_mb()[0]
+        seed_list_user(server, storage, out)
+        list_phase(server, storage, opts, out)
+        users = [f"bench-u{i:03d}" for i in range(FILL_USERS)]
+        create_phase(server, storage, opts, out, users[:CREATE_USERS])
+        tokens = memory_phase(server, storage, opts, out, users)
+        # 2b. create again, now that the 100 fill users hold ~1,000 tasks each (bigger
+        # aggregates: snapshots and copies grow with them). After the RSS reading.
+        if opts.create_big_seconds > 0:
+            with Phase("create_big", out, server, storage, opts):
+                h.log(
+                    f"create on {FILL_USERS} users with ~1,000 tasks each, "
+                    f"{opts.create_big_seconds:.0f} s"
+                )
+                result = h.wrk(
+                    "write.lua",
+                    server.url,
+                    connections=opts.connections,
+                    duration=opts.create_big_seconds,
+                    args=[str(tokens)],
+                )
+            out["create_big"] = result.as_dict()
+
+
+def seed_list_user(server: h.Server, storage: h.Storage, out: dict[str, Any]) -> None:
+    """The list user's tasks, through the API (timed)."""
+    tokens = h.write_tokens(storage.workdir / "list-token", [LIST_USER])
+    started = time.monotonic()
+    seed = seed_tasks(server, tokens, LIST_TASKS)
+    h.wait_projected(server)
+    seconds = time.monotonic() - started
+    response = httpx.get(
+        f"{server.url}/api/{LIST_USER}/tasks?limit=1",
+        headers={"Authorization": f"Bearer {h.token(LIST_USER)}"},
+    )
+    total = int(response.headers["x-total-count"])
+    if total != LIST_TASKS:
+        raise RuntimeError(f"list user has {total} tasks, wanted {LIST_TASKS}")
+    out["seed_list"] = {
+        "tasks": LIST_TASKS,
+        "seconds": seconds,
+        "rps": LIST_TASKS / seconds,
+        "p99_ms": seed.p99_ms,
+    }
+    h.log(f"seeded {LIST_TASKS} tasks in {seconds:.1f} s")
+
+
+def list_phase(
+    server: h.Server, storage: h.Storage, opts: argparse.Namespace, out: dict[str, Any]
+) -> None:
+    """1. GET one page of 100 of the list user's 1,000 tasks."""
+    args = [LIST_USER, h.token(LIST_USER), "limit=100"]
+    h.wrk("list.lua", server.url, connections=opts.connections, duration=2, args=args)  # warm
+    with Phase("list", out, server, storage, opts):
+        h.log(f"list: {opts.connections} connections for {opts.list_seconds:.0f} s")
+        result = h.wrk(
+            "list.lua",
+            server.url,
+            connections=opts.connections,
+            duration=opts.list_seconds,
+            args=args,
+        )
+    out["list"] = result.as_dict()
+    out["rss_after_list_mb"] = server.rss_mb()[0]
+    if opts.profile:
+        spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-list.txt")
+        h.wrk("list.lua", server.url, connections=opts.connections, duration=9, args=args)
+        if spy:
+            spy.wait()
+
+
+def create_phase(
+    server: h.Server,
+    storage: h.Storage,
+    opts: argparse.Namespace,
+    out: dict[str, Any],
+    users: list[str],
+) -> None:
+    """2. POST tasks, round-robin over CREATE_USERS users."""
+    tokens = h.write_tokens(storage.workdir / "create-tokens", users)
+    with Phase("create", out, server, storage, opts):
+        h.log(
+            f"create: {opts.connections} connections, {len(users)} users, "
+            f"{opts.create_seconds:.0f} s"
+        )
+        result = h.wrk(
+            "write.lua",
+            server.url,
+            connections=opts.connections,
+            duration=opts.create_seconds,
+            args=[str(tokens)],
+        )
+    out["create"] = result.as_dict()
+    out["rss_after_create_mb"] = server.rss_mb()[0]
+    if opts.profile:
+        spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-create.txt")
+        h.wrk("write.lua", server.url, connections=opts.connections, duration=9, args=[str(tokens)])
+        if spy:
+            spy.wait()
+
+
+def memory_phase(
+    server: h.Server,
+    storage: h.Storage,
+    opts: argparse.Namespace,
+    out: dict[str, Any],
+    users: list[str],
+) -> Path:
+    """4. RSS once the log holds opts.events events, across the fill users."""
+    position = h.wait_projected(server)["log_position"]
+    out["events_via_api_before_fill"] = position
+    missing = opts.events - position
+    tokens = h.write_tokens(storage.workdir / "fill-tokens", users)
+    if missing > 0 and opts.fill == "api":
+        h.log(f"memory: writing {missing} more events over {len(users)} users (API)")
+        with Phase("fill", out, server, storage, opts):
+            started = time.monotonic()
+            fill = seed_tasks(server, tokens, missing)
+            seconds = time.monotonic() - started
+        created = fill.counters.get("created", 0)
+        out["fill"] = {
+            "mode": "api",
+            "tasks": created,
+            "seconds": seconds,
+            "rps": created / seconds,
+            "p50_ms": fill.p50_ms,
+            "p99_ms": fill.p99_ms,
+        }
+    elif missing > 0:
+        h.log(f"memory: appending {missing} events over {len(users)} users to the store")
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(h.BENCH / "fill_direct.py"),
+                storage.database_url,
+                str(storage.data_dir or ""),
+                str(missing),
+                *users,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=h.ROOT,
+            env=h.base_env(storage),
+            timeout=600,
+        )
+        appended = int(done.stdout.split()[0])
+        h.wait_projected(server, timeout=600)
+        seconds = time.monotonic() - started
+        out["fill"] = {
+            "mode": "direct",
+            "events": appended,
+            "seconds": seconds,
+            "projected_per_s": appended / seconds,
+        }
+        out["rss_after_projecting_mb"] = server.rss_mb()[0]
+        # Load every fill user's aggregate into the server: one API write each.
+        seed_tasks(server, tokens, len(users))
+    ready = h.wait_projected(server)
+    time.sleep(1)
+    rss, hwm = server.rss_mb()
+    out["events_written"] = ready["log_position"]
+    out["rss_after_events_mb"] = rss
+    out["rss_peak_mb"] = hwm
+    h.log(f"memory: {ready['log_position']} events, RSS {rss:.0f} MiB (peak {hwm:.0f})")
+    return tokens
+
+
+def run_backend(backend: str, opts: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "backend": backend,
+        "code": h.git_state(),
+        "nice": opts.nice,
+        "loadavg_start": h.loadavg(),
+    }
+    started = time.monotonic()
+    if not opts.skip_main:
+        with h.fresh_storage(backend, "main") as storage:
+            main_phases(storage, opts, out)
+    if not opts.skip_lag:
+        with h.fresh_storage(backend, "lag") as storage:
+            out["lag"] = lag_bench.measure_lag(
+                storage, rate=opts.lag_rate, seconds=opts.lag_seconds, quiet_wait=opts.quiet_wait
+            )
+        for extra in opts.lag_env:
+            key, _, value = extra.partition("=")
+            with h.fresh_storage(backend, "lag2") as storage:
+                out[f"lag[{extra}]"] = lag_bench.measure_lag(
+                    storage,
+                    rate=opts.lag_rate,
+                    seconds=opts.lag_seconds,
+                    extra_env={key: value},
+                    quiet_wait=opts.quiet_wait,
+                )
+    out["wall_seconds"] = time.monotonic() - started
+    return out
+
+
+# -- table --------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _verdict(key: str, value: Any) -> str:
+    if key not in TARGETS or value is None:
+        return ""
+    op, limit = TARGETS[key]
+    good = value >= limit if op == ">=" else value <= limit
+    return " ok" if good else " MISS"
+
+
+def rows_for(result: dict[str, Any]) -> dict[str, str]:
+    rows: dict[str, str] = {}
+    if "list" in result:
+        _main_rows(result, rows)
+    for key in [k for k in result if k.startswith("lag")]:
+        _lag_rows(key, result[key], rows)
+    for phase, cpu in result.get("cpu", {}).items():
+        rows[f"cpu {phase}: ours/postgres/others (cores)"] = (
+            f"{cpu['ours']:.2f}/{cpu['postgres']:.2f}/{cpu['others']:.2f}"
+        )
+    for phase, count in result.get("pg_sessions", {}).items():
+        rows[f"new pg connections during {phase}"] = str(count)
+    rows["wall time (s)"] = _fmt(result["wall_seconds"])
+    rows["code"] = result.get("code", "")
+    return rows
+
+
+def _putter(rows: dict[str, str]) -> Any:
+    def put(label: str, value: Any, digits: int = 0, key: str = "") -> None:
+        rows[label] = _fmt(value, digits) + _verdict(key, value)
+
+    return put
+
+
+def _main_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
+    put = _putter(rows)
+    put("seed 1,000 tasks, 1 user (s)", result["seed_list"]["seconds"], 1)
+    lst = result["list"]
+    put("1 list req/s (target >=1000)", lst["rps"], 0, "list_rps")
+    put("1 list p50 ms", lst["p50_ms"], 1)
+    put("1 list p99 ms (target <=100)", lst["p99_ms"], 1, "list_p99_ms")
+    rows["1 list errors"] = str(sum(lst["errors"].values()))
+    _cpu_per_request(result, "list", "1 list", put)
+    c = result["create"]
+    put("2 create req/s (target >=300)", c["rps"], 0, "create_rps")
+    put("2 create p50 ms", c["p50_ms"], 1)
+    put("2 create p99 ms (target <=200)", c["p99_ms"], 1, "create_p99_ms")
+    rows["2 create errors"] = str(sum(c["errors"].values()) + c["counters"].get("failed", 0))
+    _cpu_per_request(result, "create", "2 create", put)
+    if "create_big" in result:
+        c = result["create_big"]
+        put("2b create on 100 users x ~1,000 tasks req/s", c["rps"], 0)
+        put("2b create on 100 users x ~1,000 tasks p99 ms", c["p99_ms"], 1)
+        _cpu_per_request(result, "create_big", "2b create", put)
+    _memory_rows(result, put)
+
+
+def _cpu_per_request(result: dict[str, Any], phase: str, label: str, put: Any) -> None:
+    cpu = result.get("cpu", {}).get(phase)
+    rps = result[phase]["rps"]
+    if cpu and rps:
+        put(f"{label} server CPU ms/request", 1000 * cpu["server"] / rps, 2)
+
+
+def _memory_rows(result: dict[str, Any], put: Any) -> None:
+    put("4 events written via the API", result.get("events_via_api_before_fill"))
+    fill = result.get("fill")
+    if fill and fill["mode"] == "api":
+        put("4 fill via API writes/s (32 conns, 100 users)", fill["rps"], 0)
+        put("4 fill via API p99 ms", fill["p99_ms"], 1)
+        put("4 fill via API time (s)", fill["seconds"], 0)
+    elif fill:
+        put("4 fill appended to store + projected (events)", fill["events"])
+        put("4 fill projected events/s (in-process projector)", fill["projected_per_s"], 0)
+        put("4 RSS after projecting fill MiB", result.get("rss_after_projecting_mb"), 0)
+    put("4 events in the log at the end", result["events_written"])
+    put("4 RSS idle MiB", result["rss_idle_mb"], 0)
+    put(
+        "4 RSS after events MiB (target <=250)",
+        result["rss_after_events_mb"],
+        0,
+        "rss_after_events_mb",
+    )
+    put("4 RSS peak (VmHWM) MiB", result["rss_peak_mb"], 0)
+
+
+def _lag_rows(key: str, lag: dict[str, Any], rows: dict[str, str]) -> None:
+    put = _putter(rows)
+    tag = "" if key == "lag" else key[3:]
+    put(f"3 lag{tag} p50 ms", lag["lag"]["p50_ms"], 1)
+    put(f"3 lag{tag} p99 ms (target <=50)", lag["lag"]["p99_ms"], 1, "lag_p99_ms")
+    put(f"3 lag{tag} max ms", lag["lag"]["max_ms"], 1)
+    put(f"3 lag{tag} write p50 ms", lag["write_latency"]["p50_ms"], 1)
+    put(f"3 lag{tag} write p99 ms", lag["write_latency"]["p99_ms"], 1)
+    put(f"3 lag{tag} write max ms", lag["write_latency"]["max_ms"], 1)
+    put(f"3 lag{tag} notice p99 ms", lag["notice_delay"]["p99_ms"], 1)
+    put(f"3 lag{tag} sent writes/s (client late p99 ms)", lag["achieved_rate"], 1)
+    rows[f"3 lag{tag} sent writes/s (client late p99 ms)"] += f" ({lag['send_late_p99_ms']:.1f})"
+    rows[f"3 lag{tag} errors/pending/unmatched"] = (
+        f"{lag['errors']}/{lag['projection_pending']}/{lag['unmatched']}"
+    )
+    cpu, rate = lag["cpu"], lag["achieved_rate"]
+    if rate:
+        rows[f"3 lag{tag} CPU ms/write server/projector"] = (
+            f"{1000 * cpu['server'] / rate:.2f}/{1000 * cpu['projector'] / rate:.2f}"
+        )
+    rows[f"cpu lag{tag}: ours/postgres/others (cores)"] = (
+        f"{cpu['ours']:.2f}/{cpu['postgres']:.2f}/{cpu['others']:.2f}"
+    )
+    if lag.get("pg_sessions") is not None:
+        rows[f"new pg connections during lag{tag}"] = str(lag["pg_sessions"])
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    per = [rows_for(r) for r in results]
+    labels: list[str] = []
+    for rows in per:
+        labels += [label for label in rows if label not in labels]
+    width = max(len(label) for label in labels)
+    cols = [
+        max([16, len(r["backend"]), *map(len, rows.values())])
+        for r, rows in zip(results, per, strict=True)
+    ]
+    header = f"{'metric':<{width}} | " + " | ".join(
+        f"{r['backend']:>{w}}" for r, w in zip(results, cols, strict=True)
+    )
+    print(header)
+    print("-" * len(header))
+    for label in labels:
+        print(
+            f"{label:<{width}} | "
+            + " | ".join(f"{rows.get(label, ''):>{w}}" for rows, w in zip(per, cols, strict=True))
+        )
+    for result in results:
+        for key in [k for k in result if k.startswith("lag")]:
+            if result[key].get("note"):
+                print(f"note ({result['backend']} {key}): {result[key]['note']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backend", choices=["postgres", "sqlite", "both"], default="both")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--list-seconds", type=float, default=15)
+    parser.add_argument("--create-seconds", type=float, default=15)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--create-big-seconds",
+        type=float,
+        default=10,
+        help="create phase on the 100 fill users after the memory reading (0 skips it)",
+    )
+    parser.add_argument(
+        "--fill",
+        choices=["direct", "api"],
+        default="direct",
+        help="how the memory phase tops the log up to --events: appended "
+        "by bench/fill_direct.py (fast), or POSTed through the API (slow)",
+    )
+    parser.add_argument("--lag-rate", type=float, default=100)
+    parser.add_argument("--lag-seconds", type=float, default=20)
+    parser.add_argument(
+        "--lag-env",
+        action="append",
+        default=[],
+        help="extra lag run with KEY=VALUE in the server/projector env",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30,
+        help="seconds to wait, before each phase, for other processes to calm down",
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness for the server, projector, wrk and our database's "
+        "backends, e.g. -10 on a shared machine (root only)",
+    )
+    parser.add_argument(
+        "--code-ref",
+        help="benchmark this commit (git archive) instead of "
+        "the working tree, e.g. HEAD while the tree is being edited",
+    )
+    parser.add_argument("--skip-main", action="store_true")
+    parser.add_argument("--skip-lag", action="store_true")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="also py-spy the list and create phases "
+        "(in extra runs after the measured ones) into this folder",
+    )
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    opts = parser.parse_args()
+    h.install_signal_handlers()
+    if opts.nice:
+        h.NICE = opts.nice
+        os.setpriority(os.PRIO_PROCESS, 0, opts.nice)
+    if opts.profile:
+        opts.profile.mkdir(parents=True, exist_ok=True)
+    if opts.code_ref:
+        h.use_code_ref(opts.code_ref)
+    h.drop_stale_databases()
+    backends = ["postgres", "sqlite"] if opts.backend == "both" else [opts.backend]
+    results = []
+    for backend in backends:
+        h.log(f"=== {backend} ===")
+        results.append(run_backend(backend, opts))
+    if opts.json:
+        opts.json.parent.mkdir(parents=True, exist_ok=True)
+        opts.json.write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print_table(results)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
