@@ -13,6 +13,7 @@ Bounded and seeded here; ``scripts/fuzz`` runs the same test with many more exam
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -117,7 +118,7 @@ class Aim:
         mine = path.get("user_id") == FUZZ_USER
         if self.make_tasks and _is_uuid(task_id) and mine and pick // 6 % 6:
             change = self.services.ledger.add_task(FUZZ_USER, "fuzzed", None)
-            self.services.progress.wait_for(change.position, 5)
+            assert asyncio.run(self.services.progress.wait(change.position, 5))
             path["task_id"] = str(change.task.id)
             # Half the generated If-Match values become the task's version, or "*".
             name, if_match = _header(case, "If-Match")
