@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -764,3 +765,26 @@ def test_a_refused_secret_is_not_echoed_in_the_error(
     with pytest.raises(ValueError, match="shorter than 32") as refused:
         Settings(_env_file=None, app_env="production", data_dir=tmp_path, better_auth_secret=weak)
     assert weak not in str(refused.value)
+
+
+def test_no_log_line_holds_a_token_a_secret_or_a_stack_trace(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every attack again, with all loggers at DEBUG: the logs stay clean too."""
+    caplog.set_level(logging.DEBUG)
+    tokens = []
+    for attack in ATTACKS:
+        token = attack.build(world)
+        tokens.append(token)
+        world.clients[attack.mode].get(tasks_url(VICTIM), headers=bearer(token))
+    assert caplog.records, "nothing was logged: the check would prove nothing"
+    logged = caplog.text + "".join(
+        str(record.exc_info) + str(record.stack_info) for record in caplog.records
+    )
+    assert "Traceback" not in logged
+    assert SECRET not in logged
+    for token in tokens:
+        # Any of a token's signed parts would give it away.
+        for part in token.split("."):
+            if len(part) > 16:
+                assert part not in logged
