@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,16 @@ from eventsourcing.persistence import IntegrityError
 
 from api.settings import Settings
 from tests.conftest import BACKENDS, make_settings
-from write_side import UNSET, Task, TaskLedger, TaskList, TaskNotFound
+from write_side import (
+    UNSET,
+    IdempotencyKeyReused,
+    RequestKey,
+    Task,
+    TaskLedger,
+    TaskList,
+    TaskNotFound,
+    application,
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -191,3 +201,30 @@ def test_processes_starting_at_once_on_an_empty_database_all_start(
     assert len(started) == 4
     for ledger in started:
         ledger.close()
+
+
+def test_an_idempotency_key_expires_after_24_hours(
+    ledger: TaskLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = ledger.add_task("alice", "first", None, request=RequestKey("k", "one"))
+    again = ledger.add_task("alice", "first", None, request=RequestKey("k", "one"))
+    assert again.replayed
+    assert again.task == first.task
+    with pytest.raises(IdempotencyKeyReused):
+        ledger.add_task("alice", "other", None, request=RequestKey("k", "two"))
+    # A day later the key is free again, even for another request.
+    later = datetime.now(UTC) + timedelta(hours=24, seconds=1)
+    monkeypatch.setattr(application, "datetime", _FrozenClock(later))
+    reused = ledger.add_task("alice", "other", None, request=RequestKey("k", "two"))
+    assert not reused.replayed
+    assert reused.task is not None
+    assert first.task is not None
+    assert reused.task.id != first.task.id
+
+
+class _FrozenClock:
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self, tz: Any = None) -> datetime:
+        return self._now
