@@ -84,11 +84,11 @@ class ViewTables:
         return (self.task, self.owner)
 
     def create(self, engine: Engine) -> None:
-        for table in (self.task, self.owner):
+        for table in self.all():
             table.create(engine, checkfirst=True)
 
     def drop(self, engine: Engine) -> None:
-        for table in (self.task, self.owner):
+        for table in self.all():
             table.drop(engine, checkfirst=True)
 
 
