@@ -7,7 +7,9 @@ responses use the same function, so both are byte for byte alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import orjson
@@ -49,6 +51,11 @@ def task_document(
         },
         option=_OPTIONS,
     ).decode()
+
+
+def row_document(row: Mapping[str, Any]) -> str:
+    """The document of a read row (or anything holding the document's fields)."""
+    return task_document(**{name: row[name] for name in DOCUMENT_FIELDS})
 
 
 def _utc(moment: datetime) -> datetime:

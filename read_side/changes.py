@@ -1,0 +1,98 @@
+"""The net effect of a batch of events on the read rows.
+
+A batch is applied in memory first, so that it reaches the database as a handful of
+statements (one per kind of change, each with many rows) rather than one or two per
+event: a task added and then completed in the same batch is inserted once, as it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from write_side.domain import TaskList
+
+Row = dict[str, Any]
+
+# Events that change a task's row in place.
+_CHANGES = (TaskList.TaskEdited, TaskList.TaskCompleted, TaskList.TaskReopened)
+
+
+@dataclass
+class RowChanges:
+    # New task_list_owner rows: stream id → user id.
+    owners: dict[UUID, str] = field(default_factory=dict)
+    # New task rows and changed existing ones, as they stand after the batch.
+    added: dict[UUID, Row] = field(default_factory=dict)
+    changed: dict[UUID, Row] = field(default_factory=dict)
+    deleted: set[UUID] = field(default_factory=set)
+    # The position of each stream's last event in the batch.
+    last_positions: dict[UUID, int] = field(default_factory=dict)
+
+    @staticmethod
+    def rows_needed(events: Iterable[Any]) -> set[UUID]:
+        """Tasks whose current row the batch changes without having added them."""
+        added: set[UUID] = set()
+        needed: set[UUID] = set()
+        for event in events:
+            if isinstance(event, TaskList.TaskAdded):
+                added.add(event.task_id)
+            elif isinstance(event, _CHANGES):
+                needed.add(event.task_id)
+        return needed - added
+
+    def apply(
+        self,
+        event: Any,
+        position: int,
+        *,
+        owner_of: Callable[[UUID], str],
+        rows: Mapping[UUID, Row],
+    ) -> None:
+        """Fold one event in. ``rows`` holds the current rows of ``rows_needed``;
+        ``owner_of`` answers the user of a stream started before the batch."""
+        match event:
+            case TaskList.Started(user_id=user_id):
+                self.owners[event.originator_id] = user_id
+            case TaskList.TaskAdded():
+                list_id = event.originator_id
+                user_id = self.owners.get(list_id) or owner_of(list_id)
+                self.added[event.task_id] = {
+                    "id": event.task_id,
+                    "user_id": user_id,
+                    "title": event.title,
+                    "description": event.description,
+                    "completed": False,
+                    "created_at": event.timestamp,
+                    "updated_at": event.timestamp,
+                    "version": 1,
+                    "created_seq": position,
+                }
+            case TaskList.TaskEdited():
+                self._change(event, rows, title=event.title, description=event.description)
+            case TaskList.TaskCompleted():
+                self._change(event, rows, completed=True)
+            case TaskList.TaskReopened():
+                self._change(event, rows, completed=False)
+            case TaskList.TaskDeleted():
+                if self.added.pop(event.task_id, None) is None:
+                    self.changed.pop(event.task_id, None)
+                    self.deleted.add(event.task_id)
+            case _:
+                # Events this projection has no use for (e.g. added by a later
+                # version) move the position on and change nothing.
+                pass
+        if isinstance(event, TaskList.Event):
+            self.last_positions[event.originator_id] = position
+
+    def _change(self, event: Any, rows: Mapping[UUID, Row], **values: Any) -> None:
+        task_id = event.task_id
+        row = self.added.get(task_id) or self.changed.get(task_id)
+        if row is None:
+            try:
+                row = self.changed[task_id] = dict(rows[task_id])
+            except KeyError:
+                raise LookupError(f"event on task {task_id}, which has no row") from None
+        row.update(values, updated_at=event.timestamp, version=row["version"] + 1)
