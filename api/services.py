@@ -107,6 +107,10 @@ class Services:
                 f"# TYPE taskledger_{name}_total counter",
                 f"taskledger_{name}_total {self.ledger.counts[name]}",
             ]
+        lines += [
+            "# TYPE taskledger_save_transactions_total counter",
+            f"taskledger_save_transactions_total {self.ledger.save_transactions}",
+        ]
         try:
             ready = self.readiness()
         except Exception as error:

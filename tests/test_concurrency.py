@@ -116,4 +116,11 @@ def test_sixteen_clients_two_processes_one_user(
         metric(url, "conflicts_retried_total") for url in (with_projector, without_projector)
     )
     saved = sum(metric(url, "commands_saved_total") for url in (with_projector, without_projector))
-    print(f"\n{len(outcome.statuses)} commands, {saved} saved, {retried} conflicts retried")
+    transactions = sum(
+        metric(url, "save_transactions_total") for url in (with_projector, without_projector)
+    )
+    print(
+        f"\n{len(outcome.statuses)} commands, {saved} saved in {transactions} transactions, "
+        f"{retried} conflicts retried"
+    )
+    assert 0 < transactions <= saved

@@ -24,6 +24,7 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresFactory
 
 from write_side.domain import Task, TaskList
+from write_side.group_commit import GroupCommit
 from write_side.history import History, replay
 from write_side.idempotency import RequestKey, RequestRecord
 
@@ -101,6 +102,8 @@ class TaskLedger(Application[UUID]):
         # Running totals for operators: commands saved, conflicts retried, replays.
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        # Saves of different users arriving together share one transaction.
+        self._group_commit = GroupCommit(self.save)
         # Construction creates missing tables. PostgreSQL's CREATE TABLE IF NOT EXISTS
         # is not safe against another process doing the same at that moment (the loser
         # fails on a catalog row: duplicate key, "tuple concurrently updated"): try
@@ -228,6 +231,11 @@ class TaskLedger(Application[UUID]):
         with self._counts_lock:
             self.counts[name] += 1
 
+    @property
+    def save_transactions(self) -> int:
+        """Event-store transactions that saved commands (several commands may share one)."""
+        return self._group_commit.groups
+
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0
 
@@ -292,7 +300,7 @@ class TaskLedger(Application[UUID]):
         the position of the last event, or None when another writer got in first."""
         pending = list(tasks.pending_events)
         try:
-            return self.save(tasks, record)[-1].notification.id
+            return self._group_commit.save(tasks, record)[-1].notification.id
         except IntegrityError:
             # The library retries an insert whose connection broke. If the first try
             # had committed (only its answer was lost), the retry collides with our own

@@ -1,0 +1,120 @@
+"""Group commit on real event stores: concurrent saves share transactions, each caller
+gets its own positions, and a conflict fails its whole group and nothing of it lands."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from tests.conftest import BACKENDS, make_settings
+from write_side import TaskLedger, TaskList
+from write_side.group_commit import GroupCommit
+
+
+@pytest.fixture(params=BACKENDS)
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskLedger]:
+    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    storage = make_settings(url, tmp_path).storage
+    app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    yield app
+    app.close()
+
+
+def slow_save(ledger: TaskLedger, calls: list[int]) -> Any:
+    """The ledger's own save, held up a little so that other callers queue behind it."""
+
+    def save(*aggregates: Any) -> Any:
+        calls.append(len(aggregates))
+        time.sleep(0.05)
+        return ledger.save(*aggregates)
+
+    return save
+
+
+def started(ledger: TaskLedger, user: str) -> TaskList:
+    tasks = ledger.task_list(user) or TaskList.start(user)
+    tasks.add(f"{user}'s task", None)
+    return tasks
+
+
+def in_threads(count: int, work: Any) -> list[Any]:
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.005)  # the first one is committing when the others arrive
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_saves_arriving_during_a_commit_share_the_next_one(ledger: TaskLedger) -> None:
+    calls: list[int] = []
+    group = GroupCommit(slow_save(ledger, calls))
+    results = in_threads(6, lambda i: group.save(started(ledger, f"user{i}")))
+
+    assert calls[0] == 1 and sum(calls) == 6 and len(calls) < 6
+    assert (group.groups, group.saves) == (len(calls), 6)
+    # Each caller got the recordings of its own events, as stored in the log.
+    for i, recordings in enumerate(results):
+        stored = ledger.recorder.select_events(TaskList.create_id(f"user{i}"))
+        assert [r.notification.id for r in recordings] == [
+            n.id
+            for n in ledger.recorder.select_notifications(start=1, limit=100)
+            if n.originator_id == TaskList.create_id(f"user{i}")
+        ]
+        assert [r.domain_event.originator_version for r in recordings] == [
+            s.originator_version for s in stored
+        ]
+
+
+def test_a_conflict_fails_its_whole_group_and_saves_none_of_it(ledger: TaskLedger) -> None:
+    ledger.add_task("alice", "first", None)
+    stale = ledger.task_list("alice")
+    assert stale is not None
+    ledger.add_task("alice", "saved meanwhile", None)  # another writer gets in first
+    stale.add("conflicting", None)
+    before = ledger.last_position()
+
+    calls: list[int] = []
+    group = GroupCommit(slow_save(ledger, calls))
+    first = threading.Thread(target=group.save, args=(started(ledger, "carol"),))
+    first.start()
+    time.sleep(0.01)
+    results = in_threads(2, lambda i: group.save(stale if i == 0 else started(ledger, "bob")))
+    first.join()
+
+    assert calls == [1, 2]
+    assert all(isinstance(result, IntegrityError) for result in results)
+    assert results[0] is not results[1]  # each caller raises its own instance
+    assert ledger.task_list("bob") is None
+    assert ledger.last_position() == before + 2  # carol's Started and TaskAdded
+
+
+def test_concurrent_commands_share_transactions(ledger: TaskLedger) -> None:
+    def commands(i: int) -> list[int]:
+        return [ledger.add_task(f"user{i}", f"t{n}", None).position for n in range(20)]
+
+    positions = in_threads(8, commands)
+
+    group = ledger._group_commit
+    assert group.saves == 8 * 20
+    assert group.groups < group.saves
+    # Every command's position is its own TaskAdded, whichever thread committed it.
+    log = {n.id: n for n in ledger.recorder.select_notifications(start=1, limit=1000)}
+    for i, answered in enumerate(positions):
+        assert all(log[p].originator_id == TaskList.create_id(f"user{i}") for p in answered)
+        assert all(log[p].topic.endswith("TaskAdded") for p in answered)
