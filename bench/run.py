@@ -47,6 +47,9 @@ def pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None
             "record",
             "-f",
             "raw",
+            # Only the thread holding the GIL: one process is bound by it, so that is
+            # where its CPU goes (threads waiting on I/O would only blur the picture).
+            "--gil",
             "-r",
             "97",
             "-d",

@@ -51,7 +51,7 @@ class GroupCommit:
         self._turn = threading.Condition()
         self._waiting: list[_Entry] = []
         self._committing = False
-        # Figures for operators: transactions, and saves committed in them.
+        # Figures for operators: transactions committed, and the saves in them.
         self.groups = 0
         self.saves = 0
 
@@ -72,8 +72,6 @@ class GroupCommit:
         finally:
             with self._turn:
                 self._committing = False
-                self.groups += 1
-                self.saves += len(group)
                 self._turn.notify_all()
         return entry.outcome()
 
@@ -85,6 +83,8 @@ class GroupCommit:
                 entry.error = error
                 entry.finished = True
             return
+        self.groups += 1
+        self.saves += len(group)
         start = 0
         for entry in group:
             entry.recordings = recordings[start : start + entry.size]
