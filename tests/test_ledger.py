@@ -127,15 +127,29 @@ def test_a_conflicting_save_is_retried_against_fresh_state(fresh_settings: Setti
     elsewhere.close()
 
 
-def test_long_streams_are_snapshotted(ledger: TaskLedger) -> None:
+def test_long_streams_are_snapshotted(ledger: TaskLedger, fresh_settings: Settings) -> None:
     for i in range(250):
         ledger.add_task("busy", f"t{i}", None)
+        if i == 196:
+            # A command of two events, from version 199 to 201: the snapshot is at 201.
+            extra = ledger.add_task("busy", "x", None).task
+            assert extra is not None
+            ledger.update_task("busy", extra.id, title="y", completed=True)
     assert ledger.snapshots is not None
     snapshots = list(ledger.snapshots.get(TaskList.create_id("busy")))
-    assert [s.originator_version for s in snapshots] == [100, 200]
-    # A process without the cache rebuilds from the latest snapshot plus 51 events.
-    stream = ledger.repository.get(TaskList.create_id("busy"), version=None)
-    assert len(stream) == 250
+    assert [s.originator_version for s in snapshots] == [100, 201]
+    # Another process rebuilds from the latest snapshot plus the events after it, and
+    # gets what a full replay gets.
+    elsewhere = open_ledger(fresh_settings)
+    stream_id = TaskList.create_id("busy")
+    assert elsewhere.snapshots is not None
+    rebuilt = elsewhere.repository.get(stream_id)
+    elsewhere.repository.snapshot_store = None
+    replayed = elsewhere.repository.get(stream_id, version=rebuilt.version)
+    assert len(rebuilt) == 251
+    assert rebuilt.version == replayed.version == 254
+    assert list(rebuilt.tasks()) == list(replayed.tasks())
+    elsewhere.close()
 
 
 class LostAcknowledgement(TaskLedger):
