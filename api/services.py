@@ -123,7 +123,9 @@ class Services:
     # ------------------------------------------------------------------------
 
     def _projector_worker(self) -> ProjectorWorker:
-        projector = Projector(self.ledger, self.read_engine)
+        projector = Projector(
+            self.ledger, self.read_engine, batch_size=self.settings.projector_batch_size
+        )
         return ProjectorWorker(
             projector,
             leadership_for(self.settings),

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     run_projector: bool = True
     read_your_writes_timeout_seconds: float = Field(default=5, ge=0)
     projector_poll_seconds: float = Field(default=1.0, gt=0)
+    # Most events the projector applies in one read-side transaction.
+    projector_batch_size: int = Field(default=500, ge=1, le=10_000)
     aggregate_cache_size: int = Field(default=1000, ge=0)
     # Most connections a process opens to each of the event store and the read tables.
     db_pool_size: int = Field(default=10, ge=2)

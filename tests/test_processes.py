@@ -418,7 +418,9 @@ def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
     url = fresh_database
     data_dir = tmp_path / "data"
     env = process_env(url, data_dir)
-    projector = start_projector(start_process, env)
+    # Small batches: the backlog of the downtime takes the restarted projector many
+    # transactions to catch up, and the second kill lands among them.
+    projector = start_projector(start_process, {**env, "PROJECTOR_BATCH_SIZE": "5"})
     # Writes do not wait for the projection here: the writers go flat out, so that the
     # projector is always busy and falls behind whenever it is down.
     base_url, _ = live_server({**env, "READ_YOUR_WRITES_TIMEOUT_SECONDS": "0"}, "--no-projector")
@@ -434,7 +436,7 @@ def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
             lag_at_kill.append(httpx.get(base_url + "/readyz").json()["projection_lag_events"])
             projector.kill()  # SIGKILL: no clean-up, wherever it was
             time.sleep(0.5)
-            projector = start_projector(start_process, env)
+            projector = start_projector(start_process, {**env, "PROJECTOR_BATCH_SIZE": "5"})
         time.sleep(0.5)
     finally:
         stop_writers(writers, stop, threads)
