@@ -206,7 +206,6 @@ class Settings(BaseSettings):
                 # Seconds to wait for a pooled connection (whole seconds only here:
                 # TaskLedger shortens it, as its library retries each wait 10 times).
                 "POSTGRES_CONNECT_TIMEOUT": "5",
-                "POSTGRES_PRE_PING": "y",
                 "POSTGRES_LOCK_TIMEOUT": "5",
                 **self._cache_env(),
             },

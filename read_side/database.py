@@ -7,10 +7,11 @@ import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlmodel import SQLModel
 
 from read_side.tables import LIVE_TABLES, projection_position
+from write_side.liveness import check_if_spoke
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +37,29 @@ def create_read_engine(url: str, *, pool_size: int = 10, autocommit: bool = Fals
         )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         # Opened on demand, kept while idle; ``pool_size`` in all, so that every
         # process stays inside its share of the server's connection limit.
         pool_size=pool_size,
         max_overflow=0,
-        # Checking each connection before use costs a round trip per query; without
-        # it, the first query on a connection the server dropped fails (answered 503)
-        # and SQLAlchemy then discards every connection made before the drop.
-        pool_pre_ping=not autocommit,
         # A request must not hang when the database is away.
         pool_timeout=5,
         connect_args={"connect_timeout": 5},
         **options,
     )
+    # Instead of a round trip per checkout (pool_pre_ping), a connection is pinged only
+    # when the server has spoken on it while it was idle, i.e. has likely ended it.
+    event.listen(engine, "checkout", _discard_if_ended)
+    return engine
+
+
+def _discard_if_ended(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    try:
+        check_if_spoke(dbapi_connection)
+    except Exception as error:
+        # The pool drops this connection and checks out another.
+        raise DisconnectionError(str(error)) from error
 
 
 def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:

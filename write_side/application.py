@@ -27,6 +27,7 @@ from write_side.domain import Task, TaskList
 from write_side.group_commit import GroupCommit
 from write_side.history import History, replay
 from write_side.idempotency import RequestKey, RequestRecord
+from write_side.liveness import check_if_spoke
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,10 @@ class TaskLedger(Application[UUID]):
             pool = factory.datastore.pool
             pool.timeout = self.POOL_WAIT_SECONDS
             pool.reconnect_timeout = self.POOL_RECONNECT_SECONDS
+            # The library's pre-ping costs a round trip per checkout; this pings only
+            # connections the server has spoken on (psycopg_pool has no setter for it).
+            assert hasattr(pool, "_check")
+            pool._check = check_if_spoke
             assert isinstance(pool.kwargs, dict)  # set by eventsourcing, never a callable
             pool.kwargs.update(self._connect_options)
         return factory
