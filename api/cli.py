@@ -66,6 +66,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
         proxy_headers=True,
         server_header=False,
     )

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # without one, so few suffice).
     worker_threads: int = Field(default=4, ge=1, le=64)
     log_level: str = "info"
+    # A line per request (at LOG_LEVEL info): about a tenth of a listing's CPU. Behind a
+    # proxy or load balancer that logs requests already, it can be turned off.
+    access_log: bool = True
 
     @field_validator("auditor_roles", "cors_origins", mode="before")
     @classmethod

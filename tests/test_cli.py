@@ -129,3 +129,17 @@ def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
     table = taskledger("history", "alice", env=env)
     assert "TaskEdited" in table.stdout
     assert taskledger("history", "alice", "--until", "yesterday", env=env).returncode == 2
+
+
+def test_access_log_lines_can_be_turned_off(
+    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
+) -> None:
+    lines = {}
+    for setting in ("true", "false"):
+        env = service_env(None, tmp_path / setting, LOG_LEVEL="info", ACCESS_LOG=setting)
+        base_url, server = live_server(env)
+        assert httpx.get(f"{base_url}/healthz").status_code == 200
+        server.stop()
+        lines[setting] = [line for line in server.output().splitlines() if "GET /healthz" in line]
+    assert len(lines["true"]) == 1
+    assert lines["false"] == []
