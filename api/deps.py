@@ -24,24 +24,32 @@ from write_side import RequestKey
 _bearer = HTTPBearer(auto_error=False, description="A JWT issued by Better Auth")
 
 
-async def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+# The dependencies every request solves take the Request rather than ServicesDep:
+# each level of sub-dependency costs FastAPI more than the work it does here.
 
 
 async def current_principal(
-    services: ServicesDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TokenMissing("a bearer token is required")
+    verifier = services_of(request).verifier
     token = credentials.credentials
-    principal = services.verifier.cached(token)
+    principal = verifier.cached(token)
     if principal is None:
-        principal = await run_in_threadpool(services.verifier.verify, token)
+        principal = await run_in_threadpool(verifier.verify, token)
     return principal
 
 
@@ -52,10 +60,10 @@ UserIdPath = Annotated[
 ]
 
 
-async def readable_user(user_id: UserIdPath, principal: PrincipalDep, services: ServicesDep) -> str:
+async def readable_user(user_id: UserIdPath, principal: PrincipalDep, request: Request) -> str:
     """The path's user, if the caller is that user or an auditor."""
     if principal.user_id != user_id and not (
-        principal.roles & set(services.settings.auditor_roles)
+        principal.roles & set(services_of(request).settings.auditor_roles)
     ):
         raise Forbidden("these tasks belong to another user")
     return user_id

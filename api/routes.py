@@ -110,9 +110,9 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:
     spec = queries.TaskFilter(status, sort, order, q, limit, offset)
-    with services.session() as session:
+    with services.reading() as conn:
         # Stored documents are the response's items as they are: no row is converted.
-        body, total = services.listings.page(session, user_id, spec)
+        body, total = services.listings.page(conn, user_id, spec)
     return _json_response(body, headers={"X-Total-Count": str(total)})
 
 
@@ -143,8 +143,8 @@ async def create_task(
     responses={**_success(200, "ETag"), **_READ_PROBLEMS},
 )
 def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Response:
-    with services.session() as session:
-        row = queries.get_task(session, user_id, task_id)
+    with services.reading() as conn:
+        row = queries.get_task(conn, user_id, task_id)
     if row is None:
         raise TaskNotFound(task_id)
     return _json_response(row.doc, headers={"ETag": f'"{row.version}"'})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlmodel import Session
+from sqlalchemy import Connection
 
 from api.auth import JwksKeys, TokenVerifier
 from api.settings import Settings
@@ -76,8 +76,9 @@ class Services:
         self.read_engine.dispose()
         self.query_engine.dispose()
 
-    def session(self) -> Session:
-        return Session(self.query_engine)
+    def reading(self) -> Connection:
+        """A connection for queries (autocommit: a statement needs no transaction)."""
+        return self.query_engine.connect()
 
     def projected_position(self) -> int:
         with self.query_engine.connect() as conn:

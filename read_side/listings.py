@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from sqlmodel import Session
+from sqlalchemy import Connection
 
 from read_side import queries
 from read_side.queries import TaskFilter
@@ -27,15 +27,15 @@ class CachedListings:
         self._max_pages = max_pages
         self._lock = threading.Lock()
 
-    def page(self, session: Session, user_id: str, spec: TaskFilter) -> Page:
-        position = queries.user_position(session, user_id)
+    def page(self, conn: Connection, user_id: str, spec: TaskFilter) -> Page:
+        position = queries.user_position(conn, user_id)
         key = (user_id, spec)
         with self._lock:
             stored = self._pages.get(key)
             if stored is not None and stored[0] == position:
                 self._pages.move_to_end(key)
                 return stored[1]
-        documents, total = queries.list_tasks(session, user_id, spec)
+        documents, total = queries.list_tasks(conn, user_id, spec)
         page = (f"[{','.join(documents)}]", total)
         with self._lock:
             self._pages[key] = (position, page)

@@ -1,4 +1,4 @@
-"""Query functions over the read tables. Each takes a session and returns rows."""
+"""Query functions over the read tables. Each takes a connection and returns rows."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Row, bindparam, func, or_, select
-from sqlmodel import Session
+from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, select
 
 from read_side.tables import task_list_owner
 from read_side.tables import task_view as _task
@@ -28,7 +27,7 @@ class TaskFilter:
     offset: int = 0
 
 
-def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[list[str], int]:
+def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[str], int]:
     """One page of a user's tasks, as their JSON documents, and the number of tasks that
     match in all."""
     conditions = [_task.c.user_id == user_id]
@@ -50,7 +49,7 @@ def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[list[s
     # Ties keep creation order, whichever way the page is sorted.
     ordering = (key.desc() if spec.order == "desc" else key.asc(), _task.c.created_seq)
     total = func.count().over().label("total")
-    rows = session.execute(
+    rows = conn.execute(
         select(_task.c.doc, total)
         .where(*conditions)
         .order_by(*ordering)
@@ -60,14 +59,14 @@ def list_tasks(session: Session, user_id: str, spec: TaskFilter) -> tuple[list[s
     if rows:
         return [row.doc for row in rows], int(rows[0].total)
     # Past the last page the window count has no row to ride on.
-    count = session.execute(select(func.count()).where(*conditions)).scalar_one()
+    count = conn.execute(select(func.count()).where(*conditions)).scalar_one()
     return [], int(count)
 
 
-def get_task(session: Session, user_id: str, task_id: UUID) -> Row[Any] | None:
+def get_task(conn: Connection, user_id: str, task_id: UUID) -> Row[Any, Any] | None:
     """The user's task (``doc``, ``version``), or None: another user's task id is as
     good as unknown."""
-    return session.execute(
+    return conn.execute(
         select(_task.c.doc, _task.c.version).where(
             _task.c.id == task_id, _task.c.user_id == user_id
         )
@@ -81,10 +80,10 @@ _USER_POSITION = select(task_list_owner.c.last_position).where(
 )
 
 
-def user_position(session: Session, user_id: str) -> int:
+def user_position(conn: Connection, user_id: str) -> int:
     """The log position of the user's last change in the tables (0: none yet)."""
     list_id = TaskList.create_id(user_id)
-    position = session.execute(_USER_POSITION, {"list_id": list_id}).scalar_one_or_none()
+    position = conn.execute(_USER_POSITION, {"list_id": list_id}).scalar_one_or_none()
     return int(position or 0)
 
 
