@@ -270,6 +270,15 @@ class Server:
     def readyz(self) -> dict[str, Any]:
         return httpx.get(self.url + "/readyz", timeout=10).json()
 
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics, by name (no labels are used)."""
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        return {
+            name: float(value)
+            for name, _, value in (line.partition(" ") for line in text.splitlines())
+            if name and not name.startswith("#")
+        }
+
 
 def rss_mb(pid: int) -> tuple[float, float]:
     values: dict[str, float] = {}

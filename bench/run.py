@@ -190,6 +190,7 @@ def create_phase(
 ) -> None:
     """2. POST tasks, round-robin over CREATE_USERS users."""
     tokens = h.write_tokens(storage.workdir / "create-tokens", users)
+    before = server.metrics()
     with Phase("create", out, server, storage, opts):
         h.log(
             f"create: {opts.connections} connections, {len(users)} users, "
@@ -203,12 +204,22 @@ def create_phase(
             args=[str(tokens)],
         )
     out["create"] = result.as_dict()
+    out["create"]["commands_per_transaction"] = _grouping(before, server.metrics())
     out["rss_after_create_mb"] = server.rss_mb()[0]
     if opts.profile:
         spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-create.txt")
         h.wrk("write.lua", server.url, connections=opts.connections, duration=9, args=[str(tokens)])
         if spy:
             spy.wait()
+
+
+def _grouping(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Commands saved per event-store transaction between two /metrics readings."""
+    saved, transactions = (
+        after[f"taskledger_{name}_total"] - before[f"taskledger_{name}_total"]
+        for name in ("commands_saved", "save_transactions")
+    )
+    return saved / transactions if transactions else None
 
 
 def memory_phase(
@@ -365,6 +376,7 @@ def _main_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
     put("2 create p99 ms (target <=200)", c["p99_ms"], 1, "create_p99_ms")
     rows["2 create errors"] = str(sum(c["errors"].values()) + c["counters"].get("failed", 0))
     _cpu_per_request(result, "create", "2 create", put)
+    put("2 create commands per save transaction", c.get("commands_per_transaction"), 2)
     if "create_big" in result:
         c = result["create_big"]
         put("2b create on 100 users x ~1,000 tasks req/s", c["rps"], 0)
