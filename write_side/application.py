@@ -131,7 +131,8 @@ class TaskLedger(Application[UUID]):
             pool.reconnect_timeout = self.POOL_RECONNECT_SECONDS
             # The library's pre-ping costs a round trip per checkout; this pings only
             # connections the server has spoken on (psycopg_pool has no setter for it).
-            assert hasattr(pool, "_check")
+            if not hasattr(pool, "_check"):
+                raise RuntimeError("psycopg_pool has changed: no connection check to set")
             pool._check = check_if_spoke
             assert isinstance(pool.kwargs, dict)  # set by eventsourcing, never a callable
             pool.kwargs.update(self._connect_options)
@@ -325,7 +326,8 @@ class TaskLedger(Application[UUID]):
         return position
 
     def _snapshot(self, tasks: TaskList) -> None:
-        assert self.snapshots is not None
+        if self.snapshots is None:
+            return  # snapshotting turned off (IS_SNAPSHOTTING_ENABLED=n)
         try:
             self.snapshots.put([TaskList.Snapshot.take(tasks)])
         except Exception as error:

@@ -7,9 +7,8 @@ waiting saves in one transaction (one lock, one flush, one projector wake-up). A
 save is never delayed.
 
 A conflict (another process saved to one of the streams first) fails the whole
-transaction, and the library has by then taken the events out of the aggregates: every
-caller of that group gets the ``IntegrityError``, and each runs its command again
-against fresh state, which is what a conflicting caller does anyway.
+transaction: the group's saves are then committed one by one, so that only the caller
+whose stream conflicts gets the ``IntegrityError`` (and runs its command again).
 """
 
 from __future__ import annotations
@@ -19,28 +18,45 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from eventsourcing.persistence import Recording
+from eventsourcing.persistence import IntegrityError, OperationalError, Recording
 
 Save = Callable[..., list[Recording[Any]]]
 
 
+class CommitInterrupted(OperationalError):
+    """The save's transaction was interrupted; it may or may not have committed."""
+
+
 class _Entry:
-    __slots__ = ("aggregates", "error", "finished", "recordings", "size")
+    __slots__ = ("error", "events", "finished", "recordings", "taken")
 
     def __init__(self, aggregates: Sequence[Any]) -> None:
-        self.aggregates = aggregates
-        # How many events this caller's aggregates hold, to find its recordings.
-        self.size = sum(len(aggregate.pending_events) for aggregate in aggregates)
+        # Collected here, in the caller's thread: the group's transaction saves the
+        # events themselves, and can save them again alone after a conflict.
+        self.events = [event for aggregate in aggregates for event in aggregate.collect_events()]
         self.recordings: list[Recording[Any]] = []
-        self.error: BaseException | None = None
+        self.error: Exception | None = None
+        self.taken = False  # into a group being committed
         self.finished = False
 
+    def fail(self, error: BaseException) -> None:
+        if isinstance(error, Exception):
+            self.error = error
+        else:
+            # KeyboardInterrupt and the like belong to the thread they were raised in.
+            self.error = CommitInterrupted(repr(error))
+        self.finished = True
+
     def outcome(self) -> list[Recording[Any]]:
-        if self.error is not None:
-            # Each caller raises an instance of its own: one exception object raised
-            # in several threads at once would tangle their tracebacks.
-            raise copy.copy(self.error).with_traceback(None) from self.error
-        return self.recordings
+        if self.error is None:
+            return self.recordings
+        # Each caller raises an instance of its own: one exception object raised in
+        # several threads at once would tangle their tracebacks.
+        try:
+            error = copy.copy(self.error).with_traceback(None)
+        except Exception:
+            error = CommitInterrupted(repr(self.error))
+        raise error from self.error
 
 
 class GroupCommit:
@@ -60,16 +76,23 @@ class GroupCommit:
         entry = _Entry([aggregate for aggregate in aggregates if aggregate is not None])
         with self._turn:
             self._waiting.append(entry)
-            while self._committing and not entry.finished:
+            while (self._committing or entry.taken) and not entry.finished:
                 self._turn.wait()
             if entry.finished:
                 return entry.outcome()
             # This caller commits everything waiting, its own save included.
             self._committing = True
             group, self._waiting = self._waiting, []
+            for waiting in group:
+                waiting.taken = True
         try:
             self._commit(group)
         finally:
+            # Whatever interrupted the commit, no caller of the group may wait forever
+            # or take its entry for uncommitted.
+            for waiting in group:
+                if not waiting.finished:
+                    waiting.fail(CommitInterrupted("the group's commit was interrupted"))
             with self._turn:
                 self._committing = False
                 self._turn.notify_all()
@@ -77,16 +100,25 @@ class GroupCommit:
 
     def _commit(self, group: list[_Entry]) -> None:
         try:
-            recordings = self._save(*(a for entry in group for a in entry.aggregates))
+            recordings = self._save(*(event for entry in group for event in entry.events))
+        except IntegrityError as error:
+            if len(group) == 1:
+                group[0].fail(error)
+                return
+            for entry in group:
+                self._commit([entry])
+            return
         except BaseException as error:
             for entry in group:
-                entry.error = error
-                entry.finished = True
+                entry.fail(error)
+            if not isinstance(error, Exception):
+                raise
             return
         self.groups += 1
         self.saves += len(group)
         start = 0
         for entry in group:
-            entry.recordings = recordings[start : start + entry.size]
-            start += entry.size
+            entry.recordings = recordings[start : start + len(entry.events)]
+            start += len(entry.events)
             entry.finished = True
+        assert start == len(recordings), "each event has one recording"
