@@ -14,7 +14,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from tests.conftest import BACKENDS, make_settings
 from write_side import TaskLedger, TaskList
-from write_side.group_commit import CommitInterrupted, GroupCommit
+from write_side.group_commit import CommitInterrupted, CommitTimeout, GroupCommit
 
 
 @pytest.fixture(params=BACKENDS)
@@ -148,3 +148,23 @@ def test_concurrent_commands_share_transactions(ledger: TaskLedger) -> None:
     for i, answered in enumerate(positions):
         assert all(log[p].originator_id == TaskList.create_id(f"user{i}") for p in answered)
         assert all(log[p].topic.endswith("TaskAdded") for p in answered)
+
+
+def test_a_stuck_commit_holds_the_others_up_only_so_long(ledger: TaskLedger) -> None:
+    stuck = threading.Event()
+
+    def save(*events: Any) -> Any:
+        stuck.wait(5)  # a connection that hangs
+        return ledger.save(*events)
+
+    group = GroupCommit(save, wait_limit=0.2)
+    first = threading.Thread(target=group.save, args=(started(ledger, "carol"),))
+    first.start()
+    time.sleep(0.05)
+    with pytest.raises(CommitTimeout):
+        group.save(started(ledger, "bob"))
+    stuck.set()
+    first.join()
+    assert ledger.task_list("carol") is not None
+    assert ledger.task_list("bob") is None  # withdrawn, never saved
+    assert group.saves == 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,11 @@ Save = Callable[..., list[Recording[Any]]]
 
 class CommitInterrupted(OperationalError):
     """The save's transaction was interrupted; it may or may not have committed."""
+
+
+class CommitTimeout(OperationalError):
+    """The save waited too long for the transaction ahead of it; it was not attempted,
+    or (when its group was under way) its outcome is unknown."""
 
 
 class _Entry:
@@ -62,8 +68,11 @@ class _Entry:
 class GroupCommit:
     """Wraps ``save`` (``Application.save``) so that concurrent calls share transactions."""
 
-    def __init__(self, save: Save) -> None:
+    def __init__(self, save: Save, *, wait_limit: float = 10.0) -> None:
         self._save = save
+        # Most seconds a caller waits for the commit ahead of it (a stuck connection
+        # must not hold up every writer of the process for as long as TCP takes).
+        self._wait_limit = wait_limit
         self._turn = threading.Condition()
         self._waiting: list[_Entry] = []
         self._committing = False
@@ -74,10 +83,16 @@ class GroupCommit:
     def save(self, *aggregates: Any) -> list[Recording[Any]]:
         """Like ``Application.save(*aggregates)``; returns this call's recordings."""
         entry = _Entry([aggregate for aggregate in aggregates if aggregate is not None])
+        deadline = time.monotonic() + self._wait_limit
         with self._turn:
             self._waiting.append(entry)
             while (self._committing or entry.taken) and not entry.finished:
-                self._turn.wait()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if not entry.taken:
+                        self._waiting.remove(entry)
+                    raise CommitTimeout(f"no commit within {self._wait_limit} s")
+                self._turn.wait(remaining)
             if entry.finished:
                 return entry.outcome()
             # This caller commits everything waiting, its own save included.
