@@ -79,8 +79,6 @@ class Projector:
                 self._owners.clear()
                 raise
             new_position = notifications[-1].id
-            # On PostgreSQL this also NOTIFYs API processes waiting to read their
-            # writes; the notification is delivered on commit.
             conn.execute(
                 self._sql.move_position,
                 {"projection": self.name, "position": new_position, "channel": PROJECTION_CHANNEL},
@@ -203,10 +201,12 @@ class _Statements:
             .where(owner.c.list_id == bindparam("row_list_id"))
             .values(last_position=bindparam("last_position"))
         )
-        self.touch_position = (
-            update(_position).where(at.name == bindparam("projection")).values(position=at.position)
-        )
-        lock = select(at.position).where(at.name == bindparam("projection"))
+        this_projection = at.name == bindparam("projection")
+        self.touch_position = update(_position).where(this_projection).values(position=at.position)
+        lock = select(at.position).where(this_projection)
+        move = update(_position).where(this_projection).values(position=bindparam("position"))
+        self.move_position: Executable = move
+        self.lock_position = lock
         if is_postgres:
             # Not waiting for the WAL flush leaves it to the event store's commits,
             # which need it. A crash may lose the last batches, but rows and position
@@ -214,22 +214,11 @@ class _Statements:
             # the locking query saves a round trip for a SET LOCAL.)
             lock = lock.add_columns(func.set_config("synchronous_commit", "off", True))
             self.lock_position = lock.with_for_update()
-            moved = (
-                update(_position)
-                .where(at.name == bindparam("projection"))
-                .values(position=bindparam("position"))
-                .returning(at.position)
-                .cte("moved")
-            )
-            self.move_position: Executable = select(
+            # The position moves and API processes waiting to read their writes are
+            # told, in one statement; the NOTIFY is delivered on commit.
+            moved = move.returning(at.position).cte("moved")
+            self.move_position = select(
                 func.pg_notify(bindparam("channel"), cast(moved.c.position, Text))
-            )
-        else:
-            self.lock_position = lock
-            self.move_position = (
-                update(_position)
-                .where(at.name == bindparam("projection"))
-                .values(position=bindparam("position"))
             )
 
 
