@@ -81,7 +81,7 @@ class Services:
         return self.query_engine.connect()
 
     def projected_position(self) -> int:
-        with self.query_engine.connect() as conn:
+        with self.reading() as conn:
             return read_position(conn)
 
     def readiness(self) -> dict[str, Any]:
@@ -102,16 +102,14 @@ class Services:
 
     def metrics(self) -> str:
         """This process's figures in Prometheus' text format."""
+        counters = {
+            name: self.ledger.counts[name]
+            for name in ("commands_saved", "conflicts_retried", "idempotent_replays")
+        }
+        counters["save_transactions"] = self.ledger.save_transactions
         lines = []
-        for name in ("commands_saved", "conflicts_retried", "idempotent_replays"):
-            lines += [
-                f"# TYPE taskledger_{name}_total counter",
-                f"taskledger_{name}_total {self.ledger.counts[name]}",
-            ]
-        lines += [
-            "# TYPE taskledger_save_transactions_total counter",
-            f"taskledger_save_transactions_total {self.ledger.save_transactions}",
-        ]
+        for name, value in counters.items():
+            lines += [f"# TYPE taskledger_{name}_total counter", f"taskledger_{name}_total {value}"]
         try:
             ready = self.readiness()
         except Exception as error:
