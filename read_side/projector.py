@@ -121,8 +121,9 @@ class Projector:
         events = [(mapper.to_domain_event(n), n.id) for n in notifications]
         rows = self._rows(conn, RowChanges.rows_needed(event for event, _ in events))
         changes = RowChanges()
+        owner_of = partial(self._owner_of, conn)
         for event, position in events:
-            changes.apply(event, position, owner_of=partial(self._owner_of, conn), rows=rows)
+            changes.apply(event, position, owner_of=owner_of, rows=rows)
         self._write(conn, changes)
         self._owners.update(changes.owners)
 
