@@ -119,19 +119,19 @@ def main_phases(storage: h.Storage, opts: argparse.Namespace, out: dict[str, Any
         # 2b. create again, now that the 100 fill users hold ~1,000 tasks each (bigger
         # aggregates: snapshots and copies grow with them). After the RSS reading.
         if opts.create_big_seconds > 0:
-            with Phase("create_big", out, server, storage, opts):
-                h.log(
-                    f"create on {FILL_USERS} users with ~1,000 tasks each, "
-                    f"{opts.create_big_seconds:.0f} s"
-                )
-                result = h.wrk(
-                    "write.lua",
-                    server.url,
-                    connections=opts.connections,
-                    duration=opts.create_big_seconds,
-                    args=[str(tokens)],
-                )
-            out["create_big"] = result.as_dict()
+            h.log(
+                f"create on {FILL_USERS} users with ~1,000 tasks each, "
+                f"{opts.create_big_seconds:.0f} s"
+            )
+            timed_writes(
+                "create_big",
+                server,
+                storage,
+                opts,
+                out,
+                tokens=tokens,
+                seconds=opts.create_big_seconds,
+            )
 
 
 def seed_list_user(server: h.Server, storage: h.Storage, out: dict[str, Any]) -> None:
@@ -190,27 +190,40 @@ def create_phase(
 ) -> None:
     """2. POST tasks, round-robin over CREATE_USERS users."""
     tokens = h.write_tokens(storage.workdir / "create-tokens", users)
-    before = server.metrics()
-    with Phase("create", out, server, storage, opts):
-        h.log(
-            f"create: {opts.connections} connections, {len(users)} users, "
-            f"{opts.create_seconds:.0f} s"
-        )
-        result = h.wrk(
-            "write.lua",
-            server.url,
-            connections=opts.connections,
-            duration=opts.create_seconds,
-            args=[str(tokens)],
-        )
-    out["create"] = result.as_dict()
-    out["create"]["commands_per_transaction"] = _grouping(before, server.metrics())
+    h.log(
+        f"create: {opts.connections} connections, {len(users)} users, {opts.create_seconds:.0f} s"
+    )
+    timed_writes("create", server, storage, opts, out, tokens=tokens, seconds=opts.create_seconds)
     out["rss_after_create_mb"] = server.rss_mb()[0]
     if opts.profile:
         spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-create.txt")
         h.wrk("write.lua", server.url, connections=opts.connections, duration=9, args=[str(tokens)])
         if spy:
             spy.wait()
+
+
+def timed_writes(
+    phase: str,
+    server: h.Server,
+    storage: h.Storage,
+    opts: argparse.Namespace,
+    out: dict[str, Any],
+    *,
+    tokens: Path,
+    seconds: float,
+) -> None:
+    """POSTs round-robin over the users of ``tokens`` for ``seconds``, into out[phase]."""
+    before = server.metrics()
+    with Phase(phase, out, server, storage, opts):
+        result = h.wrk(
+            "write.lua",
+            server.url,
+            connections=opts.connections,
+            duration=seconds,
+            args=[str(tokens)],
+        )
+    out[phase] = result.as_dict()
+    out[phase]["commands_per_transaction"] = _grouping(before, server.metrics())
 
 
 def _grouping(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -382,6 +395,7 @@ def _main_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
         put("2b create on 100 users x ~1,000 tasks req/s", c["rps"], 0)
         put("2b create on 100 users x ~1,000 tasks p99 ms", c["p99_ms"], 1)
         _cpu_per_request(result, "create_big", "2b create", put)
+        put("2b create commands per save transaction", c.get("commands_per_transaction"), 2)
     _memory_rows(result, put)
 
 
