@@ -135,10 +135,6 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
 
-    @property
-    def modes(self) -> list[str]:
-        return [name for name, on in (("jwks", self._jwks), ("secret", self._secret)) if on]
-
     def verify(self, token: str) -> Principal:
         cached = self._cached(token)
         if cached is not None:

@@ -17,9 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
-from api.schemas import USER_ID_PATTERN
 from api.services import Services
-from write_side import RequestKey
+from write_side import USER_ID_MAX_LENGTH, USER_ID_PATTERN, RequestKey
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT issued by Better Auth")
 
@@ -56,7 +55,12 @@ async def current_principal(
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 UserIdPath = Annotated[
     str,
-    Path(pattern=USER_ID_PATTERN, min_length=1, max_length=128, description="Better Auth user id"),
+    Path(
+        pattern=USER_ID_PATTERN,
+        min_length=1,
+        max_length=USER_ID_MAX_LENGTH,
+        description="Better Auth user id",
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -17,11 +18,11 @@ from api.deps import (
     WritableUser,
 )
 from api.errors import problem_responses
-from api.schemas import CompletionSet, NoNul, NoNulText, TaskCreate, TaskOut, TaskUpdate
+from api.schemas import CompletionSet, SearchText, TaskCreate, TaskUpdate
 from api.services import Services
 from read_side import queries
-from read_side.documents import task_document
-from write_side import UNSET, Change, TaskNotFound
+from read_side.documents import TaskOut, task_document
+from write_side import UNSET, Change, Task, TaskNotFound
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 
@@ -79,18 +80,11 @@ async def _written(services: Services, user_id: str, change: Change, status: int
     headers["ETag"] = f'"{change.task.version}"'
     if status == 201:
         headers["Location"] = f"/api/{user_id}/tasks/{change.task.id}"
-    task = change.task
-    document = task_document(
-        id=task.id,
-        user_id=user_id,
-        title=task.title,
-        description=task.description,
-        completed=task.completed,
-        created_at=task.created_at,
-        updated_at=task.updated_at,
-        version=task.version,
-    )
-    return _json_response(document, status, headers)
+    return _json_response(task_document(_fields(change.task, user_id)), status, headers)
+
+
+def _fields(task: Task, user_id: str) -> dict[str, Any]:
+    return {field.name: getattr(task, field.name) for field in fields(task)} | {"user_id": user_id}
 
 
 @router.get(
@@ -105,7 +99,7 @@ def list_tasks(
     status: Literal["all", "pending", "completed"] = "all",
     sort: Literal["created_at", "updated_at", "title"] = "created_at",
     order: Literal["asc", "desc"] = "desc",
-    q: Annotated[NoNulText | None, Query(max_length=200), NoNul] = None,
+    q: Annotated[SearchText | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:

@@ -2,51 +2,49 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
-from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
-    StringConstraints,
     model_validator,
 )
 
-from write_side import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
+from write_side.domain import (
+    DESCRIPTION_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    check_description,
+    clean_title,
+    refuse_nul,
+)
 
-
-def refuse_nul(value: str | None) -> str | None:
-    # PostgreSQL text cannot hold U+0000: one such title would stop the projector
-    # for everybody, so it is refused at the door on every backend alike.
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain NUL (U+0000) characters")
-    return value
-
-
-NoNul = AfterValidator(refuse_nul)
-# The document states what the validators refuse, so clients are not invited to send it:
-# no NUL, and for titles something left once trimmed (of Unicode White_Space, which is
-# what strip_whitespace removes). Patterns document only: the validators give the reasons.
+# The rules are the domain's (write_side.domain): the validators call them, so a body
+# is refused at the door for the reasons the aggregate would refuse it. The patterns
+# only document them, so that clients are not invited to send what is refused: no NUL,
+# and for titles something left once trimmed (of Unicode White_Space, which is what
+# str.strip removes).
 _TRIMMED = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 TITLE_PATTERN = rf"^[^\x00]*[^\x00{_TRIMMED}][^\x00]*$"
-NoNulText = Annotated[str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 Title = Annotated[
     str,
-    StringConstraints(
-        strict=True, strip_whitespace=True, min_length=1, max_length=TITLE_MAX_LENGTH
+    Strict(),
+    AfterValidator(clean_title),
+    Field(
+        json_schema_extra={"minLength": 1, "maxLength": TITLE_MAX_LENGTH, "pattern": TITLE_PATTERN}
     ),
-    NoNul,
-    Field(json_schema_extra={"pattern": TITLE_PATTERN}),
 ]
+NoNulText = Annotated[str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
 Description = Annotated[
-    str | None, Field(max_length=DESCRIPTION_MAX_LENGTH, json_schema_extra={"nullable": True})
+    NoNulText | None,
+    Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True),
+    AfterValidator(check_description),
 ]
-USER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+SearchText = Annotated[NoNulText, AfterValidator(lambda text: refuse_nul(text, "q"))]
 
 
 def never_null(schema: dict[str, Any]) -> None:
@@ -63,9 +61,7 @@ class _Body(BaseModel):
 
 class TaskCreate(_Body):
     title: Title
-    description: Annotated[
-        NoNulText | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True), NoNul
-    ] = None
+    description: Description = None
 
 
 class TaskUpdate(_Body):
@@ -75,9 +71,7 @@ class TaskUpdate(_Body):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     title: Annotated[Title | None, Field(json_schema_extra=never_null)] = None
-    description: Annotated[
-        NoNulText | None, Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True), NoNul
-    ] = None
+    description: Description = None
     completed: Annotated[StrictBool | None, Field(json_schema_extra=never_null)] = None
 
     @model_validator(mode="after")
@@ -93,17 +87,6 @@ class TaskUpdate(_Body):
 
 class CompletionSet(_Body):
     completed: StrictBool
-
-
-class TaskOut(BaseModel):
-    id: UUID
-    user_id: str
-    title: str
-    description: str | None
-    completed: bool
-    created_at: datetime = Field(description="RFC 3339, UTC")
-    updated_at: datetime = Field(description="RFC 3339, UTC")
-    version: int
 
 
 class ProblemError(BaseModel):

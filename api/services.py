@@ -1,4 +1,7 @@
-"""Wiring: builds the write side, the read side and the verifier from Settings."""
+"""Wiring: builds the write side, the read side and the verifier from Settings.
+
+Building touches nothing: ``start()`` is the one place that creates the data folder,
+the tables and the development secret, and starts the threads."""
 
 from __future__ import annotations
 
@@ -8,13 +11,15 @@ from typing import Any
 from sqlalchemy import Connection
 
 from api.auth import JwksKeys, TokenVerifier
+from api.read_your_writes import ProjectionProgress
 from api.settings import Settings
-from read_side.database import DEFAULT_PROJECTION, create_read_engine, create_read_tables
-from read_side.listener import PostgresListener
-from read_side.listings import CachedListings
-from read_side.progress import ProjectionProgress
+from infrastructure.leadership import FileLeadership, Leadership, PostgresLeadership
+from infrastructure.listener import PostgresListener
 from read_side.projector import PROJECTION_CHANNEL, Projector, read_position
-from read_side.worker import FileLeadership, Leadership, PostgresLeadership, ProjectorWorker
+from read_side.runtime.engine import create_read_engine, create_read_tables
+from read_side.runtime.listings import CachedListings
+from read_side.runtime.worker import ProjectorWorker
+from read_side.tables import DEFAULT_PROJECTION
 from write_side import TaskLedger
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,6 @@ class Services:
         self.is_postgres = storage.kind == "postgres"
         # The projector's (transactions, few connections) and the queries' (autocommit).
         self.read_engine = create_read_engine(storage.read_url, pool_size=2)
-        create_read_tables(self.read_engine)
         self.query_engine = create_read_engine(
             storage.read_url, pool_size=settings.db_pool_size, autocommit=True
         )
@@ -38,7 +42,6 @@ class Services:
             connect_options=storage.connect_options,
             on_saved=self._saved,
         )
-        self.verifier = build_verifier(settings)
         self.listings = CachedListings()
         run_projector = settings.run_projector if with_projector is None else with_projector
         self.worker = self._projector_worker() if run_projector else None
@@ -52,6 +55,13 @@ class Services:
         self._listeners: list[PostgresListener] = []
 
     def start(self) -> None:
+        """Start-up: storage and secrets made ready, then the projector and listeners."""
+        if not self.is_postgres:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ledger.create_tables()
+        create_read_tables(self.read_engine)
+        # After the tables: in development the shared secret may be made now.
+        self.verifier = build_verifier(self.settings)
         if self.is_postgres:
             conninfo = self.settings.storage.conninfo
             self._listeners.append(

@@ -170,7 +170,6 @@ class Settings(BaseSettings):
         raise ValueError("DATABASE_URL must be a postgresql:// URL, or unset for embedded SQLite")
 
     def _sqlite_storage(self) -> Storage:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         events = (self.data_dir / "events.sqlite3").resolve()
         read = (self.data_dir / "read.sqlite3").resolve()
         return Storage(

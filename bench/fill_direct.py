@@ -31,6 +31,7 @@ def main() -> None:
     )
     storage = settings.storage
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    ledger.create_tables()
     aggregates = {user: ledger.task_list(user) or TaskList.start(user) for user in users}
     written, n = 0, 0
     per_round = 10  # events per user per save: ~1,000 events per transaction

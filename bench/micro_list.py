@@ -8,7 +8,7 @@ stops it, then times, in this process, with the project's own engine settings:
                          the query with its COUNT(*) OVER (), return)
   query (page + count)   the same page without the window function, plus a separate
                          COUNT(*) only when the page is full or offset > 0
-  cached page            read_side.listings.CachedListings on a page it holds: the
+  cached page            read_side.runtime.listings.CachedListings on a page it holds: the
                          user's position lookup only (what most listings cost)
 Best of 5 rounds; milliseconds per list request.
 """
@@ -23,8 +23,8 @@ import harness as h
 from sqlalchemy import Connection, func, select
 
 from read_side import queries
-from read_side.database import create_read_engine
-from read_side.listings import CachedListings
+from read_side.runtime.engine import create_read_engine
+from read_side.runtime.listings import CachedListings
 
 
 def page_and_count(conn: Connection, user_id: str, spec: queries.TaskFilter) -> tuple[Any, int]:

@@ -29,10 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Executable
 
-from read_side.changes import Row, RowChanges
-from read_side.database import DEFAULT_PROJECTION
-from read_side.documents import DOCUMENT_FIELDS, row_document
-from read_side.tables import LIVE_TABLES, ViewTables
+from read_side.documents import DOCUMENT_FIELDS, task_document
+from read_side.projection import Row, RowChanges
+from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from read_side.tables import projection_position as _position
 
 log = logging.getLogger(__name__)
@@ -139,14 +138,14 @@ class Projector:
                 ],
             )
         if changes.added:
-            added = [row | {"doc": row_document(row)} for row in changes.added.values()]
+            added = [row | {"doc": task_document(row)} for row in changes.added.values()]
             conn.execute(sql.add_task, added)
         if changes.changed:
             conn.execute(
                 sql.change_task,
                 [
                     {name: row[name] for name in _CHANGING}
-                    | {"task_id": task_id, "doc": row_document(row)}
+                    | {"task_id": task_id, "doc": task_document(row)}
                     for task_id, row in changes.changed.items()
                 ],
             )

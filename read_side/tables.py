@@ -10,6 +10,9 @@ from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Ta
 from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
+# The name of the projection that keeps these tables (its row in projection_position).
+DEFAULT_PROJECTION = "tasks"
+
 
 class TaskView(SQLModel, table=True):
     """One row per live task. Deleted tasks are removed."""

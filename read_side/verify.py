@@ -12,10 +12,9 @@ from uuid import UUID
 from eventsourcing.application import Application
 from sqlalchemy import Connection, Engine, Table, delete, select
 
-from read_side.database import DEFAULT_PROJECTION
 from read_side.documents import DOCUMENT_FIELDS
 from read_side.projector import Projector, read_position
-from read_side.tables import LIVE_TABLES, ViewTables, projection_position
+from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables, projection_position
 
 # Every field of the task's document but its id (the key), and the document itself.
 COMPARED = (*(name for name in DOCUMENT_FIELDS if name != "id"), "doc")

@@ -26,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.settings import Settings
+from write_side import TaskLedger
 
 SECRET = "test-secret-" + "s" * 40
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,17 @@ def fresh_postgres_url() -> Iterator[str]:
     url, drop = _fresh_postgres_database()
     yield url
     drop()
+
+
+def open_ledger(settings: Settings, **options: Any) -> TaskLedger:
+    """The event store of ``settings``, its tables created as start-up creates them."""
+    storage = settings.storage
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = TaskLedger(
+        env=storage.event_store_env, connect_options=storage.connect_options, **options
+    )
+    ledger.create_tables()
+    return ledger
 
 
 def make_settings(database_url: str | None, data_dir: Path, **overrides: Any) -> Settings:

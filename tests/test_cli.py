@@ -100,6 +100,7 @@ def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
     env = service_env(None, tmp_path)
     settings = make_settings(None, tmp_path)
     ledger = TaskLedger(env=settings.storage.event_store_env)
+    ledger.create_tables()
     task = ledger.add_task("alice", "first title", None).task
     assert task is not None
     ledger.toggle_task("alice", task.id)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from read_side.database import create_read_engine
+from read_side.runtime.engine import create_read_engine
 from read_side.verify import verify
 from tests.conftest import LiveProcess, make_settings, mint, service_env
 from write_side import TaskLedger
@@ -100,6 +100,7 @@ def test_sixteen_clients_two_processes_one_user(
 
     settings = make_settings(fresh_postgres_url, tmp_path)
     ledger = TaskLedger(env=settings.storage.event_store_env)
+    ledger.create_tables()
     stream = ledger.task_list(USER)
     assert stream is not None
     in_log = {str(task.id) for task in stream.tasks()}

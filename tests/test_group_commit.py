@@ -14,7 +14,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from tests.conftest import BACKENDS, make_settings
 from write_side import TaskLedger, TaskList
-from write_side.group_commit import CommitInterrupted, CommitTimeout, GroupCommit
+from write_side.store.group_commit import CommitInterrupted, CommitTimeout, GroupCommit
 
 
 @pytest.fixture(params=BACKENDS)
@@ -22,6 +22,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskLedge
     url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
     storage = make_settings(url, tmp_path).storage
     app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    app.create_tables()
     yield app
     app.close()
 
@@ -140,7 +141,7 @@ def test_concurrent_commands_share_transactions(ledger: TaskLedger) -> None:
 
     positions = in_threads(8, commands)
 
-    group = ledger._group_commit
+    group = ledger._saver._group_commit
     assert group.saves == 8 * 20
     assert group.groups < group.saves
     # Every command's position is its own TaskAdded, whichever thread committed it.

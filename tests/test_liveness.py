@@ -1,5 +1,5 @@
 """Pooled connections the server ended are found and replaced before use, without a
-ping on every checkout (write_side/liveness.py)."""
+ping on every checkout (infrastructure/liveness.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from read_side.database import create_read_engine
+from infrastructure.liveness import spoke_while_idle
+from read_side.runtime.engine import create_read_engine
 from tests.conftest import make_settings
 from write_side import TaskLedger
-from write_side.liveness import spoke_while_idle
 
 pytestmark = pytest.mark.postgres
 
@@ -50,6 +50,7 @@ def test_the_event_store_replaces_ended_connections(
 ) -> None:
     storage = make_settings(fresh_postgres_url, tmp_path).storage
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    ledger.create_tables()
     ledger.add_task("alice", "before", None)
     pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
     assert pool.get_stats().get("connections_lost", 0) == 0  # quiet ones are not pinged

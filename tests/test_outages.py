@@ -42,7 +42,7 @@ import pytest
 from eventsourcing.persistence import OperationalError
 from sqlmodel import Session, select
 
-from read_side.database import create_read_engine
+from read_side.runtime.engine import create_read_engine
 from read_side.tables import TaskView
 from read_side.verify import verify
 from tests.conftest import (
@@ -436,6 +436,7 @@ def assert_nothing_lost(url: str, data_dir: Path, client: OutageClient) -> int:
     answered 503 happened after all."""
     storage = make_settings(url, data_dir, aggregate_cache_size=0).storage
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    ledger.create_tables()
     engine = create_read_engine(storage.read_url, pool_size=1)
     try:
         stream = TaskList.create_id(client.user.id)
@@ -539,6 +540,7 @@ def test_the_event_store_reconnects_at_once_after_a_long_outage(
     is back. TaskLedger makes it give up early, so a request tries afresh at once."""
     storage = make_settings(private_postgres.create_database(), tmp_path).storage
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    ledger.create_tables()
     successes: list[float] = []
     stop = threading.Event()
 

@@ -31,7 +31,7 @@ import pytest
 from eventsourcing.utils import get_topic
 from sqlmodel import Session, select
 
-from read_side.database import create_read_engine
+from read_side.runtime.engine import create_read_engine
 from read_side.tables import ProjectionPosition, TaskView
 from tests.conftest import LiveProcess, User, make_settings, service_env
 from write_side import TaskLedger, TaskList
@@ -125,6 +125,7 @@ def replay_log(database_url: str | None, data_dir: Path) -> LogState:
     ledger = TaskLedger(
         env=settings.storage.event_store_env, connect_options=settings.storage.connect_options
     )
+    ledger.create_tables()
     # A full replay: every stream from its first event, no snapshots.
     ledger.repository.snapshot_store = None
     try:

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import Engine, delete, insert, select, text, update
 
 from api.settings import Settings
-from read_side.database import create_read_engine, create_read_tables
-from read_side.listings import CachedListings
 from read_side.projector import Projector, read_position
 from read_side.queries import TaskFilter
+from read_side.runtime.engine import create_read_engine, create_read_tables
+from read_side.runtime.listings import CachedListings
 from read_side.tables import projection_position, task_view
 from read_side.verify import verify
 from tests.conftest import BACKENDS, make_settings
@@ -34,6 +34,7 @@ def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
 def ledger(fresh_settings: Settings) -> Iterator[TaskLedger]:
     storage = fresh_settings.storage
     app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+    app.create_tables()
     yield app
     app.close()
 

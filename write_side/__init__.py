@@ -1,15 +1,20 @@
 """The write side: the task domain and the event-sourced application around it."""
 
-from write_side.application import UNSET, Change, ConcurrencyExhausted, TaskLedger, Unset
+from write_side.application import TaskLedger
+from write_side.commands import Change, ConcurrencyExhausted
 from write_side.domain import (
     DESCRIPTION_MAX_LENGTH,
     TITLE_MAX_LENGTH,
+    UNSET,
+    USER_ID_MAX_LENGTH,
+    USER_ID_PATTERN,
     InvalidTask,
     Task,
     TaskLedgerError,
     TaskList,
     TaskNotFound,
     TaskVersionMismatch,
+    Unset,
 )
 from write_side.idempotency import IdempotencyKeyReused, RequestKey
 
@@ -17,6 +22,8 @@ __all__ = [
     "DESCRIPTION_MAX_LENGTH",
     "TITLE_MAX_LENGTH",
     "UNSET",
+    "USER_ID_MAX_LENGTH",
+    "USER_ID_PATTERN",
     "Change",
     "ConcurrencyExhausted",
     "IdempotencyKeyReused",

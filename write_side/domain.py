@@ -17,8 +17,11 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 from eventsourcing.domain import Aggregate
 
+# The task rules. The HTTP schema takes its limits from here, so the two cannot differ.
 TITLE_MAX_LENGTH = 200
 DESCRIPTION_MAX_LENGTH = 1000
+USER_ID_MAX_LENGTH = 128
+USER_ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{USER_ID_MAX_LENGTH}}}$"
 
 # Stream ids are derived from the user id, so a user's stream is found without an index.
 _USER_NAMESPACE = uuid5(NAMESPACE_URL, "https://taskledger.dev/users")
@@ -47,6 +50,13 @@ class InvalidTask(TaskLedgerError, ValueError):
     """A title or description that breaks the task rules."""
 
 
+class Unset:
+    """Marks an optional field the caller did not send (``None`` is a real value)."""
+
+
+UNSET = Unset()
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One task as the aggregate knows it. Immutable: a change makes a new Task."""
@@ -60,14 +70,17 @@ class Task:
     version: int
 
 
-def _refuse_nul(text: str, field: str) -> None:
-    # PostgreSQL text cannot hold U+0000: such an event could never be projected.
+def refuse_nul(text: str, field: str) -> str:
+    # PostgreSQL text cannot hold U+0000: one such event could never be projected, and
+    # would stop the projector for everybody. Refused on every backend alike.
     if "\x00" in text:
-        raise InvalidTask(f"{field} must not contain NUL characters")
+        raise InvalidTask(f"{field} must not contain NUL (U+0000) characters")
+    return text
 
 
 def clean_title(title: str) -> str:
-    _refuse_nul(title, "title")
+    """The title as stored: trimmed, non-blank, at most TITLE_MAX_LENGTH characters."""
+    refuse_nul(title, "title")
     cleaned = title.strip()
     if not cleaned:
         raise InvalidTask("title must not be blank")
@@ -78,7 +91,7 @@ def clean_title(title: str) -> str:
 
 def check_description(description: str | None) -> str | None:
     if description is not None:
-        _refuse_nul(description, "description")
+        refuse_nul(description, "description")
     if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
         raise InvalidTask(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
     return description
@@ -210,6 +223,26 @@ class TaskList(Aggregate):
 
     def set_completed(self, task_id: UUID, completed: bool) -> Task:
         return self.complete(task_id) if completed else self.reopen(task_id)
+
+    def update(
+        self,
+        task_id: UUID,
+        *,
+        title: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        completed: bool | Unset = UNSET,
+    ) -> Task:
+        """Change any of the fields; those left UNSET stay as they are."""
+        task = self.task(task_id)
+        if not (isinstance(title, Unset) and isinstance(description, Unset)):
+            self.edit(
+                task_id,
+                task.title if isinstance(title, Unset) else title,
+                task.description if isinstance(description, Unset) else description,
+            )
+        if not isinstance(completed, Unset):
+            self.set_completed(task_id, completed)
+        return self.task(task_id)
 
     def delete(self, task_id: UUID) -> None:
         self.task(task_id)

@@ -1,4 +1,4 @@
-"""Engine and schema for the read tables."""
+"""Engines for the read tables, and creating them at start-up."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, se
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlmodel import SQLModel
 
-from read_side.tables import LIVE_TABLES, projection_position
-from write_side.liveness import check_if_spoke
+from infrastructure.liveness import check_if_spoke
+from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, projection_position
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROJECTION = "tasks"
 
 
 def create_read_engine(url: str, *, pool_size: int = 10, autocommit: bool = False) -> Engine:

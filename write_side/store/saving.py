@@ -1,0 +1,92 @@
+"""Saving a command's outcome: its events and its request record in one transaction,
+shared with concurrent saves (group commit), and a snapshot when a stream has grown
+by another interval."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, InternalError, ProgrammingError
+
+from write_side.domain import TaskList
+from write_side.idempotency import RequestRecord
+from write_side.store.group_commit import GroupCommit
+
+log = logging.getLogger(__name__)
+
+
+class StreamSaver:
+    """Saves for ``app``. Snapshots bound the replay of a long stream that is not in
+    the cache. They are taken here, from the aggregate just saved: the library's own
+    snapshotting would first rebuild it from the store, costing a growing stream tens
+    of milliseconds of CPU, every ``snapshot_interval`` events, that every other
+    request waits out."""
+
+    def __init__(self, app: Application[UUID], snapshot_interval: int = 100) -> None:
+        self._app = app
+        self.snapshot_interval = snapshot_interval
+        self._group_commit = GroupCommit(app.save)
+
+    @property
+    def transactions(self) -> int:
+        """Event-store transactions that saved commands (several commands may share one)."""
+        return self._group_commit.groups
+
+    def save(self, tasks: TaskList, record: RequestRecord | None) -> int | None:
+        """Save in one transaction (the request's record is durable with its events);
+        the position of the last event, or None when another writer got in first."""
+        pending = list(tasks.pending_events)
+        try:
+            position = self._group_commit.save(tasks, record)[-1].notification.id
+        except IntegrityError:
+            # The library retries an insert whose connection broke. If the first try
+            # had committed (only its answer was lost), the retry collides with our own
+            # events: that is success, not a conflict, and running the command again
+            # would apply it twice.
+            if pending and self._stored(pending) == pending:
+                log.warning("save of %s was committed before its connection broke", tasks.id)
+                return int(self._app.recorder.max_notification_id() or 0)
+            return None
+        interval = self.snapshot_interval
+        if tasks.version // interval > (tasks.version - len(pending)) // interval:
+            self._snapshot(tasks)
+        return position
+
+    def _snapshot(self, tasks: TaskList) -> None:
+        if self._app.snapshots is None:
+            return  # snapshotting turned off (IS_SNAPSHOTTING_ENABLED=n)
+        try:
+            self._app.snapshots.put([TaskList.Snapshot.take(tasks)])
+        except Exception as error:
+            # Only an optimisation, and the events are saved: never fail the command.
+            log.warning("snapshot of %s not taken: %s", tasks.id, type(error).__name__)
+
+    def _stored(self, events: list[Any]) -> list[Any]:
+        first, last = events[0].originator_version, events[-1].originator_version
+        return list(self._app.events.get(events[0].originator_id, gt=first - 1, lte=last))
+
+
+def create_tables(app: Application[UUID]) -> None:
+    """Create the event store's missing tables (events, snapshots).
+
+    PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against another process doing
+    the same at that moment (the loser fails on a catalog row: duplicate key, "tuple
+    concurrently updated"): try again, and the tables are then there.
+    """
+    recorders: list[Any] = [app.recorder]
+    if app.snapshots is not None:
+        recorders.append(app.snapshots.recorder)
+    for attempt in range(5):
+        try:
+            for recorder in recorders:
+                recorder.create_table()
+            return
+        except (IntegrityError, ProgrammingError, InternalError):
+            if attempt == 4:
+                raise
+            log.info("tables being created by another process; retrying")
+            time.sleep(0.05 * (attempt + 1))
