@@ -36,6 +36,15 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _unreadable(error: Exception) -> typer.Exit:
+    # Operator tools only read: they create no table and drop nothing.
+    err.print(
+        f"[red]Cannot read the store:[/red] {type(error).__name__}. "
+        "`taskledger serve` or `taskledger project` sets it up at start-up."
+    )
+    return typer.Exit(1)
+
+
 def _logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -145,6 +154,8 @@ def history(
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
     try:
         result = ledger.history(user_id, moment)
+    except Exception as error:
+        raise _unreadable(error) from None
     finally:
         ledger.close()
     if as_json:
@@ -180,6 +191,8 @@ def projections_status() -> None:
     services = Services(settings, with_projector=False)
     try:
         ready = services.readiness()
+    except Exception as error:
+        raise _unreadable(error) from None
     finally:
         services.close()
     table = Table("projection", "log position", "projected", "lag (events)")

@@ -58,7 +58,8 @@ class ProjectorWorker:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=10)
 
     def run(self) -> None:
         while not self._stop.is_set():
