@@ -19,6 +19,7 @@ from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
 from api.services import Services
 from write_side import USER_ID_MAX_LENGTH, USER_ID_PATTERN, RequestKey
+from write_side.application import Guards
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT issued by Better Auth")
 
@@ -135,3 +136,11 @@ async def request_key(
 
 
 IdempotencyKey = Annotated[RequestKey | None, Depends(request_key)]
+
+
+async def write_guards(if_version: IfMatch, request: IdempotencyKey) -> Guards:
+    """What a write on a task is sent with: If-Match and Idempotency-Key."""
+    return {"if_version": if_version, "request": request}
+
+
+WriteGuards = Annotated[Guards, Depends(write_guards)]

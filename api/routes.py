@@ -10,13 +10,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import (
-    IdempotencyKey,
-    IfMatch,
-    ReadableUser,
-    ServicesDep,
-    WritableUser,
-)
+from api.deps import IdempotencyKey, ReadableUser, ServicesDep, WritableUser, WriteGuards
 from api.errors import problem_responses
 from api.schemas import CompletionSet, SearchText, TaskCreate, TaskUpdate
 from api.services import Services
@@ -57,6 +51,10 @@ def _success(status: int, *always: str, write: bool = False) -> dict[int | str, 
     names = [*always, *(["X-Projection-Pending", "Idempotent-Replayed"] if write else [])]
     headers = {name: {**_HEADERS[name], "required": name in always} for name in names}
     return {status: {"headers": headers}}
+
+
+# The answer of a write that leaves the task in place (PUT, PATCH …/complete).
+_TASK_CHANGED = {**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS}
 
 
 def _json_response(
@@ -144,19 +142,14 @@ def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Res
     return _json_response(row.doc, headers={"ETag": f'"{row.version}"'})
 
 
-@router.put(
-    "/{user_id}/tasks/{task_id}",
-    response_model=TaskOut,
-    responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
-)
+@router.put("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_TASK_CHANGED)
 async def update_task(
     user_id: WritableUser,
     task_id: UUID,
     *,
     body: TaskUpdate,
     services: ServicesDep,
-    if_match: IfMatch,
-    request_key: IdempotencyKey,
+    guards: WriteGuards,
 ) -> Response:
     sent = body.model_fields_set
     command = partial(
@@ -166,8 +159,7 @@ async def update_task(
         title=body.title if "title" in sent and body.title is not None else UNSET,
         description=body.description if "description" in sent else UNSET,
         completed=body.completed if "completed" in sent and body.completed is not None else UNSET,
-        if_version=if_match,
-        request=request_key,
+        **guards,
     )
     return await _written(services, user_id, await run_in_threadpool(command))
 
@@ -182,41 +174,30 @@ async def delete_task(
     user_id: WritableUser,
     task_id: UUID,
     services: ServicesDep,
-    if_match: IfMatch,
-    request_key: IdempotencyKey,
+    guards: WriteGuards,
 ) -> Response:
-    command = partial(
-        services.ledger.delete_task, user_id, task_id, if_version=if_match, request=request_key
-    )
+    command = partial(services.ledger.delete_task, user_id, task_id, **guards)
     return await _written(services, user_id, await run_in_threadpool(command))
 
 
 @router.patch(
     "/{user_id}/tasks/{task_id}/complete",
     response_model=TaskOut,
-    responses={**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS},
+    responses=_TASK_CHANGED,
 )
 async def complete_task(
     user_id: WritableUser,
     task_id: UUID,
     *,
     services: ServicesDep,
-    if_match: IfMatch,
-    request_key: IdempotencyKey,
+    guards: WriteGuards,
     body: Annotated[CompletionSet | None, Body()] = None,
 ) -> Response:
     """Toggle the task, or with ``{"completed": bool}`` set it."""
     if body is None:
-        command = partial(
-            services.ledger.toggle_task, user_id, task_id, if_version=if_match, request=request_key
-        )
+        command = partial(services.ledger.toggle_task, user_id, task_id, **guards)
     else:
         command = partial(
-            services.ledger.set_task_completed,
-            user_id,
-            task_id,
-            body.completed,
-            if_version=if_match,
-            request=request_key,
+            services.ledger.set_task_completed, user_id, task_id, body.completed, **guards
         )
     return await _written(services, user_id, await run_in_threadpool(command))

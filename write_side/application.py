@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -18,6 +18,15 @@ from write_side.store.positions import stream_position
 from write_side.store.postgres_pool import tune_pool
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.transcodings import TaskAsDict
+
+
+class Guards(TypedDict, total=False):
+    """What a command on a task may be sent with."""
+
+    # HTTP If-Match: the task must be at one of these versions.
+    if_version: Collection[int] | None
+    # An idempotency key: a repeat answers the first outcome.
+    request: RequestKey | None
 
 
 class TaskLedger(Application[UUID]):
@@ -73,60 +82,33 @@ class TaskLedger(Application[UUID]):
         title: str | Unset = UNSET,
         description: str | Unset | None = UNSET,
         completed: bool | Unset = UNSET,
-        if_version: Collection[int] | None = None,
-        request: RequestKey | None = None,
+        **options: Unpack[Guards],
     ) -> Change:
         def decide(tasks: TaskList) -> Task:
             return tasks.update(task_id, title=title, description=description, completed=completed)
 
-        return self._run(user_id, decide, task_id, if_version, request)
+        return self._run(user_id, decide, task_id, **options)
 
-    def toggle_task(
-        self,
-        user_id: str,
-        task_id: UUID,
-        *,
-        if_version: Collection[int] | None = None,
-        request: RequestKey | None = None,
-    ) -> Change:
-        return self._run(user_id, lambda tasks: tasks.toggle(task_id), task_id, if_version, request)
+    def toggle_task(self, user_id: str, task_id: UUID, **options: Unpack[Guards]) -> Change:
+        return self._run(user_id, lambda tasks: tasks.toggle(task_id), task_id, **options)
 
     def set_task_completed(
-        self,
-        user_id: str,
-        task_id: UUID,
-        completed: bool,
-        *,
-        if_version: Collection[int] | None = None,
-        request: RequestKey | None = None,
+        self, user_id: str, task_id: UUID, completed: bool, **options: Unpack[Guards]
     ) -> Change:
         return self._run(
-            user_id,
-            lambda tasks: tasks.set_completed(task_id, completed),
-            task_id,
-            if_version,
-            request,
+            user_id, lambda tasks: tasks.set_completed(task_id, completed), task_id, **options
         )
 
-    def delete_task(
-        self,
-        user_id: str,
-        task_id: UUID,
-        *,
-        if_version: Collection[int] | None = None,
-        request: RequestKey | None = None,
-    ) -> Change:
-        return self._run(user_id, lambda tasks: tasks.delete(task_id), task_id, if_version, request)
+    def delete_task(self, user_id: str, task_id: UUID, **options: Unpack[Guards]) -> Change:
+        return self._run(user_id, lambda tasks: tasks.delete(task_id), task_id, **options)
 
     def _run(
-        self,
-        user_id: str,
-        decide: Decide,
-        task_id: UUID | None = None,
-        if_version: Collection[int] | None = None,
-        request: RequestKey | None = None,
+        self, user_id: str, decide: Decide, task_id: UUID | None = None, **options: Unpack[Guards]
     ) -> Change:
-        return self._commands.run(Command(user_id, decide, task_id, if_version, request))
+        command = Command(
+            user_id, decide, task_id, options.get("if_version"), options.get("request")
+        )
+        return self._commands.run(command)
 
     # Queries on the log (the read side serves listings) ---------------------
 
