@@ -52,13 +52,10 @@ class Projector:
         on_projected: Callable[[int], None] | None = None,
         tables: ViewTables = LIVE_TABLES,
     ) -> None:
-        self.ledger = ledger
-        self.tables = tables
-        self.engine = engine
-        self.name = name
-        self.batch_size = batch_size
-        self.on_projected = on_projected
+        self.ledger, self.engine, self.tables = ledger, engine, tables
+        self.name, self.batch_size, self.on_projected = name, batch_size, on_projected
         self._is_postgres = engine.dialect.name == "postgresql"
+        # The user of each stream seen: events after the first carry only the stream id.
         self._owners: dict[UUID, str] = {}
         self._sql = _Statements(tables, self._is_postgres)
 
