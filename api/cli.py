@@ -8,6 +8,8 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -36,13 +38,20 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-def _unreadable(error: Exception) -> typer.Exit:
-    # Operator tools only read: they create no table and drop nothing.
-    err.print(
-        f"[red]Cannot read the store:[/red] {type(error).__name__}. "
-        "`taskledger serve` or `taskledger project` sets it up at start-up."
-    )
-    return typer.Exit(1)
+@contextmanager
+def _reading() -> Iterator[None]:
+    """Operator tools only read (they create no table and drop nothing): a store that is
+    down or was never set up is said in words, not with a traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except Exception as error:
+        err.print(
+            f"[red]Cannot read the store:[/red] {type(error).__name__}. "
+            "`taskledger serve` or `taskledger project` sets it up at start-up."
+        )
+        raise typer.Exit(1) from None
 
 
 def _logging(settings: Settings) -> None:
@@ -151,13 +160,12 @@ def history(
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
     storage = _settings().storage
-    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    try:
-        result = ledger.history(user_id, moment)
-    except Exception as error:
-        raise _unreadable(error) from None
-    finally:
-        ledger.close()
+    with _reading():
+        ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
+        try:
+            result = ledger.history(user_id, moment)
+        finally:
+            ledger.close()
     if as_json:
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z).decode())
         return
@@ -188,13 +196,12 @@ def projections_status() -> None:
     from api.services import Services  # noqa: PLC0415 - heavy, only for this command
 
     settings = _settings()
-    services = Services(settings, with_projector=False)
-    try:
-        ready = services.readiness()
-    except Exception as error:
-        raise _unreadable(error) from None
-    finally:
-        services.close()
+    with _reading():
+        services = Services(settings, with_projector=False)
+        try:
+            ready = services.readiness()
+        finally:
+            services.close()
     table = Table("projection", "log position", "projected", "lag (events)")
     table.add_row(
         "tasks",
@@ -213,11 +220,12 @@ def projections_verify() -> None:
     from read_side.verify import verify  # noqa: PLC0415
 
     settings = _settings()
-    services = Services(settings, with_projector=False)
-    try:
-        result = verify(services.ledger, services.read_engine)
-    finally:
-        services.close()
+    with _reading():
+        services = Services(settings, with_projector=False)
+        try:
+            result = verify(services.ledger, services.read_engine)
+        finally:
+            services.close()
     out = Console()
     out.print(
         f"position {result.position}: {result.live_rows} live rows, "

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
-from api.services import Services
+from api.services import NotStarted, Services
 from write_side import USER_ID_MAX_LENGTH, USER_ID_PATTERN, RequestKey
 from write_side.application import Guards
 
@@ -46,6 +46,8 @@ async def current_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise TokenMissing("a bearer token is required")
     verifier = services_of(request).verifier
+    if verifier is None:
+        raise NotStarted("the service is starting")
     token = credentials.credentials
     principal = verifier.cached(token)
     if principal is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from eventsourcing import persistence
 from fastapi import FastAPI, Request
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from api.auth import AuthenticationFailed, KeysUnavailable
+from api.services import NotStarted
 from write_side import (
     ConcurrencyExhausted,
     IdempotencyKeyReused,
@@ -62,8 +63,7 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 
 async def _validation(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
+    errors = cast(RequestValidationError, exc).errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         return problem(400, "the request body is not valid JSON")
     fields = [
@@ -74,7 +74,7 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
+    exc = cast(HTTPException, exc)
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     headers = dict(exc.headers or {})
     if exc.status_code == 405:
@@ -114,7 +114,7 @@ async def _key_reused(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _version_mismatch(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, TaskVersionMismatch)
+    exc = cast(TaskVersionMismatch, exc)
     return problem(
         412,
         f"the task has changed since that version: it is now at version {exc.current}",
@@ -135,6 +135,7 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
     detail = {
         KeysUnavailable: "the token's signing keys cannot be fetched right now",
         ConcurrencyExhausted: "too many concurrent changes to these tasks; retry",
+        NotStarted: "the service is starting; retry shortly",
     }.get(type(exc), "the database is unavailable; retry shortly")
     return problem(503, detail, headers={"Retry-After": "1"})
 
@@ -155,6 +156,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidTask, _invalid_task)
     for unavailable in (
         KeysUnavailable,
+        NotStarted,
         ConcurrencyExhausted,
         # The database is down, restarting or out of connections: worth a retry.
         persistence.OperationalError,

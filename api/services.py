@@ -1,7 +1,8 @@
 """Wiring: builds the write side, the read side and the verifier from Settings.
 
-Building touches nothing: ``start()`` is the one place that creates the data folder,
-the tables and the development secret, and starts the threads."""
+Building creates no table and writes no file (on PostgreSQL it does connect: the event
+store's recorders read the database's types): ``start()`` is the one place that creates
+the data folder, the tables and the development secret, and starts the threads."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ from write_side import TaskLedger
 log = logging.getLogger(__name__)
 
 
+class NotStarted(Exception):
+    """A request reached the app before its start-up ran (answered 503)."""
+
+
 class Services:
     """Everything a running process shares: one per process, built at start-up."""
 
@@ -42,6 +47,8 @@ class Services:
             connect_options=storage.connect_options,
             on_saved=self._saved,
         )
+        # Built at start-up: in development its shared secret may be made then.
+        self.verifier: TokenVerifier | None = None
         self.listings = CachedListings()
         run_projector = settings.run_projector if with_projector is None else with_projector
         self.worker = self._projector_worker() if run_projector else None
@@ -60,7 +67,6 @@ class Services:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.create_tables()
         create_read_tables(self.read_engine)
-        # After the tables: in development the shared secret may be made now.
         self.verifier = build_verifier(self.settings)
         if self.is_postgres:
             conninfo = self.settings.storage.conninfo

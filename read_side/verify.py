@@ -10,7 +10,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import Application
-from sqlalchemy import Connection, Engine, Table, delete, select
+from sqlalchemy import Connection, Engine, Table, delete, inspect, select
 
 from read_side.documents import DOCUMENT_FIELDS
 from read_side.projector import Projector, read_position
@@ -55,10 +55,12 @@ def verify(
             replayed = _rows(conn, scratch.task)
     finally:
         scratch.drop(engine)
-        with engine.begin() as conn:
-            conn.execute(
-                delete(projection_position).where(projection_position.c.name == scratch_name)
-            )
+        # (Never set up: there is no position row to remove, and no error to hide.)
+        if inspect(engine).has_table(projection_position.name):
+            with engine.begin() as conn:
+                conn.execute(
+                    delete(projection_position).where(projection_position.c.name == scratch_name)
+                )
     return Verification(position, len(live), len(replayed), _differences(live, replayed))
 
 

@@ -32,7 +32,7 @@ class Guards(TypedDict, total=False):
 class TaskLedger(Application[UUID]):
     """Event-sourced application holding one ``TaskList`` stream per user.
 
-    Building it touches no database: ``create_tables()`` is start-up's job.
+    Building it creates no table: ``create_tables()`` is start-up's job.
     """
 
     name = "TaskLedger"
@@ -137,7 +137,7 @@ class TaskLedger(Application[UUID]):
         return self._saver.save(tasks, record)
 
     def position(self, stream_id: UUID, version: int | None = None) -> int:
-        return stream_position(self.recorder, stream_id, version)
+        return int(stream_position(self.recorder, stream_id, version))
 
     # Figures for operators ---------------------------------------------------
 

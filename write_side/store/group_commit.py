@@ -136,4 +136,5 @@ class GroupCommit:
             entry.recordings = recordings[start : start + len(entry.events)]
             start += len(entry.events)
             entry.finished = True
-        assert start == len(recordings), "each event has one recording"
+        if start != len(recordings):
+            raise RuntimeError("the store answered a recording count unlike the events saved")

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder
+from eventsourcing.persistence import ApplicationRecorder, InterfaceError, OperationalError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 _LAST = "ORDER BY originator_version DESC LIMIT 1"
 
 
+# As the library's own reads: a connection that broke is retried, not a 503 at once.
+@retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
 def stream_position(
     recorder: ApplicationRecorder, stream_id: UUID, version: int | None = None
 ) -> int:
@@ -32,9 +35,10 @@ def stream_position(
             SQL(where),
             SQL(_LAST),
         )
-        with recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(statement, (stream_id,) if version is None else (stream_id, version))
-            row = cursor.fetchone()
+        # The pool's connections are in autocommit: one round trip, prepared once.
+        with recorder.datastore.get_connection() as conn:
+            args = (stream_id,) if version is None else (stream_id, version)
+            row = conn.execute(statement, args, prepare=True).fetchone()
         return int(row["notification_id"]) if row else 0
     if isinstance(recorder, SQLiteApplicationRecorder):
         # The SQLite recorder keeps ids as hex text, and the row id is the position.

@@ -42,7 +42,8 @@ def tune_pool(factory: Any, connect_options: Mapping[str, str]) -> None:
     # The library's pre-ping costs a round trip per checkout; this pings only
     # connections the server has spoken on.
     set_check(pool, check_if_spoke)
-    assert isinstance(pool.kwargs, dict)  # set by eventsourcing, never a callable
+    if not isinstance(pool.kwargs, dict):  # eventsourcing sets a dict, never a callable
+        raise RuntimeError("eventsourcing has changed: the pool's kwargs are not a dict")
     pool.kwargs.update(connect_options)
 
 
