@@ -18,8 +18,8 @@ from write_side.domain import (
     DESCRIPTION_MAX_LENGTH,
     TITLE_MAX_LENGTH,
     check_description,
+    check_text,
     clean_title,
-    refuse_nul,
 )
 
 # The rules are the domain's (write_side.domain): the validators call them, so a body
@@ -44,7 +44,7 @@ Description = Annotated[
     Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True),
     AfterValidator(check_description),
 ]
-SearchText = Annotated[NoNulText, AfterValidator(lambda text: refuse_nul(text, "q"))]
+SearchText = Annotated[NoNulText, AfterValidator(lambda text: check_text(text, "q"))]
 
 
 def never_null(schema: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ bulk: writing 100,000 events one HTTP request at a time takes longer than a run
 should. The server under test projects them with its own projector, and then loads
 every user's aggregate into its cache through one API write per user.
 
-    python bench/fill_direct.py DATABASE_URL|"" DATA_DIR EVENTS USER [USER ...]
+    python -m bench.fill_direct DATABASE_URL|"" DATA_DIR EVENTS USER [USER ...]
 
 Run as its own process (by run.py), so that its memory and CPU are not the harness's.
 Prints the number of events written.
@@ -14,30 +14,30 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
+
+from tests.support import make_settings
+from write_side import TaskLedger, TaskList
+
+
+def _stream(ledger: TaskLedger, user: str) -> TaskList:
+    stream = ledger.task_list(user)
+    return TaskList.start(user) if stream is None else stream
 
 
 def main() -> None:
     database_url, data_dir, events = sys.argv[1], sys.argv[2], int(sys.argv[3])
     users = sys.argv[4:]
-    from api.settings import Settings  # noqa: PLC0415 - after argv checks
-    from write_side.application import TaskLedger  # noqa: PLC0415
-    from write_side.domain import TaskList  # noqa: PLC0415
-
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=database_url or None,
-        data_dir=data_dir,
-        aggregate_cache_size=0,
-    )
-    storage = settings.storage
+    storage = make_settings(database_url or None, Path(data_dir), aggregate_cache_size=0).storage
+    # The server under test has created the tables at its start-up (and releases before
+    # 0d11b84, which --code-ref may run, have no create_tables()).
     ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    ledger.create_tables()
-    aggregates = {user: ledger.task_list(user) or TaskList.start(user) for user in users}
+    aggregates = {user: _stream(ledger, user) for user in users}
     written, n = 0, 0
     per_round = 10  # events per user per save: ~1,000 events per transaction
     started = time.monotonic()
     while written < events:
-        batch = []
+        batch: list[TaskList] = []
         for user in users:
             aggregate = aggregates[user]
             for _ in range(per_round):

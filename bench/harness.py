@@ -1,6 +1,8 @@
 """Shared plumbing for the benchmarks: a real `taskledger serve` subprocess on a free
 port with its own fresh database, tokens, wrk runs, and clean-up that also happens
 on failure (try/finally, SIGTERM/SIGINT turned into exceptions, atexit as last resort).
+What the tests do the same way (ports, tokens, stopping and waiting for a process)
+comes from tests/support.py.
 """
 
 from __future__ import annotations
@@ -14,27 +16,30 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import psycopg
 from psycopg import sql
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import support
+from tests.support import ROOT, free_port, mint
+
 BENCH = ROOT / "bench"
 LUA = BENCH / "lua"
-VENV_BIN = Path(sys.executable).parent
-TASKLEDGER = str(VENV_BIN / "taskledger")
-PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+TASKLEDGER = str(Path(sys.executable).parent / "taskledger")
+# The product's packages: what --code-ref exports, and what the code label hashes.
+PRODUCT = ("api", "read_side", "write_side", "infrastructure")
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", support.PG_ADMIN)
+# Not the tests' prefix: a bench database names the run's pid, so that the next run can
+# tell one left by a killed run (dropped) from one still in use.
 DB_PREFIX = "taskledger_bench_"
 SECRET = secrets.token_urlsafe(48)
 
@@ -43,7 +48,7 @@ SECRET = secrets.token_urlsafe(48)
 NICE = int(os.environ.get("BENCH_NICE", "0"))
 
 _procs: list[subprocess.Popen[bytes]] = []
-_cleanups: list[Any] = []
+_cleanups: list[Callable[[], None]] = []
 
 
 def log(message: str) -> None:
@@ -63,16 +68,9 @@ def install_signal_handlers() -> None:
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """SIGTERM the process's own group (started with start_new_session), then SIGKILL."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+    """Stop a process started here (with its group: each has its own session), and
+    forget it."""
+    support.stop_process(proc, timeout)
     if proc in _procs:
         _procs.remove(proc)
 
@@ -198,7 +196,7 @@ def fresh_storage(backend: str, label: str) -> Iterator[Storage]:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
         _cleanups.append(drop)
         _cleanups.append(remove_dir)
-        url = f"postgresql://postgres@127.0.0.1:5432/{dbname}"
+        url = PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
         try:
             yield Storage(backend, {"DATABASE_URL": url}, workdir, dbname=dbname)
         finally:
@@ -215,12 +213,6 @@ def fresh_storage(backend: str, label: str) -> Iterator[Storage]:
 
 
 # -- processes --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env(storage: Storage, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -253,7 +245,6 @@ class Server:
     port: int
     log_path: Path
     projector: subprocess.Popen[bytes] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -263,12 +254,18 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    @property
+    def pids(self) -> list[int]:
+        """The server's, then the separate projector's if there is one."""
+        return [p.pid for p in (self.proc, self.projector) if p is not None]
+
     def rss_mb(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) of the server process in MiB."""
         return rss_mb(self.proc.pid)
 
     def readyz(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/readyz", timeout=10).json()
+        ready: dict[str, Any] = httpx.get(self.url + "/readyz", timeout=10).json()
+        return ready
 
     def metrics(self) -> dict[str, float]:
         """The server's /metrics, by name (no labels are used)."""
@@ -315,7 +312,7 @@ def running_server(
                 log_path=projector_log,
                 cwd=storage.workdir,
             )
-            _wait_projector(server, projector_log)
+            wait_for_line(server.projector, projector_log, "projector running", timeout=30)
         yield server
     except BaseException:
         for path in (log_path, storage.workdir / "projector.log"):
@@ -330,30 +327,24 @@ def running_server(
 
 
 def _wait_ready(server: Server, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}")
-        try:
-            response = httpx.get(server.url + "/readyz", timeout=2)
-            if response.status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError("server did not become ready")
+    # The tests' wait, on a process started here (niced, in its own session, from a
+    # temporary folder) rather than by LiveProcess.start().
+    started = support.LiveProcess([], {}, server.log_path)
+    started.proc = server.proc
+    support.wait_until_ready(server.url, started, timeout)
 
 
-def _wait_projector(server: Server, log_path: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.projector is not None
-        if server.projector.poll() is not None:
-            raise RuntimeError(f"projector exited with {server.projector.returncode}")
-        if log_path.exists() and "projector running" in log_path.read_text(errors="replace"):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("projector did not start")
+def wait_for_line(
+    proc: subprocess.Popen[bytes], log_path: Path, text: str, *, timeout: float
+) -> None:
+    """Wait until a process started by spawn() writes ``text`` to its log."""
+
+    def written() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{log_path.stem} exited with {proc.returncode}")
+        return log_path.exists() and text in log_path.read_text(errors="replace")
+
+    support.wait_for(written, timeout, f"{text!r} in {log_path.name}")
 
 
 def wait_projected(server: Server, timeout: float = 120) -> dict[str, Any]:
@@ -368,9 +359,9 @@ def wait_projected(server: Server, timeout: float = 120) -> dict[str, Any]:
 # -- tokens -----------------------------------------------------------------------------
 
 
-def token(user_id: str, ttl: int = 3600) -> str:
-    now = int(time.time())
-    return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl}, SECRET, algorithm="HS256")
+def token(user_id: str) -> str:
+    """An HS256 token for user_id, signed with this run's secret (given to the server)."""
+    return mint(user_id, secret=SECRET, ttl=3600)
 
 
 def write_tokens(path: Path, users: list[str]) -> Path:
@@ -405,45 +396,25 @@ def wrk(
     connections: int,
     duration: float,
     args: list[str],
-    threads: int = 1,
-    timeout: str = "30s",
 ) -> WrkResult:
-    """Run wrk with one of bench/lua/*.lua; its done() prints one WRKJSON line."""
-    command = [
-        "wrk",
-        "-t",
-        str(threads),
-        "-c",
-        str(connections),
-        "-d",
-        f"{duration:.0f}s",
-        "--timeout",
-        timeout,
-        "-s",
-        str(LUA / script),
-        url,
-        "--",
-        *args,
-    ]
+    """Run wrk (one thread) with one of bench/lua/*.lua; its done() prints one WRKJSON line."""
+    command = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{duration:.0f}s"]
+    command += ["--timeout", "30s", "-s", str(LUA / script), url, "--", *args]
     proc = subprocess.Popen(
-        niced(command),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
+        niced(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
-    _procs.append(proc)  # type: ignore[arg-type]
+    _procs.append(proc)
     lines: list[str] = []
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
-            lines.append(raw.rstrip("\n"))
-            if raw.startswith("QUOTA_DONE"):
+            lines.append(raw.decode(errors="replace").rstrip("\n"))
+            if raw.startswith(b"QUOTA_DONE"):
                 proc.send_signal(signal.SIGINT)
-        stderr = proc.stderr.read() if proc.stderr else ""
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         proc.wait(timeout=duration + 120)
     finally:
-        stop_process(proc)  # type: ignore[arg-type]
+        stop_process(proc)
     stdout = "\n".join(lines)
     line = next((ln for ln in lines if ln.startswith("WRKJSON ")), None)
     if proc.returncode != 0 or line is None:
@@ -474,7 +445,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def loadavg() -> str:
-    return Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__()
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # -- CPU accounting (the machine may be shared) ------------------------------------------
@@ -569,6 +540,28 @@ def wait_for_quiet(pids: list[int], *, limit: float = 0.4, max_wait: float = 30)
         log(f"waiting for a quieter machine (others use {others:.2f} cores)")
 
 
+@dataclass
+class Measured:
+    others_before: float
+    cpu: dict[str, float] = field(default_factory=dict)
+    pg_sessions: int | None = None  # Postgres only
+
+
+@contextlib.contextmanager
+def measured(pids: list[int], dbname: str, *, quiet_wait: float) -> Iterator[Measured]:
+    """Around a measured phase: wait (up to quiet_wait s) for a quiet machine, then count
+    the CPU used while the block runs and (Postgres) the database connections it opened."""
+    result = Measured(others_before=wait_for_quiet(pids, max_wait=quiet_wait))
+    renice_postgres(dbname)
+    sessions = pg_sessions(dbname) if dbname else 0
+    meter = CpuMeter(pids)
+    yield result
+    result.cpu = meter.stop()
+    time.sleep(0.6)  # session counts (and NOTIFYs to a watcher) arrive with a little delay
+    if dbname:
+        result.pg_sessions = pg_sessions(dbname) - sessions
+
+
 # Set by use_code_ref(): the code under test is an export of a commit, not the tree.
 CODE_LABEL = ""
 
@@ -579,20 +572,13 @@ def use_code_ref(ref: str) -> None:
     on PYTHONPATH for every process started from here (the console script's imports
     then resolve there, before the editable install)."""
     global CODE_LABEL  # noqa: PLW0603 - one setting for the whole run
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", ref],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    sha = _git("rev-parse", "--short", ref, check=True)
     folder = Path(tempfile.mkdtemp(prefix=f"taskledger-bench-code-{sha}-"))
     _cleanups.append(lambda: shutil.rmtree(folder, ignore_errors=True))
+    # The product packages that exist at ref (infrastructure/ came with 0d11b84).
+    packages = [p for p in _git("ls-tree", "--name-only", sha, check=True).split() if p in PRODUCT]
     archive = subprocess.run(
-        ["git", "archive", sha, "api", "read_side", "write_side"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
+        ["git", "archive", sha, *packages], cwd=ROOT, capture_output=True, check=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -601,20 +587,20 @@ def use_code_ref(ref: str) -> None:
     CODE_LABEL = f"{sha} (exported)"
 
 
+def _git(*args: str, check: bool = False) -> str:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=check)
+    return done.stdout.strip()
+
+
 def git_state() -> str:
     if CODE_LABEL:
         return CODE_LABEL
-
-    def run(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
-
-    dirty = run("status", "--porcelain", "--", "api", "read_side", "write_side")
-    head = run("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--", *PRODUCT)
+    head = _git("rev-parse", "--short", "HEAD")
     if not dirty:
         return head
     # Which uncommitted state: a hash of the diff (and of untracked files' names).
-    diff = run("diff", "HEAD", "--", "api", "read_side", "write_side") + dirty
+    diff = _git("diff", "HEAD", "--", *PRODUCT) + dirty
     return f"{head}+dirty-{hashlib.sha256(diff.encode()).hexdigest()[:7]}"
 
 

@@ -26,8 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import harness as h
 import httpx
+
+from bench import harness as h
+from tests.support import bearer
 
 USERS = 32
 
@@ -44,43 +46,28 @@ def _summary(values: list[float]) -> dict[str, float]:
 async def _paced_writes(
     url: str, users: list[str], rate: float, seconds: float
 ) -> list[dict[str, Any]]:
-    headers = {user: {"Authorization": f"Bearer {h.token(user)}"} for user in users}
+    headers = {user: bearer(h.token(user)) for user in users}
     results: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
 
         async def one(i: int, user: str, due: float) -> None:
             sent = time.monotonic()
+            result: dict[str, Any] = {"i": i, "sent": sent, "late": sent - due}
+            result |= {"status": 0, "position": None, "pending": False}
             try:
                 response = await client.post(
                     f"/api/{user}/tasks", json={"title": f"lag probe {i}"}, headers=headers[user]
                 )
-                done = time.monotonic()
-                position = response.headers.get("x-ledger-position")
-                results.append(
-                    {
-                        "i": i,
-                        "sent": sent,
-                        "late": sent - due,
-                        "done": done,
-                        "status": response.status_code,
-                        "position": int(position) if position else None,
-                        "pending": response.headers.get("x-projection-pending") == "true",
-                    }
-                )
+                result["done"] = time.monotonic()
             except httpx.HTTPError as error:
-                results.append(
-                    {
-                        "i": i,
-                        "sent": sent,
-                        "late": sent - due,
-                        "done": time.monotonic(),
-                        "status": 0,
-                        "position": None,
-                        "pending": False,
-                        "error": repr(error),
-                    }
-                )
+                result |= {"done": time.monotonic(), "error": repr(error)}
+            else:
+                position = response.headers.get("x-ledger-position")
+                result["status"] = response.status_code
+                result["position"] = int(position) if position else None
+                result["pending"] = response.headers.get("x-projection-pending") == "true"
+            results.append(result)
 
         # Warm the connection pool a little so the first probes do not pay for connects.
         await asyncio.gather(*(client.get("/healthz") for _ in range(8)))
@@ -134,24 +121,11 @@ def measure_lag(
             cwd=storage.workdir,
         )
         try:
-            deadline = time.monotonic() + 10
-            log_text = ""
-            while "ready" not in log_text:
-                if time.monotonic() > deadline or watcher.poll() is not None:
-                    raise RuntimeError(f"watcher did not start: {log_text}")
-                time.sleep(0.05)
-                log_text = (storage.workdir / "watcher.log").read_text()
-            pids = [server.pid] + ([server.projector.pid] if server.projector else [])
-            others_before = h.wait_for_quiet(pids, max_wait=quiet_wait)
-            h.renice_postgres(storage.dbname)
-            h.log(f"lag: {rate:.0f} writes/s for {seconds:.0f} s ({storage.backend})")
-            rss_before = h.rss_mb(server.pid)[0]
-            sessions = h.pg_sessions(storage.dbname) if storage.dbname else 0
-            meter = h.CpuMeter(pids)
-            results = asyncio.run(_paced_writes(server.url, users, rate, seconds))
-            cpu = meter.stop()
-            time.sleep(0.6)  # let the last notifications (and session counts) arrive
-            new_sessions = h.pg_sessions(storage.dbname) - sessions if storage.dbname else None
+            h.wait_for_line(watcher, storage.workdir / "watcher.log", "ready", timeout=10)
+            with h.measured(server.pids, storage.dbname, quiet_wait=quiet_wait) as measured:
+                h.log(f"lag: {rate:.0f} writes/s for {seconds:.0f} s ({storage.backend})")
+                rss_before = h.rss_mb(server.pid)[0]
+                results = asyncio.run(_paced_writes(server.url, users, rate, seconds))
             server_rss = h.rss_mb(server.pid)[0]
             projector_rss = h.rss_mb(server.projector.pid)[0] if server.projector else 0.0
         finally:
@@ -160,9 +134,9 @@ def measure_lag(
         "server_rss_mb": server_rss,
         "projector_rss_mb": projector_rss,
         "server_rss_before_mb": rss_before,
-        "cpu": cpu,
-        "others_before": others_before,
-        "pg_sessions": new_sessions,
+        "cpu": measured.cpu,
+        "others_before": measured.others_before,
+        "pg_sessions": measured.pg_sessions,
     }
 
 
@@ -175,20 +149,21 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
     events: list[tuple[str, float]] = []
     projected: list[tuple[int, float]] = []
     for line in out.read_text().splitlines():
-        kind, payload, stamp = line.split()
+        kind, payload, stamped = line.split()
         if kind == "e":
-            events.append((payload, float(stamp)))
+            events.append((payload, float(stamped)))
         elif payload.isdigit():
-            projected.append((int(payload), float(stamp)))
+            projected.append((int(payload), float(stamped)))
     # Keep positions monotonic (they are; this only guards against reordering).
     best = 0
-    monotonic_projected = []
+    monotonic_projected: list[tuple[int, float]] = []
     for position, stamp in projected:
         best = max(best, position)
         monotonic_projected.append((best, stamp))
 
     positions = sorted(r["position"] for r in ok)
     note = ""
+    committed: dict[int, float] = {}
     if backend == "postgres":
         if len(events) != len(positions):
             note = (
@@ -198,12 +173,14 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
         committed = {p: events[k][1] for k, p in enumerate(positions) if k < len(events)}
     else:
         event_records = [(int(p), t) for p, t in events]
-        committed = {}
         for p in positions:
-            stamp = _first_reaching(event_records, p)
-            if stamp is not None:
-                committed[p] = stamp
-    lags, latencies, notice, unseen = [], [], [], 0
+            commit_time = _first_reaching(event_records, p)
+            if commit_time is not None:
+                committed[p] = commit_time
+    lags: list[float] = []
+    latencies: list[float] = []
+    notice: list[float] = []
+    unseen = 0
     for r in ok:
         latencies.append(r["done"] - r["sent"])
         reached = _first_reaching(monotonic_projected, r["position"])

@@ -1,6 +1,6 @@
 """Run the taskledger benchmarks against real `taskledger serve` processes.
 
-    .venv/bin/python bench/run.py --backend postgres|sqlite|both [options]
+    .venv/bin/python -m bench.run --backend postgres|sqlite|both [options]   (from the repo root)
 
 See bench/README.md for what each figure means.
 """
@@ -8,18 +8,22 @@ See bench/README.md for what each figure means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import harness as h
 import httpx
-import lag as lag_bench
+
+from bench import harness as h
+from bench import lag as lag_bench
+from tests.support import ROOT, bearer
 
 LIST_USER = "bench-list"
 LIST_TASKS = 1000
@@ -36,66 +40,17 @@ TARGETS = {
 }
 
 
-def pyspy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    exe = h.shutil.which("py-spy") or "/tmp/benchtools/bin/py-spy"
-    if not Path(exe).exists():
-        h.log("py-spy not found: skipping the profile")
-        return None
-    return subprocess.Popen(
-        [
-            exe,
-            "record",
-            "-f",
-            "raw",
-            # Only the thread holding the GIL: one process is bound by it, so that is
-            # where its CPU goes (threads waiting on I/O would only blur the picture).
-            "--gil",
-            "-r",
-            "97",
-            "-d",
-            str(int(seconds)),
-            "-o",
-            str(out),
-            "--pid",
-            str(pid),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-class Phase:
-    """Around a measured phase: wait for a quiet machine, then account CPU and (Postgres)
-    new database connections, stored into out[name]."""
-
-    def __init__(
-        self,
-        name: str,
-        out: dict[str, Any],
-        server: h.Server,
-        storage: h.Storage,
-        opts: argparse.Namespace,
-    ) -> None:
-        self.name, self.out, self.server, self.storage, self.opts = name, out, server, storage, opts
-        self.pids = [p.pid for p in (server.proc, server.projector) if p is not None]
-
-    def __enter__(self) -> Phase:
-        self.out.setdefault("others_before", {})[self.name] = h.wait_for_quiet(
-            self.pids, max_wait=self.opts.quiet_wait
-        )
-        h.renice_postgres(self.storage.dbname)
-        self.sessions = h.pg_sessions(self.storage.dbname) if self.storage.dbname else 0
-        self.meter = h.CpuMeter(self.pids)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        cpu = self.meter.stop()
-        self.out.setdefault("cpu", {})[self.name] = cpu
-        if self.storage.dbname:
-            time.sleep(0.6)  # session counts reach pg_stat_database with a little delay
-            self.out.setdefault("pg_sessions", {})[self.name] = (
-                h.pg_sessions(self.storage.dbname) - self.sessions
-            )
+@contextlib.contextmanager
+def phase(
+    name: str, out: dict[str, Any], server: h.Server, storage: h.Storage, opts: argparse.Namespace
+) -> Iterator[None]:
+    """A measured phase (harness.measured), its readings stored into out[...][name]."""
+    with h.measured(server.pids, storage.dbname, quiet_wait=opts.quiet_wait) as measured:
+        yield
+    out.setdefault("others_before", {})[name] = measured.others_before
+    out.setdefault("cpu", {})[name] = measured.cpu
+    if measured.pg_sessions is not None:
+        out.setdefault("pg_sessions", {})[name] = measured.pg_sessions
 
 
 def seed_tasks(server: h.Server, tokens: Path, count: int, connections: int = 32) -> h.WrkResult:
@@ -143,7 +98,7 @@ def seed_list_user(server: h.Server, storage: h.Storage, out: dict[str, Any]) ->
     seconds = time.monotonic() - started
     response = httpx.get(
         f"{server.url}/api/{LIST_USER}/tasks?limit=1",
-        headers={"Authorization": f"Bearer {h.token(LIST_USER)}"},
+        headers=bearer(h.token(LIST_USER)),
     )
     total = int(response.headers["x-total-count"])
     if total != LIST_TASKS:
@@ -163,7 +118,7 @@ def list_phase(
     """1. GET one page of 100 of the list user's 1,000 tasks."""
     args = [LIST_USER, h.token(LIST_USER), "limit=100"]
     h.wrk("list.lua", server.url, connections=opts.connections, duration=2, args=args)  # warm
-    with Phase("list", out, server, storage, opts):
+    with phase("list", out, server, storage, opts):
         h.log(f"list: {opts.connections} connections for {opts.list_seconds:.0f} s")
         result = h.wrk(
             "list.lua",
@@ -174,11 +129,6 @@ def list_phase(
         )
     out["list"] = result.as_dict()
     out["rss_after_list_mb"] = server.rss_mb()[0]
-    if opts.profile:
-        spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-list.txt")
-        h.wrk("list.lua", server.url, connections=opts.connections, duration=9, args=args)
-        if spy:
-            spy.wait()
 
 
 def create_phase(
@@ -195,15 +145,10 @@ def create_phase(
     )
     timed_writes("create", server, storage, opts, out, tokens=tokens, seconds=opts.create_seconds)
     out["rss_after_create_mb"] = server.rss_mb()[0]
-    if opts.profile:
-        spy = pyspy(server.pid, 8, opts.profile / f"{storage.backend}-create.txt")
-        h.wrk("write.lua", server.url, connections=opts.connections, duration=9, args=[str(tokens)])
-        if spy:
-            spy.wait()
 
 
 def timed_writes(
-    phase: str,
+    name: str,
     server: h.Server,
     storage: h.Storage,
     opts: argparse.Namespace,
@@ -212,9 +157,9 @@ def timed_writes(
     tokens: Path,
     seconds: float,
 ) -> None:
-    """POSTs round-robin over the users of ``tokens`` for ``seconds``, into out[phase]."""
+    """POSTs round-robin over the users of ``tokens`` for ``seconds``, into out[name]."""
     before = server.metrics()
-    with Phase(phase, out, server, storage, opts):
+    with phase(name, out, server, storage, opts):
         result = h.wrk(
             "write.lua",
             server.url,
@@ -222,8 +167,8 @@ def timed_writes(
             duration=seconds,
             args=[str(tokens)],
         )
-    out[phase] = result.as_dict()
-    out[phase]["commands_per_transaction"] = _grouping(before, server.metrics())
+    out[name] = result.as_dict()
+    out[name]["commands_per_transaction"] = _grouping(before, server.metrics())
 
 
 def _grouping(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -249,7 +194,7 @@ def memory_phase(
     tokens = h.write_tokens(storage.workdir / "fill-tokens", users)
     if missing > 0 and opts.fill == "api":
         h.log(f"memory: writing {missing} more events over {len(users)} users (API)")
-        with Phase("fill", out, server, storage, opts):
+        with phase("fill", out, server, storage, opts):
             started = time.monotonic()
             fill = seed_tasks(server, tokens, missing)
             seconds = time.monotonic() - started
@@ -265,23 +210,7 @@ def memory_phase(
     elif missing > 0:
         h.log(f"memory: appending {missing} events over {len(users)} users to the store")
         started = time.monotonic()
-        done = subprocess.run(
-            [
-                sys.executable,
-                str(h.BENCH / "fill_direct.py"),
-                storage.database_url,
-                str(storage.data_dir or ""),
-                str(missing),
-                *users,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=h.ROOT,
-            env=h.base_env(storage),
-            timeout=600,
-        )
-        appended = int(done.stdout.split()[0])
+        appended = append_directly(storage, missing, users)
         h.wait_projected(server, timeout=600)
         seconds = time.monotonic() - started
         out["fill"] = {
@@ -301,6 +230,26 @@ def memory_phase(
     out["rss_peak_mb"] = hwm
     h.log(f"memory: {ready['log_position']} events, RSS {rss:.0f} MiB (peak {hwm:.0f})")
     return tokens
+
+
+def append_directly(storage: h.Storage, events: int, users: list[str]) -> int:
+    """bench/fill_direct.py, in a process of its own; returns the events it appended."""
+    env = h.base_env(storage)
+    # bench and tests from this tree, after the code under test (which --code-ref puts
+    # first on PYTHONPATH); the temporary cwd holds nothing importable.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
+    args = [storage.database_url, str(storage.data_dir or ""), str(events), *users]
+    command = [sys.executable, "-m", "bench.fill_direct", *args]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=storage.workdir,
+        env=env,
+        timeout=600,
+    )
+    return int(done.stdout.split()[0])
 
 
 def run_backend(backend: str, opts: argparse.Namespace) -> dict[str, Any]:
@@ -356,18 +305,21 @@ def rows_for(result: dict[str, Any]) -> dict[str, str]:
         _main_rows(result, rows)
     for key in [k for k in result if k.startswith("lag")]:
         _lag_rows(key, result[key], rows)
-    for phase, cpu in result.get("cpu", {}).items():
-        rows[f"cpu {phase}: ours/postgres/others (cores)"] = (
+    for name, cpu in result.get("cpu", {}).items():
+        rows[f"cpu {name}: ours/postgres/others (cores)"] = (
             f"{cpu['ours']:.2f}/{cpu['postgres']:.2f}/{cpu['others']:.2f}"
         )
-    for phase, count in result.get("pg_sessions", {}).items():
-        rows[f"new pg connections during {phase}"] = str(count)
+    for name, count in result.get("pg_sessions", {}).items():
+        rows[f"new pg connections during {name}"] = str(count)
     rows["wall time (s)"] = _fmt(result["wall_seconds"])
     rows["code"] = result.get("code", "")
     return rows
 
 
-def _putter(rows: dict[str, str]) -> Any:
+Put = Callable[..., None]
+
+
+def _putter(rows: dict[str, str]) -> Put:
     def put(label: str, value: Any, digits: int = 0, key: str = "") -> None:
         rows[label] = _fmt(value, digits) + _verdict(key, value)
 
@@ -399,14 +351,14 @@ def _main_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
     _memory_rows(result, put)
 
 
-def _cpu_per_request(result: dict[str, Any], phase: str, label: str, put: Any) -> None:
-    cpu = result.get("cpu", {}).get(phase)
-    rps = result[phase]["rps"]
+def _cpu_per_request(result: dict[str, Any], name: str, label: str, put: Put) -> None:
+    cpu = result.get("cpu", {}).get(name)
+    rps = result[name]["rps"]
     if cpu and rps:
         put(f"{label} server CPU ms/request", 1000 * cpu["server"] / rps, 2)
 
 
-def _memory_rows(result: dict[str, Any], put: Any) -> None:
+def _memory_rows(result: dict[str, Any], put: Put) -> None:
     put("4 events written via the API", result.get("events_via_api_before_fill"))
     fill = result.get("fill")
     if fill and fill["mode"] == "api":
@@ -529,20 +481,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-main", action="store_true")
     parser.add_argument("--skip-lag", action="store_true")
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        help="also py-spy the list and create phases "
-        "(in extra runs after the measured ones) into this folder",
-    )
     parser.add_argument("--json", type=Path, help="write the raw results here")
     opts = parser.parse_args()
     h.install_signal_handlers()
     if opts.nice:
         h.NICE = opts.nice
         os.setpriority(os.PRIO_PROCESS, 0, opts.nice)
-    if opts.profile:
-        opts.profile.mkdir(parents=True, exist_ok=True)
     if opts.code_ref:
         h.use_code_ref(opts.code_ref)
     h.drop_stale_databases()
@@ -559,5 +503,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     main()

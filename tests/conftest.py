@@ -8,56 +8,41 @@ CI), where they fail. Plain helpers live in tests/support.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.settings import Settings
 from tests.support import (
-    BACKENDS,
     PG_ADMIN,
     REQUIRE_POSTGRES,
-    ROOT,
-    SECRET,
     LiveProcess,
+    LiveServer,
+    StartProcess,
     User,
-    bearer,
     free_port,
     fresh_postgres_database,
     make_settings,
-    mint,
-    open_ledger,
     postgres_reachable,
-    service_env,
-    stop_process,
+    serving,
     wait_until_ready,
 )
 
-# Re-exported: tests import these from here as well as from tests.support.
-__all__ = [
-    "BACKENDS",
-    "PG_ADMIN",
-    "ROOT",
-    "SECRET",
-    "LiveProcess",
-    "User",
-    "bearer",
-    "free_port",
-    "make_settings",
-    "mint",
-    "open_ledger",
-    "service_env",
-    "stop_process",
-    "wait_until_ready",
-]
+# The backends, as parameters: the PostgreSQL ones carry its mark (-m "not postgres").
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session."""
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that asks for a PostgreSQL database by name is marked as needing one."""
+    for item in items:
+        if {"postgres_url", "fresh_postgres_url"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
+
+
+def _postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
     if not postgres_reachable():
         if REQUIRE_POSTGRES:
             pytest.fail(f"PostgreSQL is required (REQUIRE_POSTGRES=1) but {PG_ADMIN} is down")
@@ -67,16 +52,25 @@ def postgres_url() -> Iterator[str]:
     drop()
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session."""
+    yield from _postgres_database()
+
+
 @pytest.fixture
 def fresh_postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for one test (for tests that need an empty log)."""
-    if not postgres_reachable():
-        if REQUIRE_POSTGRES:
-            pytest.fail("PostgreSQL is required (REQUIRE_POSTGRES=1) but is down")
-        pytest.skip("PostgreSQL is not reachable")
-    url, drop = fresh_postgres_database()
-    yield url
-    drop()
+    yield from _postgres_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_database(request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite in the test's data dir) or a fresh PostgreSQL database: an empty log
+    and empty read tables, once per backend."""
+    if request.param == "postgres":
+        return str(request.getfixturevalue("fresh_postgres_url"))
+    return None
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -102,7 +96,7 @@ def settings(
 @pytest.fixture(scope="session")
 def client(settings: Settings) -> Iterator[TestClient]:
     """One app per backend for the session; tests keep apart by using fresh user ids."""
-    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+    with serving(settings) as test_client:
         yield test_client
 
 
@@ -117,7 +111,7 @@ def other_user() -> User:
 
 
 @pytest.fixture
-def start_process(tmp_path: Path) -> Iterator[Callable[..., LiveProcess]]:
+def start_process(tmp_path: Path) -> Iterator[StartProcess]:
     """Start `taskledger ARGS…` as real processes; all are stopped at teardown."""
     started: list[LiveProcess] = []
 
@@ -132,9 +126,7 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., LiveProcess]]:
 
 
 @pytest.fixture
-def live_server(
-    start_process: Callable[..., LiveProcess],
-) -> Callable[..., tuple[str, LiveProcess]]:
+def live_server(start_process: StartProcess) -> LiveServer:
     """Start `taskledger serve` on a free port; returns its base URL and process."""
 
     def start(env: dict[str, str], *extra_args: str) -> tuple[str, LiveProcess]:

@@ -1,5 +1,6 @@
 """What several tests (and bench/) need: settings, tokens, users, ports, processes,
-waiting, problem assertions. Plain functions and classes; the fixtures are in conftest."""
+threads, waiting, problem assertions. Plain functions and classes; the fixtures are in
+conftest."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import psycopg
+from fastapi.testclient import TestClient
 
+from api.app import create_app
+from api.services import Services
 from api.settings import Settings
 from write_side import TaskLedger
 
@@ -25,8 +31,9 @@ SECRET = "test-secret-" + "s" * 40
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
-BACKENDS = ["sqlite", "postgres"]
 PROBLEM_JSON = "application/problem+json"
+# What an error answer must never show: a stack trace, SQL, the database drivers.
+LEAKS = ("Traceback", 'File "', "SELECT ", "sqlalchemy", "psycopg", "sqlite3")
 
 
 def postgres_reachable() -> bool:
@@ -73,6 +80,19 @@ def make_settings(database_url: str | None, data_dir: Path, **overrides: Any) ->
     return Settings(_env_file=None, **values)
 
 
+@contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """The app of ``settings``, started, behind a client that answers a server error
+    as the 500 a real client would get."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def services_of(client: TestClient) -> Services:
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    return services
+
+
 def mint(sub: str | None, *, secret: str = SECRET, ttl: int = 600, **claims: Any) -> str:
     payload: dict[str, Any] = {"exp": int(time.time()) + ttl, "iat": int(time.time())}
     if sub is not None:
@@ -85,17 +105,102 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def new_user_id() -> str:
+    return f"u_{uuid.uuid4().hex[:16]}"
+
+
 class User:
     """A fresh user with a valid token, so tests sharing an app never meet."""
 
     def __init__(self, user_id: str | None = None, **claims: Any) -> None:
-        self.id = user_id or f"u_{uuid.uuid4().hex[:16]}"
+        self.id = user_id or new_user_id()
         self.token = mint(self.id, **claims)
         self.headers = bearer(self.token)
 
     def tasks_url(self, task_id: str | None = None) -> str:
         base = f"/api/{self.id}/tasks"
         return f"{base}/{task_id}" if task_id else base
+
+
+def assert_problem(
+    response: httpx.Response, status: int | Collection[int], *hidden: str
+) -> dict[str, Any]:
+    """An RFC 9457 answer of ``status`` (or of any of several) with the headers that
+    status needs, that gives nothing away: no stack trace, SQL or driver name, none of
+    the ``hidden`` strings (tokens, say) and not the secret. Returns the body."""
+    statuses = {status} if isinstance(status, int) else set(status)
+    assert response.status_code in statuses, (response.status_code, response.text)
+    assert response.headers["content-type"] == PROBLEM_JSON, response.headers
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys(), body
+    assert body["status"] == response.status_code
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    if response.status_code == 401:
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    if response.status_code == 503:
+        assert response.headers["retry-after"]
+    for leak in LEAKS:
+        assert leak not in response.text, leak
+    for text in (*hidden, SECRET):
+        # Tiny malformed "tokens" ("a.b") could match ordinary words by chance.
+        if len(text) >= 8:
+            assert text not in response.text
+    return body
+
+
+def in_threads(count: int, work: Callable[[int], Any], *, stagger: float = 0) -> list[Any]:
+    """``work(0)`` to ``work(count - 1)``, each in a thread of its own, started ``stagger``
+    seconds apart; what each returned, or the exception it raised, in that order."""
+    results: list[Any] = [None] * count
+
+    def run(i: int) -> None:
+        try:
+            results[i] = work(i)
+        except BaseException as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+        if stagger:
+            time.sleep(stagger)
+    for thread in threads:
+        thread.join()
+    return results
+
+
+class Background:
+    """Threads that run until ``stop()``; each target is given the event that says so."""
+
+    def __init__(self, *targets: Callable[[threading.Event], None], daemon: bool = False) -> None:
+        self.stopping = threading.Event()
+        self.threads = [
+            threading.Thread(target=target, args=(self.stopping,), daemon=daemon)
+            for target in targets
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def stop(self, timeout: float) -> list[threading.Thread]:
+        """Ask the threads to stop and join each; returns those still running after
+        ``timeout`` seconds (each)."""
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        return [thread for thread in self.threads if thread.is_alive()]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Wait until ``check()``; return how long it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def free_port() -> int:
@@ -192,3 +297,9 @@ def wait_until_ready(base_url: str, proc: LiveProcess, timeout: float = 30) -> N
             pass
         time.sleep(0.1)
     raise AssertionError(f"server not ready in {timeout}s:\n{proc.output()}")
+
+
+# The conftest fixtures that start processes: `start_process(args, env, name)` and
+# `live_server(env, *serve_args)` (the base URL and the process).
+StartProcess = Callable[..., LiveProcess]
+LiveServer = Callable[..., tuple[str, LiveProcess]]

@@ -70,17 +70,22 @@ class Task:
     version: int
 
 
-def refuse_nul(text: str, field: str) -> str:
-    # PostgreSQL text cannot hold U+0000: one such event could never be projected, and
-    # would stop the projector for everybody. Refused on every backend alike.
+def check_text(text: str, field: str) -> str:
+    """Text that every store can hold. PostgreSQL text cannot hold U+0000, and no
+    UTF-8 store an unpaired surrogate: one such event could never be saved or projected
+    (and would stop the projector for everybody). Refused on every backend alike."""
     if "\x00" in text:
         raise InvalidTask(f"{field} must not contain NUL (U+0000) characters")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise InvalidTask(f"{field} must be valid Unicode (no unpaired surrogates)") from None
     return text
 
 
 def clean_title(title: str) -> str:
     """The title as stored: trimmed, non-blank, at most TITLE_MAX_LENGTH characters."""
-    refuse_nul(title, "title")
+    check_text(title, "title")
     cleaned = title.strip()
     if not cleaned:
         raise InvalidTask("title must not be blank")
@@ -91,7 +96,7 @@ def clean_title(title: str) -> str:
 
 def check_description(description: str | None) -> str | None:
     if description is not None:
-        refuse_nul(description, "description")
+        check_text(description, "description")
     if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
         raise InvalidTask(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
     return description
@@ -178,9 +183,6 @@ class TaskList(Aggregate):
         current = self.task(task_id).version
         if current not in versions:
             raise TaskVersionMismatch(task_id, current)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
 
     def tasks(self) -> list[Task]:
         """The live tasks, in creation order."""

@@ -52,4 +52,4 @@ def replay(user_id: str, events: Iterable[Any], until: datetime | None = None) -
                 details=details,
             )
         )
-    return History(user_id, until, entries, state.tasks() if state else [])
+    return History(user_id, until, entries, [] if state is None else state.tasks())

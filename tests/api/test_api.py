@@ -19,22 +19,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from tests.conftest import PG_ADMIN, SECRET, User, bearer, make_settings, mint
+from read_side.documents import DOCUMENT_FIELDS
+from tests.support import (
+    PG_ADMIN,
+    PROBLEM_JSON,
+    SECRET,
+    User,
+    assert_problem,
+    bearer,
+    make_settings,
+    mint,
+)
 
-TASK_FIELDS = {
-    "id",
-    "user_id",
-    "title",
-    "description",
-    "completed",
-    "created_at",
-    "updated_at",
-    "version",
-}
 # RFC 3339 in UTC, as the API writes it: seconds, optional fraction, and Z.
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
-PROBLEM = "application/problem+json"
-MISSING = uuid.UUID(int=0)
 
 
 # Helpers --------------------------------------------------------------------
@@ -64,20 +62,6 @@ def titles(client: TestClient, user: User, **params: Any) -> list[str]:
     return [task["title"] for task in listing(client, user, **params)[0]]
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    """An RFC 9457 body with nothing that looks like a stack trace or SQL."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = response.json()
-    assert {"type", "title", "status", "detail"} <= body.keys()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    for leak in ("Traceback", 'File "', "SELECT ", "sqlalchemy", "psycopg", "sqlite3"):
-        assert leak not in response.text
-    return body
-
-
 def assert_invalid(response: httpx.Response, *fields: str) -> None:
     """422 with an ``errors`` list of {field, message}, naming each given field."""
     body = assert_problem(response, 422)
@@ -92,7 +76,7 @@ def assert_invalid(response: httpx.Response, *fields: str) -> None:
 
 
 def assert_task(task: dict[str, Any], user: User) -> None:
-    assert set(task) == TASK_FIELDS
+    assert set(task) == set(DOCUMENT_FIELDS)
     assert str(uuid.UUID(task["id"])) == task["id"]
     assert task["user_id"] == user.id
     assert isinstance(task["title"], str)
@@ -755,16 +739,20 @@ def test_default_limit_is_100(client: TestClient, user: User) -> None:
 def _some_write(client: TestClient, user: User, n: int, live: list[str]) -> httpx.Response:
     """Step n of a cycle: create, rename, toggle, describe, delete the oldest."""
     step = n % 5
+    response: httpx.Response  # TestClient's answers are untyped (it is typed for httpx2)
     if step == 0 or not live:
-        return client.post(user.tasks_url(), json={"title": f"t{n}"}, headers=user.headers)
-    url = user.tasks_url(live[0] if step == 4 else live[-1])
-    if step == 1:
-        return client.put(url, json={"title": f"t{n}"}, headers=user.headers)
-    if step == 2:
-        return client.patch(url + "/complete", headers=user.headers)
-    if step == 3:
-        return client.put(url, json={"description": f"d{n}"}, headers=user.headers)
-    return client.delete(url, headers=user.headers)
+        response = client.post(user.tasks_url(), json={"title": f"t{n}"}, headers=user.headers)
+    else:
+        url = user.tasks_url(live[0] if step == 4 else live[-1])
+        if step == 1:
+            response = client.put(url, json={"title": f"t{n}"}, headers=user.headers)
+        elif step == 2:
+            response = client.patch(url + "/complete", headers=user.headers)
+        elif step == 3:
+            response = client.put(url, json={"description": f"d{n}"}, headers=user.headers)
+        else:
+            response = client.delete(url, headers=user.headers)
+    return response
 
 
 def test_every_write_is_visible_to_the_next_read(client: TestClient, user: User) -> None:
@@ -832,8 +820,12 @@ def _token(kind: str, sub: str) -> str:
         "wrong-secret": lambda: mint(sub, secret="another-secret-" + "x" * 40),
         "no-sub": lambda: mint(None),
         "no-exp": lambda: jwt.encode({"sub": sub}, SECRET, algorithm="HS256"),
+        # PyJWT's key type leaves out the None that alg "none" takes.
         "alg-none": lambda: jwt.encode(
-            {"sub": sub, "exp": 2**33}, None, algorithm="none", headers=header
+            {"sub": sub, "exp": 2**33},
+            None,  # type: ignore[arg-type]
+            algorithm="none",
+            headers=header,
         ),
         "hs512": lambda: _quietly(jwt.encode, {"sub": sub, "exp": 2**33}, SECRET, "HS512"),
         "tampered": lambda: mint(sub)[:-4] + "AAAA",
@@ -1060,14 +1052,14 @@ def test_openapi_documents_problem_responses(openapi: dict[str, Any]) -> None:
     for operation in operations:
         for status in ("401", "403", "404", "422"):
             response = operation["responses"][status]
-            schema = response["content"][PROBLEM]["schema"]
+            schema = response["content"][PROBLEM_JSON]["schema"]
             assert schema["$ref"] == "#/components/schemas/Problem", (operation, status)
             assert "application/json" not in response["content"]
 
 
 def test_openapi_describes_the_task(openapi: dict[str, Any]) -> None:
     task = openapi["components"]["schemas"]["TaskOut"]
-    assert set(task["properties"]) == TASK_FIELDS
+    assert set(task["properties"]) == set(DOCUMENT_FIELDS)
     create_op = openapi["paths"]["/api/{user_id}/tasks"]["post"]
     assert "201" in create_op["responses"]
     delete_op = openapi["paths"]["/api/{user_id}/tasks/{task_id}"]["delete"]

@@ -3,7 +3,8 @@
 Tokens are shaped like Better Auth's (header {alg, kid}; the user object, iat, sub, exp,
 iss, aud) and signed with real keys; the service fetches the public keys from a local
 stand-in of Better Auth's /api/auth/jwks (tests/jwks_server.py). Each refusal is checked
-twice: against the verifier built from Settings, and through the HTTP app.
+twice: against the verifier built from Settings, and through the HTTP app. The auth
+settings on their own are in tests/unit/test_auth_settings.py.
 """
 
 from __future__ import annotations
@@ -15,29 +16,35 @@ import json
 import logging
 import secrets
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.auth import AuthenticationFailed, KeysUnavailable, TokenVerifier
 from api.services import build_verifier
 from api.settings import Settings
-from tests.conftest import SECRET, bearer, free_port, make_settings, mint
 from tests.jwks_server import DROP, JWKS_PATH, JwksServer, SigningKey, better_auth_claims
+from tests.support import (
+    SECRET,
+    assert_problem,
+    bearer,
+    free_port,
+    make_settings,
+    mint,
+    new_user_id,
+    serving,
+)
 
 LEEWAY = 30
 VICTIM = "u_victim"
@@ -46,10 +53,6 @@ MODES = ("jwks", "secret", "both")
 
 def now() -> int:
     return int(time.time())
-
-
-def new_user_id() -> str:
-    return f"u_{uuid.uuid4().hex[:16]}"
 
 
 def mode_settings(mode: str, data_dir: Path, origin: str, **overrides: Any) -> Settings:
@@ -63,29 +66,8 @@ def mode_settings(mode: str, data_dir: Path, origin: str, **overrides: Any) -> S
     return make_settings(None, data_dir, **values)
 
 
-@contextmanager
-def serving(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        yield client
-
-
 def tasks_url(user_id: str) -> str:
     return f"/api/{user_id}/tasks"
-
-
-def assert_problem(response: httpx.Response, status: int, *hidden: str) -> None:
-    """A problem+json answer of `status` that leaks neither token, secret nor traceback."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["status"] == status
-    if status == 401:
-        assert response.headers["www-authenticate"].startswith("Bearer")
-    if status == 503:
-        assert response.headers["retry-after"]
-    for text in (*hidden, SECRET, "Traceback"):
-        # Tiny malformed "tokens" ("a.b") could match ordinary words by chance.
-        if len(text) >= 8:
-            assert text not in response.text
 
 
 # Hand-built tokens ----------------------------------------------------------------
@@ -667,104 +649,7 @@ def test_no_usable_key_set_answers_503(
     assert jwks.fetches <= 1
 
 
-# Settings ---------------------------------------------------------------------------
-
-AUTH_ENV = (
-    "APP_ENV",
-    "BETTER_AUTH_URL",
-    "BETTER_AUTH_SECRET",
-    "JWKS_URL",
-    "JWT_ISSUER",
-    "JWT_AUDIENCE",
-    "CORS_ORIGINS",
-)
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in AUTH_ENV:
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
-@pytest.mark.parametrize(
-    ("url", "origin"),
-    [
-        ("https://auth.example.com", "https://auth.example.com"),
-        ("https://auth.example.com/", "https://auth.example.com"),
-        ("https://auth.example.com/api/auth/", "https://auth.example.com"),
-        ("http://localhost:3000/app", "http://localhost:3000"),
-        ("HTTPS://Auth.Example.com:443/api", "https://auth.example.com"),
-        ("http://user:pw@127.0.0.1:80", "http://127.0.0.1"),
-        ("http://[::1]:3000/", "http://[::1]:3000"),
-    ],
-)
-def test_issuer_and_audience_default_to_the_auth_origin(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path, url: str, origin: str
-) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path, better_auth_url=url)
-    assert settings.issuer == origin
-    assert settings.audience == origin
-    assert settings.jwks_endpoint == f"{origin}/api/auth/jwks"
-    assert settings.shared_secret() is None
-
-
-def test_jwks_url_issuer_and_audience_overrides(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    clean_env.setenv("BETTER_AUTH_URL", "https://app.example.com/api/auth")
-    clean_env.setenv("JWKS_URL", "https://keys.example.com/jwks.json")
-    clean_env.setenv("JWT_ISSUER", "https://issuer.example.com")
-    clean_env.setenv("JWT_AUDIENCE", "taskledger")
-    settings = Settings(_env_file=None, data_dir=tmp_path)
-    assert settings.jwks_endpoint == "https://keys.example.com/jwks.json"
-    assert settings.issuer == "https://issuer.example.com"
-    assert settings.audience == "taskledger"
-
-
-def test_secret_only_checks_no_issuer(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path, better_auth_secret=SECRET)
-    assert (settings.issuer, settings.audience, settings.jwks_endpoint) == (None, None, None)
-    assert settings.shared_secret() == SECRET
-
-
-@pytest.mark.parametrize(
-    ("values", "problem"),
-    [
-        ({}, "no auth mode"),
-        ({"better_auth_secret": "short-but-not-empty"}, "shorter than 32"),
-        ({"better_auth_url": "https://auth.example.com", "cors_origins": "*"}, "CORS_ORIGINS"),
-    ],
-    ids=["no-auth-mode", "short-secret", "cors-wildcard"],
-)
-def test_production_refuses_unsafe_auth_settings(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path, values: dict[str, Any], problem: str
-) -> None:
-    with pytest.raises(ValueError, match=problem):
-        Settings(_env_file=None, app_env="production", data_dir=tmp_path, **values)
-
-
-def test_production_accepts_safe_auth_settings(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    settings = Settings(
-        _env_file=None,
-        app_env="production",
-        data_dir=tmp_path,
-        better_auth_url="https://auth.example.com",
-        better_auth_secret=SECRET,
-        cors_origins="https://app.example.com",
-    )
-    assert settings.unsafe_settings() == []
-
-
-def test_a_refused_secret_is_not_echoed_in_the_error(
-    clean_env: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    weak = "weak-secret-0123456789"
-    with pytest.raises(ValueError, match="shorter than 32") as refused:
-        Settings(_env_file=None, app_env="production", data_dir=tmp_path, better_auth_secret=weak)
-    assert weak not in str(refused.value)
+# Logs -------------------------------------------------------------------------------
 
 
 def test_no_log_line_holds_a_token_a_secret_or_a_stack_trace(

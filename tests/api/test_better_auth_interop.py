@@ -43,13 +43,21 @@ import jwt
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from tests.conftest import LiveProcess, free_port, make_settings, service_env, stop_process
+from tests.support import (
+    REQUIRE_POSTGRES,
+    ROOT,
+    LiveServer,
+    assert_problem,
+    bearer,
+    free_port,
+    make_settings,
+    service_env,
+    serving,
+    stop_process,
+)
 
-NODE_PROJECT = Path(__file__).resolve().parent / "interop" / "better_auth"
+NODE_PROJECT = ROOT / "tests" / "interop" / "better_auth"
 NODE_FILES = ("package.json", "package-lock.json", "server.mjs")
-REQUIRE_TOOLS = os.environ.get("REQUIRE_POSTGRES") == "1"
-PROBLEM_JSON = "application/problem+json"
 PASSWORD = "correct-horse-battery-staple"
 SESSION_COOKIE = "better-auth.session_token"
 ROTATION_SECONDS = 3
@@ -73,7 +81,7 @@ def _install_dir() -> Path:
 
 
 def _unavailable(reason: str) -> None:
-    if REQUIRE_TOOLS:
+    if REQUIRE_POSTGRES:
         pytest.fail(f"{reason} (REQUIRE_POSTGRES=1: CI must run the Better Auth interop tests)")
     pytest.skip(reason)
 
@@ -261,8 +269,7 @@ def start_taskledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start
                 **overrides,
             )
             assert settings.shared_secret() is None
-            app = create_app(settings)
-            return stack.enter_context(TestClient(app, raise_server_exceptions=False))
+            return stack.enter_context(serving(settings))
 
         yield start
 
@@ -308,25 +315,9 @@ def default_app(
 # Helpers --------------------------------------------------------------------
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 def claims(token: str) -> dict[str, Any]:
     """A token's payload, unverified: for looking at it (taskledger does the verifying)."""
     return dict(jwt.decode(token, options={"verify_signature": False}))
-
-
-def assert_problem(response: httpx.Response, *statuses: int) -> None:
-    assert response.status_code in statuses, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
-    body = response.json()
-    assert body["status"] == response.status_code
-    if response.status_code == 401:
-        assert response.headers["www-authenticate"].startswith("Bearer")
-    if response.status_code == 503:
-        assert "retry-after" in response.headers
-    assert {"type", "title", "detail"} <= body.keys()
 
 
 def create(client: TestClient, user: AuthUser, token: str, title: str) -> dict[str, Any]:
@@ -536,7 +527,7 @@ def test_with_better_auth_down_cached_keys_keep_verifying(
 
     # A key never seen cannot be fetched: 401 or 503 problem+json, never a 500.
     response = client.get(stranger.tasks_url(), headers=bearer(stranger_token))
-    assert_problem(response, 401, 503)
+    assert_problem(response, (401, 503))
 
 
 # The real process -----------------------------------------------------------
@@ -545,7 +536,7 @@ def test_with_better_auth_down_cached_keys_keep_verifying(
 @pytest.mark.slow
 def test_the_served_process_needs_only_better_auth_url(
     default_server: BetterAuthServer,
-    live_server: Callable[..., tuple[str, LiveProcess]],
+    live_server: LiveServer,
     tmp_path: Path,
 ) -> None:
     env = service_env(None, tmp_path / "data", BETTER_AUTH_URL=default_server.url)

@@ -7,15 +7,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import jwt
 
-from tests.conftest import ROOT, SECRET, LiveProcess, make_settings, service_env
-from write_side import TaskLedger
+from tests.support import ROOT, SECRET, LiveServer, make_settings, open_ledger, service_env
 
 
 def taskledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -56,7 +54,7 @@ def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
 
 
 def test_zero_configuration_serve_token_create_list(
-    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
+    tmp_path: Path, live_server: LiveServer
 ) -> None:
     """The README's promise: nothing configured, then token + two calls work."""
     env = service_env(None, tmp_path / "data")
@@ -72,9 +70,7 @@ def test_zero_configuration_serve_token_create_list(
     assert (tmp_path / "data" / "events.sqlite3").exists()
 
 
-def test_projections_status_and_verify(
-    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
-) -> None:
+def test_projections_status_and_verify(tmp_path: Path, live_server: LiveServer) -> None:
     env = service_env(None, tmp_path)
     base_url, server = live_server(env)
     headers = {"Authorization": f"Bearer {taskledger('token', 'alice', env=env).stdout.strip()}"}
@@ -98,9 +94,7 @@ def test_projections_status_and_verify(
 
 def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
     env = service_env(None, tmp_path)
-    settings = make_settings(None, tmp_path)
-    ledger = TaskLedger(env=settings.storage.event_store_env)
-    ledger.create_tables()
+    ledger = open_ledger(make_settings(None, tmp_path))
     task = ledger.add_task("alice", "first title", None).task
     assert task is not None
     ledger.toggle_task("alice", task.id)
@@ -132,9 +126,7 @@ def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
     assert taskledger("history", "alice", "--until", "yesterday", env=env).returncode == 2
 
 
-def test_access_log_lines_can_be_turned_off(
-    tmp_path: Path, live_server: Callable[..., tuple[str, LiveProcess]]
-) -> None:
+def test_access_log_lines_can_be_turned_off(tmp_path: Path, live_server: LiveServer) -> None:
     lines = {}
     for setting in ("true", "false"):
         env = service_env(None, tmp_path / setting, LOG_LEVEL="info", ACCESS_LOG=setting)

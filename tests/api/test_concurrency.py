@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import pytest
 
 from read_side.runtime.engine import create_read_engine
 from read_side.verify import verify
-from tests.conftest import LiveProcess, make_settings, mint, service_env
-from write_side import TaskLedger
+from tests.support import LiveServer, make_settings, mint, open_ledger, service_env
 
 CLIENTS = 16
 COMMANDS_PER_CLIENT = 200
@@ -73,7 +71,7 @@ def metric(base_url: str, name: str) -> int:
 def test_sixteen_clients_two_processes_one_user(
     fresh_postgres_url: str,
     tmp_path: Path,
-    live_server: Callable[..., tuple[str, LiveProcess]],
+    live_server: LiveServer,
 ) -> None:
     # Small pools: two servers must fit in the database's connection limit beside
     # whatever else runs on it.
@@ -99,8 +97,7 @@ def test_sixteen_clients_two_processes_one_user(
     assert set(outcome.statuses) <= {200, 201, 204, 404}
 
     settings = make_settings(fresh_postgres_url, tmp_path)
-    ledger = TaskLedger(env=settings.storage.event_store_env)
-    ledger.create_tables()
+    ledger = open_ledger(settings)
     stream = ledger.task_list(USER)
     assert stream is not None
     in_log = {str(task.id) for task in stream.tasks()}

@@ -7,21 +7,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
 import httpx
 import pytest
 
-from tests.conftest import LiveProcess, mint
-from tests.test_processes import (
-    StartProcess,
+from tests.api.processes import (
     assert_read_table_equals_replay,
     process_env,
     projection_caught_up,
     start_projector,
-    wait_for,
 )
+from tests.support import Background, LiveServer, StartProcess, mint, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -34,26 +33,20 @@ class Writers:
         self.created: set[UUID] = set()
         self.failures = 0
         self.statuses: list[int] = []
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._write, args=(f"crash_{i}",)) for i in range(count)
-        ]
+        self._running = Background(*(partial(self._write, f"crash_{i}") for i in range(count)))
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._running.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
+        self._running.stop(30)
 
-    def _write(self, user: str) -> None:
+    def _write(self, user: str, stopping: threading.Event) -> None:
         headers = {"Authorization": f"Bearer {mint(user)}"}
         mine: list[str] = []
         i = 0
-        while not self._stop.is_set():
+        while not stopping.is_set():
             i += 1
             try:
                 if mine and i % 3 == 0:
@@ -79,7 +72,7 @@ class Writers:
 def test_the_api_killed_mid_request_loses_no_acknowledged_write(
     fresh_postgres_url: str,
     tmp_path: Path,
-    live_server: Callable[..., tuple[str, LiveProcess]],
+    live_server: LiveServer,
 ) -> None:
     env = process_env(fresh_postgres_url, tmp_path)
     url, server = live_server(env)
@@ -106,7 +99,7 @@ def test_the_projector_killed_every_second_applies_each_event_once(
     fresh_postgres_url: str,
     tmp_path: Path,
     start_process: StartProcess,
-    live_server: Callable[..., tuple[str, LiveProcess]],
+    live_server: LiveServer,
 ) -> None:
     env = {**process_env(fresh_postgres_url, tmp_path), "READ_YOUR_WRITES_TIMEOUT_SECONDS": "0"}
     base_url, _ = live_server(env, "--no-projector")

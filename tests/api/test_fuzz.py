@@ -34,8 +34,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
 from api.app import create_app
-from api.schemas import USER_ID_PATTERN
-from tests.conftest import bearer, make_settings, mint
+from tests.support import bearer, make_settings, mint
+from write_side import USER_ID_PATTERN
 
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
 FUZZ_SEED = int(os.environ.get("FUZZ_SEED", "20240611"))

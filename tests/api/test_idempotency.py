@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from api.services import Services
-from tests.conftest import LiveProcess, User, mint, service_env
+from tests.support import LiveServer, User, in_threads, mint, service_env, services_of
 
 
 def keyed(user: User, key: str) -> dict[str, str]:
@@ -20,8 +17,7 @@ def keyed(user: User, key: str) -> dict[str, str]:
 
 
 def log_end(client: TestClient) -> int:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
-    return services.ledger.last_position()
+    return services_of(client).ledger.last_position()
 
 
 def test_a_repeated_post_creates_one_task(client: TestClient, user: User) -> None:
@@ -99,7 +95,7 @@ def test_malformed_keys_are_refused(client: TestClient, user: User, key: str) ->
     response = client.post(
         user.tasks_url(),
         json={"title": "a"},
-        headers={**user.headers, "Idempotency-Key": key.encode()},  # type: ignore[dict-item]
+        headers={**user.headers, "Idempotency-Key": key.encode()},
     )
     assert response.status_code == 422
 
@@ -114,19 +110,14 @@ def test_a_failed_request_records_nothing(client: TestClient, user: User) -> Non
 def test_twenty_concurrent_posts_with_one_key_create_one_task(
     client: TestClient, user: User
 ) -> None:
-    responses: list[httpx.Response] = []
-    lock = threading.Lock()
+    def send(_: int) -> httpx.Response:
+        response: httpx.Response = client.post(  # TestClient's answers are untyped
+            user.tasks_url(), json={"title": "c"}, headers=keyed(user, "c")
+        )
+        return response
 
-    def send() -> None:
-        response = client.post(user.tasks_url(), json={"title": "c"}, headers=keyed(user, "c"))
-        with lock:
-            responses.append(response)
-
-    threads = [threading.Thread(target=send) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # An exception raised in a thread stands in the list, and fails the checks below.
+    responses: list[httpx.Response] = in_threads(20, send)
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
     assert client.get(user.tasks_url(), headers=user.headers).headers["X-Total-Count"] == "1"
@@ -136,7 +127,7 @@ def test_twenty_concurrent_posts_with_one_key_create_one_task(
 def test_a_key_survives_a_restart(
     tmp_path: Path,
     database_url: str | None,
-    live_server: Callable[..., tuple[str, LiveProcess]],
+    live_server: LiveServer,
 ) -> None:
     env = service_env(database_url, tmp_path)
     headers = {"Authorization": f"Bearer {mint('restarted')}", "Idempotency-Key": "r"}

@@ -13,9 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import User
-
-PROBLEM = "application/problem+json"
+from tests.support import User, assert_problem
 
 # (method, path suffix, JSON body) for every task endpoint; {id} is a task id.
 Endpoint = tuple[str, str, dict[str, Any] | None]
@@ -61,12 +59,6 @@ def _snapshot(client: TestClient, owner: User) -> list[dict[str, Any]]:
     return tasks
 
 
-def _assert_problem(status: int, response: Any) -> None:
-    assert response.status_code == status, (response.request.method, response.text)
-    assert response.headers["content-type"].startswith(PROBLEM)
-    assert response.json()["status"] == status
-
-
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=_name)
 def test_another_users_paths_are_403(
     client: TestClient,
@@ -80,7 +72,7 @@ def test_another_users_paths_are_403(
         url = user.tasks_url() + suffix.format(id=task_id)
         response = client.request(method, url, json=body, headers=other_user.headers)
         # 403 whether or not the task exists: nothing is revealed about the path's tasks.
-        _assert_problem(403, response)
+        assert_problem(response, 403)
         assert "private" not in response.text and "secret" not in response.text
     assert _snapshot(client, user) == before
 
@@ -100,7 +92,7 @@ def test_another_users_task_ids_are_404_on_ones_own_path(
     for task in before:
         url = other_user.tasks_url() + suffix.format(id=task["id"])
         response = client.request(method, url, json=body, headers=other_user.headers)
-        _assert_problem(404, response)
+        assert_problem(response, 404)
         assert response.json()["detail"] == "task not found"
         assert "private" not in response.text and "secret" not in response.text
     assert _snapshot(client, user) == before
@@ -117,7 +109,7 @@ def test_another_users_task_ids_are_404_for_a_user_with_no_tasks(
     method, suffix, body = endpoint
     before = _seed(client, user)
     url = other_user.tasks_url() + suffix.format(id=before[0]["id"])
-    _assert_problem(404, client.request(method, url, json=body, headers=other_user.headers))
+    assert_problem(client.request(method, url, json=body, headers=other_user.headers), 404)
     assert _snapshot(client, user) == before
     assert _snapshot(client, other_user) == []
 
@@ -167,7 +159,7 @@ def test_an_auditor_sees_a_users_tasks_only_through_that_users_path(
     for task in before:
         # Through the auditor's own path the ids are as unknown as anyone else's.
         own = client.get(auditor.tasks_url(task["id"]), headers=auditor.headers)
-        _assert_problem(404, own)
+        assert_problem(own, 404)
         theirs = client.get(user.tasks_url(task["id"]), headers=auditor.headers)
         assert theirs.json() == task
     assert client.get(auditor.tasks_url(), headers=auditor.headers).json() == []

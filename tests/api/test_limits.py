@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from api.limits import MAX_BODY_BYTES
-from tests.conftest import User
+from tests.support import User
 
 JSON = {"Content-Type": "application/json"}
 
 
-def assert_problem(status: int, expected: int | tuple[int, ...]) -> None:
+def assert_status_in(status: int, expected: int | tuple[int, ...]) -> None:
     allowed = expected if isinstance(expected, tuple) else (expected,)
     assert status in allowed
 
 
-def post_raw(client: TestClient, user: User, body: bytes | Iterator[bytes], **headers: str):  # type: ignore[no-untyped-def]
-    return client.post(user.tasks_url(), content=body, headers={**user.headers, **JSON, **headers})
+def post_raw(
+    client: TestClient, user: User, body: bytes | Iterator[bytes], **headers: str
+) -> httpx.Response:
+    response: httpx.Response = client.post(  # TestClient's answers are untyped
+        user.tasks_url(), content=body, headers={**user.headers, **JSON, **headers}
+    )
+    return response
 
 
 def count(client: TestClient, user: User) -> int:
@@ -83,7 +89,7 @@ def test_hostile_bodies_are_4xx_problems(
     client: TestClient, user: User, name: str, body: bytes, expected: int | tuple[int, ...]
 ) -> None:
     response = post_raw(client, user, body)
-    assert_problem(response.status_code, expected)
+    assert_status_in(response.status_code, expected)
     assert response.headers["Content-Type"] == "application/problem+json", name
     problem = response.json()
     assert set(problem) >= {"type", "title", "status", "detail"}

@@ -30,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +45,20 @@ from sqlmodel import Session, select
 from read_side.runtime.engine import create_read_engine
 from read_side.tables import TaskView
 from read_side.verify import verify
-from tests.conftest import (
+from tests.support import (
     REQUIRE_POSTGRES,
+    Background,
     LiveProcess,
+    LiveServer,
+    StartProcess,
     User,
     free_port,
     make_settings,
+    open_ledger,
     service_env,
+    wait_for,
 )
-from write_side import TaskLedger, TaskList
+from write_side import TaskList
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -73,9 +78,6 @@ DOWN_SECONDS = 5.0
 LONG_DOWN_SECONDS = 20.0
 # After the database is back, writes must succeed again within this long.
 RECOVERY_BOUND = 15.0
-
-StartProcess = Callable[..., LiveProcess]
-LiveServer = Callable[..., tuple[str, LiveProcess]]
 
 
 # A private PostgreSQL cluster -----------------------------------------------
@@ -217,22 +219,13 @@ class OutageClient:
 
     def __post_init__(self) -> None:
         self.random = random.Random(5)
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._write, daemon=True),
-            threading.Thread(target=self._probe, daemon=True),
-            threading.Thread(target=self._read, daemon=True),
-        ]
+        self._running = Background(self._write, self._probe, self._read, daemon=True)
 
     def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
+        self._running.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-            assert not thread.is_alive(), "the client hung"
+        assert not self._running.stop(60), "the client hung"
 
     def oks_since(self, moment: float) -> int:
         return sum(1 for a in list(self.answers) if a.started >= moment and a.status < 300)
@@ -292,34 +285,24 @@ class OutageClient:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers=self.user.headers, timeout=60)
 
-    def _write(self) -> None:
+    def _write(self, stopping: threading.Event) -> None:
         with self.client() as c:
             # Bounded: the test stops it long before this many.
             for n in range(5000):
-                if self._stop.is_set():
+                if stopping.is_set():
                     return
                 self.write(c, n)
                 time.sleep(0.02)
 
-    def _probe(self) -> None:
+    def _probe(self, stopping: threading.Event) -> None:
         with self.client() as c:
-            while not self._stop.wait(0.1):
+            while not stopping.wait(0.1):
                 self.probes.append(self._call(c, "readyz", "GET", "/readyz")[0])
 
-    def _read(self) -> None:
+    def _read(self, stopping: threading.Event) -> None:
         with self.client() as c:
-            while not self._stop.wait(0.1):
+            while not stopping.wait(0.1):
                 self.reads.append(self._call(c, "list", "GET", self.user.tasks_url())[0])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> float:
-    """Wait until ``check()``; return how long it took."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -434,10 +417,9 @@ def assert_nothing_lost(url: str, data_dir: Path, client: OutageClient) -> int:
     """Every acknowledged write is in the log at its position; the read table has
     every acknowledged task and equals a replay of the log. Returns how many creates
     answered 503 happened after all."""
-    storage = make_settings(url, data_dir, aggregate_cache_size=0).storage
-    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    ledger.create_tables()
-    engine = create_read_engine(storage.read_url, pool_size=1)
+    settings = make_settings(url, data_dir, aggregate_cache_size=0)
+    ledger = open_ledger(settings)
+    engine = create_read_engine(settings.storage.read_url, pool_size=1)
     try:
         stream = TaskList.create_id(client.user.id)
         for ack in client.acks:
@@ -538,9 +520,7 @@ def test_the_event_store_reconnects_at_once_after_a_long_outage(
     """The connection pool backs off between reconnection attempts (1, 2, 4, … s);
     after a long outage its next attempt could come many seconds after the database
     is back. TaskLedger makes it give up early, so a request tries afresh at once."""
-    storage = make_settings(private_postgres.create_database(), tmp_path).storage
-    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    ledger.create_tables()
+    ledger = open_ledger(make_settings(private_postgres.create_database(), tmp_path))
     successes: list[float] = []
     stop = threading.Event()
 

@@ -9,24 +9,18 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.services import Services
 from read_side.projector import Projector
-from tests.support import BACKENDS, User, make_settings
+from tests.support import User, make_settings, services_of, serving
 
 
-@pytest.fixture(params=BACKENDS)
-def unprojected(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
+@pytest.fixture
+def unprojected(fresh_database: str | None, tmp_path: Path) -> Iterator[TestClient]:
     """An app with no projector: the test projects by hand, up to where it chooses."""
-    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
-    settings = make_settings(url, tmp_path, run_projector=False, read_your_writes_timeout_seconds=2)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    settings = make_settings(
+        fresh_database, tmp_path, run_projector=False, read_your_writes_timeout_seconds=2
+    )
+    with serving(settings) as client:
         yield client
-
-
-def services_of(client: TestClient) -> Services:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
-    return services
 
 
 def project_everything(client: TestClient) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import User
+from tests.support import User
 
 WRITES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("PUT", "", {"title": "changed"}),

@@ -18,9 +18,8 @@ import functools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,161 +27,29 @@ from uuid import UUID
 import httpx
 import psycopg
 import pytest
-from eventsourcing.utils import get_topic
-from sqlmodel import Session, select
 
-from read_side.runtime.engine import create_read_engine
-from read_side.tables import ProjectionPosition, TaskView
-from tests.conftest import LiveProcess, User, make_settings, service_env
-from write_side import TaskLedger, TaskList
+from tests.api.processes import (
+    LogState,
+    assert_read_table_equals_replay,
+    normal,
+    process_env,
+    projection_caught_up,
+    start_projector,
+)
+from tests.support import (
+    Background,
+    LiveProcess,
+    LiveServer,
+    StartProcess,
+    User,
+    wait_for,
+)
+from write_side import TaskList
 
 pytestmark = pytest.mark.slow
 
-StartProcess = Callable[..., LiveProcess]
-LiveServer = Callable[..., tuple[str, LiveProcess]]
-
 PENDING = "X-Projection-Pending"
 POSITION = "X-Ledger-Position"
-# Fields a task has in the API, in the log and in the read table alike.
-FIELDS = (
-    "id",
-    "user_id",
-    "title",
-    "description",
-    "completed",
-    "version",
-    "created_at",
-    "updated_at",
-)
-
-
-# Helpers --------------------------------------------------------------------
-
-
-def process_env(database_url: str | None, data_dir: Path) -> dict[str, str]:
-    """The environment of this file's processes. Up to four run at once against one
-    PostgreSQL server, which other suites may share: small pools keep them well
-    inside its connection limit (each pool keeps its minimum open)."""
-    return service_env(database_url, data_dir, DB_POOL_SIZE="4")
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def start_projector(start_process: StartProcess, env: dict[str, str]) -> LiveProcess:
-    """Start `taskledger project` and wait until its worker runs."""
-    proc = start_process(["project"], env, name="project")
-
-    def running() -> bool:
-        assert proc.proc is not None
-        if proc.proc.poll() is not None:
-            raise AssertionError(f"projector exited early:\n{proc.output()}")
-        return "projector running" in proc.output()
-
-    wait_for(running, 30, "the projector to start")
-    return proc
-
-
-def utc(value: datetime | str) -> datetime:
-    """A datetime from the API (RFC 3339) or a table (SQLite gives naive UTC)."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def normal(task: dict[str, Any]) -> dict[str, Any]:
-    """A task as comparable values, whichever side it came from."""
-    return {
-        "id": UUID(str(task["id"])),
-        "user_id": task["user_id"],
-        "title": task["title"],
-        "description": task["description"],
-        "completed": bool(task["completed"]),
-        "version": int(task["version"]),
-        "created_at": utc(task["created_at"]),
-        "updated_at": utc(task["updated_at"]),
-    }
-
-
-@dataclass
-class LogState:
-    """The event log, replayed from scratch by a fresh write-side application."""
-
-    tasks: dict[UUID, dict[str, Any]]
-    users: set[str]
-    events: dict[int, Any]
-    max_position: int
-
-
-def replay_log(database_url: str | None, data_dir: Path) -> LogState:
-    settings = make_settings(database_url, data_dir, aggregate_cache_size=0)
-    ledger = TaskLedger(
-        env=settings.storage.event_store_env, connect_options=settings.storage.connect_options
-    )
-    ledger.create_tables()
-    # A full replay: every stream from its first event, no snapshots.
-    ledger.repository.snapshot_store = None
-    try:
-        events: dict[int, Any] = {}
-        start = 1
-        while batch := ledger.recorder.select_notifications(start=start, limit=1000):
-            for notification in batch:
-                events[notification.id] = ledger.mapper.to_domain_event(notification)
-            start = batch[-1].id + 1
-        started = get_topic(TaskList.Started)
-        users = {e.user_id for e in events.values() if get_topic(type(e)) == started}
-        tasks: dict[UUID, dict[str, Any]] = {}
-        for user_id in users:
-            task_list = ledger.task_list(user_id)
-            assert task_list is not None, user_id
-            assert task_list.user_id == user_id
-            for task in task_list.tasks():
-                assert task.id not in tasks, f"task {task.id} in two streams"
-                tasks[task.id] = normal({**asdict(task), "user_id": user_id})
-        return LogState(tasks, users, events, ledger.last_position())
-    finally:
-        ledger.close()
-
-
-def read_table(database_url: str | None, data_dir: Path) -> tuple[dict[UUID, dict[str, Any]], int]:
-    """The task_view rows and the projection's position."""
-    settings = make_settings(database_url, data_dir)
-    engine = create_read_engine(settings.storage.read_url, pool_size=1)
-    try:
-        with Session(engine) as session:
-            rows = session.exec(select(TaskView)).all()
-            positions = session.exec(select(ProjectionPosition)).all()
-        tasks = {row.id: normal(row.model_dump()) for row in rows}
-        assert len(tasks) == len(rows)
-        by_name = {p.name: p.position for p in positions}
-        return tasks, by_name.get("tasks", 0)
-    finally:
-        engine.dispose()
-
-
-def assert_read_table_equals_replay(database_url: str | None, data_dir: Path) -> LogState:
-    log = replay_log(database_url, data_dir)
-    rows, position = read_table(database_url, data_dir)
-    assert position == log.max_position, "projection position is not the end of the log"
-    assert rows.keys() == log.tasks.keys(), (
-        f"only in the read table: {rows.keys() - log.tasks.keys()}; "
-        f"only in the log: {log.tasks.keys() - rows.keys()}"
-    )
-    for task_id, expected in log.tasks.items():
-        for name in FIELDS:
-            assert rows[task_id][name] == expected[name], (task_id, name)
-    return log
-
-
-def projection_caught_up(base_url: str) -> bool:
-    ready = httpx.get(base_url + "/readyz", timeout=5).json()
-    return bool(ready["projection_lag_events"] == 0)
 
 
 # A writer that remembers what was acknowledged ------------------------------
@@ -283,21 +150,14 @@ def writers() -> Iterator[list[Writer]]:
         writer.close()
 
 
-def run_writers(writers: list[Writer]) -> tuple[threading.Event, list[threading.Thread]]:
-    stop = threading.Event()
-    threads = [threading.Thread(target=w.run_until, args=(stop,), daemon=True) for w in writers]
-    for thread in threads:
-        thread.start()
-    return stop, threads
+def run_writers(writers: list[Writer]) -> Background:
+    running = Background(*(w.run_until for w in writers), daemon=True)
+    running.start()
+    return running
 
 
-def stop_writers(
-    writers: list[Writer], stop: threading.Event, threads: list[threading.Thread]
-) -> None:
-    stop.set()
-    for thread in threads:
-        thread.join(60)
-        assert not thread.is_alive(), "a writer hung"
+def stop_writers(writers: list[Writer], running: Background) -> None:
+    assert not running.stop(60), "a writer hung"
     for writer in writers:
         if writer.error is not None:
             raise writer.error
@@ -401,14 +261,6 @@ def test_read_your_writes_with_separate_projector_on_sqlite(
 # 2. kill -9 the projector in the middle of the writes --------------------------
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def fresh_database(request: pytest.FixtureRequest) -> str | None:
-    """None (SQLite in the test's data dir) or a fresh PostgreSQL database."""
-    if request.param == "postgres":
-        return str(request.getfixturevalue("fresh_postgres_url"))
-    return None
-
-
 def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
     fresh_database: str | None,
     tmp_path: Path,
@@ -426,7 +278,7 @@ def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
     # projector is always busy and falls behind whenever it is down.
     base_url, _ = live_server({**env, "READ_YOUR_WRITES_TIMEOUT_SECONDS": "0"}, "--no-projector")
     writers.extend(Writer(base_url, seed=i) for i in range(2))
-    stop, threads = run_writers(writers)
+    running = run_writers(writers)
     rng = random.Random(11)
     lag_at_kill = []
     try:
@@ -440,7 +292,7 @@ def test_projector_killed_mid_stream_loses_and_duplicates_nothing(
             projector = start_projector(start_process, {**env, "PROJECTOR_BATCH_SIZE": "5"})
         time.sleep(0.5)
     finally:
-        stop_writers(writers, stop, threads)
+        stop_writers(writers, running)
     wait_for(lambda: projection_caught_up(base_url), 30, "the projector to catch up")
     log = assert_read_table_equals_replay(url, data_dir)
     assert {w.user.id for w in writers} == log.users
@@ -508,7 +360,7 @@ def test_standby_takes_over_when_the_active_projector_is_killed(
     active = start_projector(start_process, env)
     writers.extend(Writer(base_url, seed=100 + i) for i in range(3))
     probe = psycopg.connect(fresh_postgres_url, autocommit=True)
-    stop, threads = run_writers(writers)
+    running = run_writers(writers)
     try:
         for _ in range(2):
             # The running worker leads; one started now can only stand by.
@@ -526,7 +378,7 @@ def test_standby_takes_over_when_the_active_projector_is_killed(
         time.sleep(0.5)
     finally:
         probe.close()
-        stop_writers(writers, stop, threads)
+        stop_writers(writers, running)
     wait_for(lambda: projection_caught_up(base_url), 30, "the new leader to catch up")
     log = assert_read_table_equals_replay(fresh_postgres_url, data_dir)
     for writer in writers:

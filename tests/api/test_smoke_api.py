@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from tests.conftest import User
+from tests.support import User
 
 
 def test_create_then_list(client: TestClient, user: User) -> None:

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pytest
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from tests.conftest import BACKENDS, make_settings
+from tests import support
 from write_side import TaskLedger, TaskList
 from write_side.store.group_commit import CommitInterrupted, CommitTimeout, GroupCommit
 
-
-@pytest.fixture(params=BACKENDS)
-def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TaskLedger]:
-    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
-    storage = make_settings(url, tmp_path).storage
-    app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    app.create_tables()
-    yield app
-    app.close()
+# Threads started 5 ms apart: the first one is committing when the others arrive.
+in_threads = partial(support.in_threads, stagger=0.005)
 
 
 def slow_save(ledger: TaskLedger, calls: list[int]) -> Any:
@@ -42,24 +34,6 @@ def started(ledger: TaskLedger, user: str) -> TaskList:
     tasks = ledger.task_list(user) or TaskList.start(user)
     tasks.add(f"{user}'s task", None)
     return tasks
-
-
-def in_threads(count: int, work: Any) -> list[Any]:
-    results: list[Any] = [None] * count
-
-    def run(i: int) -> None:
-        try:
-            results[i] = work(i)
-        except BaseException as error:
-            results[i] = error
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-        time.sleep(0.005)  # the first one is committing when the others arrive
-    for thread in threads:
-        thread.join()
-    return results
 
 
 def test_saves_arriving_during_a_commit_share_the_next_one(ledger: TaskLedger) -> None:
@@ -108,7 +82,7 @@ def test_a_conflict_in_a_group_fails_only_its_own_save(ledger: TaskLedger) -> No
     saved = ledger.recorder.select_notifications(start=before + 1, limit=100)
     assert len(saved) == 6
     bobs = [ledger.task_list(f"bob{i}") for i in (1, 2)]
-    assert [len(tasks) for tasks in bobs if tasks is not None] == [1, 1]
+    assert [len(tasks.tasks()) for tasks in bobs if tasks is not None] == [1, 1]
     assert (group.groups, group.saves) == (3, 3)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 
 from api.settings import Settings
-from tests.conftest import BACKENDS, make_settings
-from tests.conftest import open_ledger as conftest_open_ledger
+from tests.support import in_threads, make_settings, open_ledger
 from write_side import (
     UNSET,
     IdempotencyKeyReused,
@@ -25,23 +23,6 @@ from write_side import (
     commands,
 )
 from write_side.commands import Command
-
-
-@pytest.fixture(params=BACKENDS)
-def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
-    return make_settings(url, tmp_path)
-
-
-def open_ledger(settings: Settings) -> TaskLedger:
-    return conftest_open_ledger(settings)
-
-
-@pytest.fixture
-def ledger(fresh_settings: Settings) -> Iterator[TaskLedger]:
-    app = open_ledger(fresh_settings)
-    yield app
-    app.close()
 
 
 def test_commands_report_the_task_and_increasing_positions(ledger: TaskLedger) -> None:
@@ -91,16 +72,12 @@ def test_concurrent_writers_in_two_processes_all_succeed(fresh_settings: Setting
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(2, write)
     assert errors == []
     print("conflicts retried:", retried)
     stream = ledgers[0].task_list("shared")
     assert stream is not None
-    assert len(stream) == 2 * per_writer
+    assert len(stream.tasks()) == 2 * per_writer
     assert stream.version == 2 * per_writer + 1
     for ledger in ledgers:
         ledger.close()
@@ -146,10 +123,10 @@ def test_long_streams_are_snapshotted(ledger: TaskLedger, fresh_settings: Settin
     elsewhere = open_ledger(fresh_settings)
     stream_id = TaskList.create_id("busy")
     assert elsewhere.snapshots is not None
-    rebuilt = elsewhere.repository.get(stream_id)
+    rebuilt: TaskList = elsewhere.repository.get(stream_id)
     elsewhere.repository.snapshot_store = None
-    replayed = elsewhere.repository.get(stream_id, version=rebuilt.version)
-    assert len(rebuilt) == 251
+    replayed: TaskList = elsewhere.repository.get(stream_id, version=rebuilt.version)
+    assert len(rebuilt.tasks()) == 251
     assert rebuilt.version == replayed.version == 254
     assert list(rebuilt.tasks()) == list(replayed.tasks())
     elsewhere.close()
@@ -213,11 +190,7 @@ def test_processes_starting_at_once_on_an_empty_database_all_start(
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(4, lambda _: start())
     assert errors == []
     assert len(started) == 4
     for ledger in started:

@@ -12,8 +12,7 @@ from sqlalchemy import text
 
 from infrastructure.liveness import spoke_while_idle
 from read_side.runtime.engine import create_read_engine
-from tests.conftest import make_settings
-from write_side import TaskLedger
+from tests.support import make_settings, open_ledger
 
 pytestmark = pytest.mark.postgres
 
@@ -48,9 +47,7 @@ def test_an_idle_connection_is_quiet_until_the_server_ends_it(fresh_postgres_url
 def test_the_event_store_replaces_ended_connections(
     fresh_postgres_url: str, tmp_path: Path
 ) -> None:
-    storage = make_settings(fresh_postgres_url, tmp_path).storage
-    ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    ledger.create_tables()
+    ledger = open_ledger(make_settings(fresh_postgres_url, tmp_path))
     ledger.add_task("alice", "before", None)
     pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
     assert pool.get_stats().get("connections_lost", 0) == 0  # quiet ones are not pinged

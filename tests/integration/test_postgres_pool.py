@@ -32,8 +32,9 @@ def test_a_pool_without_the_attribute_is_refused() -> None:
     class Changed:
         pass
 
+    checked: list[Any] = []
     with pytest.raises(RuntimeError, match="psycopg_pool has changed"):
-        set_check(Changed(), checked := [])  # type: ignore[arg-type]
+        set_check(Changed(), checked)  # type: ignore[arg-type]
     assert checked == []
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -19,32 +16,8 @@ from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.runtime.listings import CachedListings
 from read_side.tables import projection_position, task_view
 from read_side.verify import verify
-from tests.conftest import BACKENDS, make_settings
+from tests.support import in_threads
 from write_side import Task, TaskLedger
-
-
-@pytest.fixture(params=BACKENDS)
-def fresh_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
-    """Settings on an empty log and empty read tables."""
-    url = None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
-    return make_settings(url, tmp_path)
-
-
-@pytest.fixture
-def ledger(fresh_settings: Settings) -> Iterator[TaskLedger]:
-    storage = fresh_settings.storage
-    app = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
-    app.create_tables()
-    yield app
-    app.close()
-
-
-@pytest.fixture
-def engine(fresh_settings: Settings) -> Iterator[Engine]:
-    engine = create_read_engine(fresh_settings.storage.read_url)
-    create_read_tables(engine)
-    yield engine
-    engine.dispose()
 
 
 def add(ledger: TaskLedger, user_id: str, title: str, description: str | None = None) -> Task:
@@ -102,7 +75,7 @@ def test_catch_up_twice_applies_nothing_twice(ledger: TaskLedger, engine: Engine
 
 
 def test_a_failing_batch_commits_neither_rows_nor_position(
-    ledger: TaskLedger, engine: Engine
+    ledger: TaskLedger, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(5):
         ledger.add_task("alice", f"t{i}", None)
@@ -113,13 +86,13 @@ def test_a_failing_batch_commits_neither_rows_nor_position(
         real_write(*args)
         raise RuntimeError("killed after writing the rows, before moving the position")
 
-    projector._write = write_then_crash  # type: ignore[method-assign]
+    monkeypatch.setattr(projector, "_write", write_then_crash)
     with pytest.raises(RuntimeError):
         projector.project_batch()
     assert rows(engine) == {}
     with engine.connect() as conn:
         assert read_position(conn) == 0
-    projector._write = real_write  # type: ignore[method-assign]
+    monkeypatch.setattr(projector, "_write", real_write)
     assert projector.catch_up() == 6
     assert len(rows(engine)) == 5
 
@@ -136,11 +109,7 @@ def test_two_projectors_at_once_apply_each_event_once(ledger: TaskLedger, engine
         except BaseException as error:  # pragma: no cover - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(p,)) for p in projectors]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(len(projectors), lambda i: run(projectors[i]))
     assert errors == []
     assert len(rows(engine)) == 200
     assert projectors[0].position() == ledger.last_position()

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, select
 from read_side.projector import Projector
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import task_view
-from tests.conftest import make_settings
+from tests.support import make_settings
 from write_side import Task, TaskLedger, TaskList
 from write_side.history import replay
 
@@ -65,11 +65,9 @@ class Store:
 
 def open_ledger(env: dict[str, str]) -> TaskLedger:
     ledger = TaskLedger(env=env)
-    # Event-store tables: the release's TaskLedger creates them on construction. If
-    # the refactor makes that an explicit step, it is taken here.
-    create_tables = getattr(ledger, "create_tables", None)
-    if callable(create_tables):
-        create_tables()
+    # Event-store tables: the release's TaskLedger created them on construction; now
+    # creating them is an explicit step.
+    ledger.create_tables()
     return ledger
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from api.services import Services
 from tests.support import ROOT, make_settings, service_env
@@ -23,11 +22,10 @@ def _tables(url: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_building_the_services_creates_no_file_and_no_table(
-    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+    fresh_database: str | None, tmp_path: Path
 ) -> None:
-    url = None if backend == "sqlite" else str(request.getfixturevalue("fresh_postgres_url"))
+    url = fresh_database
     data_dir = tmp_path / "data"
     settings = make_settings(url, data_dir, better_auth_secret=None)
     services = Services(settings)

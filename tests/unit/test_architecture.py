@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
 
 FORBIDDEN = {
     "write_side": {"read_side", "api", "fastapi", "starlette", "sqlmodel", "sqlalchemy"},

@@ -115,7 +115,7 @@ def test_replay_rebuilds_the_same_state() -> None:
     expected = tasks.task(kept.id)
     rebuilt = replay(tasks)
     assert rebuilt.task(kept.id) == expected
-    assert len(rebuilt) == 1
+    assert len(rebuilt.tasks()) == 1
     assert rebuilt.user_id == "alice"
     assert rebuilt.version == tasks.version
 
@@ -141,5 +141,5 @@ def test_deepcopy_is_independent() -> None:
     clone.complete(task.id)
     clone.add("b")
     assert tasks.task(task.id).completed is False
-    assert len(tasks) == 1
+    assert len(tasks.tasks()) == 1
     assert tasks.pending_events == []

@@ -1,4 +1,4 @@
-// A real Better Auth server for taskledger's interop tests (tests/test_better_auth_interop.py).
+// A real Better Auth server for taskledger's interop tests (tests/api/test_better_auth_interop.py).
 //
 // Environment:
 //   PORT                    port to listen on, on 127.0.0.1 (required)
