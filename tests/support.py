@@ -15,17 +15,20 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
 import psycopg
-from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.services import Services
 from api.settings import Settings
 from write_side import TaskLedger
+
+if TYPE_CHECKING:
+    # Not at import: bench/ uses this module without loading the web app.
+    from fastapi.testclient import TestClient
+
+    from api.services import Services
 
 SECRET = "test-secret-" + "s" * 40
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +87,10 @@ def make_settings(database_url: str | None, data_dir: Path, **overrides: Any) ->
 def serving(settings: Settings) -> Iterator[TestClient]:
     """The app of ``settings``, started, behind a client that answers a server error
     as the 500 a real client would get."""
+    from fastapi.testclient import TestClient  # noqa: PLC0415 - see the imports above
+
+    from api.app import create_app  # noqa: PLC0415
+
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

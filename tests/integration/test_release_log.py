@@ -31,8 +31,9 @@ from sqlalchemy import Engine, select
 from read_side.projector import Projector
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import task_view
+from tests.fixtures.release_092178a.make_log import task_json
 from tests.support import make_settings
-from write_side import Task, TaskLedger, TaskList
+from write_side import TaskLedger, TaskList
 from write_side.history import replay
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "release_092178a"
@@ -40,21 +41,6 @@ EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text(enco
 USERS: dict[str, dict[str, Any]] = EXPECTED["users"]
 REQUESTS: list[dict[str, Any]] = EXPECTED["requests"]
 SNAPSHOTTED = [user_id for user_id, user in USERS.items() if user["snapshot_versions"]]
-
-
-def task_json(task: Task | None) -> dict[str, Any] | None:
-    """A task as expected.json records it (the same function as in make_log.py)."""
-    if task is None:
-        return None
-    return {
-        "id": str(task.id),
-        "title": task.title,
-        "description": task.description,
-        "completed": task.completed,
-        "created_at": task.created_at.isoformat(),
-        "updated_at": task.updated_at.isoformat(),
-        "version": task.version,
-    }
 
 
 @dataclass
