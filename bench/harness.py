@@ -406,8 +406,7 @@ def wrk(
     _procs.append(proc)
     lines: list[str] = []
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
+        for raw in proc.stdout or ():
             lines.append(raw.decode(errors="replace").rstrip("\n"))
             if raw.startswith(b"QUOTA_DONE"):
                 proc.send_signal(signal.SIGINT)
