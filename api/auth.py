@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -123,6 +124,7 @@ class TokenVerifier:
         issuer: str | None,
         audience: str | None,
         leeway: float,
+        max_ttl: float = 7 * 24 * 3600,
         cache_size: int = 4096,
     ) -> None:
         self._secret = secret
@@ -130,6 +132,7 @@ class TokenVerifier:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        self._max_ttl = max_ttl
         # Verified tokens, so that a client's repeated requests skip the signature check.
         self._verified: OrderedDict[str, Principal] = OrderedDict()
         self._cache_size = cache_size
@@ -206,15 +209,32 @@ class TokenVerifier:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject:
             raise AuthenticationFailed("invalid token subject")
-        try:
-            expires_at = float(claims["exp"])
-        except (TypeError, ValueError, OverflowError):
-            raise AuthenticationFailed("invalid token expiry") from None
+        expires_at = self._expiry(claims)
         return Principal(
             user_id=subject,
             roles=frozenset(_roles(claims.get("role"))),
             expires_at=expires_at,
         )
+
+    def _expiry(self, claims: dict[str, Any]) -> float:
+        """``exp``, if it is a number no further than the maximum lifetime from ``iat``
+        (or from now): PyJWT takes "9999999999" or 1e300 alike, and a shared-secret
+        token could otherwise live forever."""
+        expires_at, issued_at = claims["exp"], claims.get("iat", time.time())
+        if not (_is_number(expires_at) and _is_number(issued_at)):
+            raise AuthenticationFailed("invalid token expiry")
+        if float(expires_at) - float(issued_at) > self._max_ttl:
+            raise AuthenticationFailed("token lifetime exceeds the maximum accepted")
+        return float(expires_at)
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
 
 
 def _roles(claim: object) -> Iterable[str]:

@@ -124,12 +124,15 @@ def token(
     if match is None:
         err.print(f"[red]Bad --ttl {ttl!r}:[/red] use e.g. 90s, 15m, 1h or 2d.")
         raise typer.Exit(2)
+    lifetime = int(match[1]) * _UNIT_SECONDS[match[2]]
+    if lifetime > settings.jwt_max_ttl_seconds:
+        err.print(
+            f"[red]--ttl {ttl} is longer than JWT_MAX_TTL_SECONDS[/red] "
+            f"({settings.jwt_max_ttl_seconds:g} s): the service would refuse the token."
+        )
+        raise typer.Exit(2)
     now = int(time.time())
-    claims: dict[str, object] = {
-        "sub": user_id,
-        "iat": now,
-        "exp": now + int(match[1]) * _UNIT_SECONDS[match[2]],
-    }
+    claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + lifetime}
     if settings.issuer:
         claims["iss"] = settings.issuer
     if settings.audience:

@@ -186,4 +186,5 @@ def build_verifier(settings: Settings) -> TokenVerifier:
         issuer=settings.issuer,
         audience=settings.audience,
         leeway=settings.jwt_leeway_seconds,
+        max_ttl=settings.jwt_max_ttl_seconds,
     )

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: float = Field(default=30, ge=0, le=300)
+    # Longest lifetime a token may claim (exp after iat, or after now without iat).
+    # Better Auth's own tokens live 15 minutes; frontends that sign their own shared-secret
+    # tokens commonly use 7 days, and must keep working. Lower it when none does.
+    jwt_max_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     jwks_cache_seconds: float = Field(default=300, gt=0)
     # Least time between two fetches of the key set caused by unknown key ids.
     jwks_refresh_cooldown_seconds: float = Field(default=5, ge=0)

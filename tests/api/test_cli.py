@@ -45,6 +45,12 @@ def test_token_refuses_a_bad_ttl(tmp_path: Path) -> None:
     assert "ttl" in result.stderr.lower()
 
 
+def test_token_refuses_a_ttl_the_service_would_refuse(tmp_path: Path) -> None:
+    result = taskledger("token", "alice", "--ttl", "30d", env=service_env(None, tmp_path))
+    assert result.returncode == 2
+    assert "JWT_MAX_TTL_SECONDS" in result.stderr
+
+
 def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
     env = service_env(None, tmp_path, APP_ENV="production")
     del env["BETTER_AUTH_SECRET"]
