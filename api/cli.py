@@ -20,6 +20,7 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from api.settings import Settings
 
@@ -52,6 +53,19 @@ def _reading() -> Iterator[None]:
             "`taskledger serve` or `taskledger project` sets it up at start-up."
         )
         raise typer.Exit(1) from None
+
+
+def _plain(value: object) -> Text:
+    """User data (titles, descriptions) shown as it is: as a Text, rich reads no markup
+    in it (no ``[link=…]``), and every control or formatting character (escape
+    sequences, hyperlinks, bidi overrides, line breaks) is shown escaped, not sent to
+    the operator's terminal."""
+    text = str(value)
+    if not text.isprintable():
+        text = "".join(
+            ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text
+        )
+    return Text(text)
 
 
 def _logging(settings: Settings) -> None:
@@ -177,14 +191,18 @@ def history(
     for entry in result.entries:
         details = ", ".join(f"{key}={value!r}" for key, value in entry.details.items())
         events.add_row(
-            str(entry.version), entry.at.isoformat(), entry.event, str(entry.task_id or ""), details
+            str(entry.version),
+            entry.at.isoformat(),
+            entry.event,
+            str(entry.task_id or ""),
+            _plain(details),
         )
     out.print(events)
     as_of = f"as of {moment.isoformat()}" if moment else "now"
     tasks = Table("task", "title", "completed", "version", title=f"tasks {as_of}")
     for task in result.tasks:
         tasks.add_row(
-            str(task.id), task.title, "yes" if task.completed else "no", str(task.version)
+            str(task.id), _plain(task.title), "yes" if task.completed else "no", str(task.version)
         )
     out.print(tasks)
 
@@ -241,7 +259,7 @@ def projections_verify() -> None:
                 f"{name}: {live!r} -> {replayed!r}"
                 for name, (live, replayed) in difference.fields.items()
             )
-            table.add_row(difference.task_id, difference.kind, fields)
+            table.add_row(difference.task_id, difference.kind, _plain(fields))
         out.print(table)
         raise typer.Exit(1)
 

@@ -132,6 +132,29 @@ def test_history_replays_the_log_as_of_a_moment(tmp_path: Path) -> None:
     assert taskledger("history", "alice", "--until", "yesterday", env=env).returncode == 2
 
 
+def test_history_shows_task_contents_as_text_never_as_markup_or_terminal_codes(
+    tmp_path: Path,
+) -> None:
+    titles = [
+        "[/x] bye",
+        "[link=https://evil.example]click me[/link]",
+        "\x1b]8;;https://evil.example\x1b\\hyperlink\x1b]8;;\x1b\\",
+        "\x1b[31mred\x1b[0m \u202eright-to-left",
+    ]
+    ledger = open_ledger(make_settings(None, tmp_path))
+    for title in titles:
+        ledger.add_task("mallory", title, "[bold]description[/bold]")
+    ledger.close()
+    result = taskledger("history", "mallory", env=service_env(None, tmp_path, COLUMNS="400"))
+    assert result.returncode == 0, result.stderr
+    assert "[/x] bye" in result.stdout
+    assert "[link=https://evil.example]click me[/link]" in result.stdout
+    assert "[bold]description[/bold]" in result.stdout
+    assert "\\x1b]8;;https://evil.example" in result.stdout  # shown, escaped
+    assert "\\u202eright-to-left" in result.stdout
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+
+
 def test_access_log_lines_can_be_turned_off(tmp_path: Path, live_server: LiveServer) -> None:
     lines = {}
     for setting in ("true", "false"):
