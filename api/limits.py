@@ -1,22 +1,63 @@
-"""Request limits enforced before any body is parsed: size and media type."""
+"""Request limits enforced before any body is parsed: size, media type, nesting."""
 
 from __future__ import annotations
+
+import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
 
 MAX_BODY_BYTES = 64 * 1024
+# Python's json recurses once per level: 30,000 "[" end in a RecursionError wherever a
+# body is parsed. No task body nests past a few levels.
+MAX_NESTING = 32
 _METHODS_WITH_BODY = {b"POST", b"PUT", b"PATCH", b"DELETE"}
+_JSON_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
+
+
+class Nesting:
+    """How deep a JSON text nests, read a chunk at a time as the body arrives. Only
+    brackets outside strings count; the structural bytes are found by a regular
+    expression, so a body is looked at in C, not byte by byte in Python."""
+
+    def __init__(self) -> None:
+        self.depth = self.deepest = 0
+        self._in_string = self._escaped = False
+
+    def feed(self, chunk: bytes) -> int:
+        """Take the next chunk; the deepest level so far."""
+        skip = 0 if self._escaped else -1  # the byte a backslash escaped
+        self._escaped = False
+        for match in _JSON_STRUCTURE.finditer(chunk):
+            at, byte = match.start(), chunk[match.start()]
+            if at == skip:
+                continue
+            if self._in_string:
+                if byte == ord("\\"):
+                    skip = at + 1
+                    self._escaped = at + 1 == len(chunk)
+                elif byte == ord('"'):
+                    self._in_string = False
+            elif byte == ord('"'):
+                self._in_string = True
+            elif byte in b"[{":
+                self.depth += 1
+                self.deepest = max(self.deepest, self.depth)
+            elif byte in b"]}":
+                self.depth -= 1
+        return self.deepest
 
 
 class RequestLimits:
-    """Answers 413 for bodies over ``max_body`` bytes (declared or streamed) and 415
-    for a body that is not JSON, so the app never buffers or parses either."""
+    """Answers 413 for bodies over ``max_body`` bytes (declared or streamed), 415 for a
+    body that is not JSON and 400 for one nesting deeper than MAX_NESTING, so the app
+    never buffers or parses any of them. One guard for every route."""
 
     def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -40,33 +81,38 @@ class RequestLimits:
             return
 
         received = 0
-        too_large = answered = False
-        refusal = f"request bodies are limited to {self.max_body} bytes"
+        nesting = Nesting()
+        refused: _Refused | None = None
+        answered = False
 
         async def counted_receive() -> Message:
-            nonlocal received, too_large
+            nonlocal received, refused
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > self.max_body:
-                    too_large = True
-                    raise _TooLarge
+                    refused = _Refused(413, f"request bodies are limited to {self.max_body} bytes")
+                elif nesting.feed(chunk) > MAX_NESTING:
+                    refused = _Refused(400, f"the body nests deeper than {MAX_NESTING} levels")
+                if refused is not None:
+                    raise refused
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal answered
-            if not too_large:
+            if refused is None:
                 await send(message)
             elif not answered and message["type"] == "http.response.start":
                 # The app turned the interrupted read into an error of its own.
                 answered = True
-                await _answer(scope, receive, send, 413, refusal)
+                await _answer(scope, receive, send, refused.status, refused.detail)
 
         try:
             await self.app(scope, counted_receive, guarded_send)
-        except _TooLarge:
+        except _Refused as refusal:
             if not answered:
-                await _answer(scope, receive, send, 413, refusal)
+                await _answer(scope, receive, send, refusal.status, refusal.detail)
 
 
 def _is_json(media_type: bytes) -> bool:
