@@ -12,10 +12,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ServicesDep
 from api.errors import install_error_handlers, problem, problem_responses
 from api.limits import RequestLimits
+from api.logs import redact_search_text
 from api.routes import router
 from api.schemas import Problem
 from api.services import Services
@@ -55,6 +57,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         version="0.1.0",
         description="Event-sourced task service. Authenticate with a Better Auth JWT.",
         lifespan=lifespan,
+        # No redirects at all: Starlette's would build the Location from the Host header.
+        # A trailing slash is simply dropped instead (_SameWithoutTrailingSlash).
+        redirect_slashes=False,
     )
     app.state.services = services
     # Added first, so it runs inside CORS: its refusals still carry CORS headers.
@@ -68,7 +73,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
+    # Outermost: every layer after it sees the path without its trailing slash.
+    app.add_middleware(_SameWithoutTrailingSlash)
     install_error_handlers(app)
+    redact_search_text()
     app.include_router(router)
 
     @app.get("/healthz", tags=["operations"])
@@ -92,6 +100,24 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+class _SameWithoutTrailingSlash:
+    """``/api/u/tasks/`` is ``/api/u/tasks``: served as it, not redirected to it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            raw_path = scope.get("raw_path") or path.encode()
+            scope = {
+                **scope,
+                "path": path.rstrip("/") or "/",
+                "raw_path": raw_path.rstrip(b"/") or b"/",
+            }
+        await self.app(scope, receive, send)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -25,6 +25,9 @@ def create_read_engine(url: str, *, pool_size: int = 10, autocommit: bool = Fals
     options: dict[str, Any] = (
         {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None} if autocommit else {}
     )
+    # An error's message (logged with a 500) names the statement, never its parameters:
+    # they are task contents.
+    options["hide_parameters"] = True
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
