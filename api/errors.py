@@ -27,6 +27,7 @@ from write_side import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+MAX_ERRORS = 20
 _TYPE_BASE = "https://taskledger.dev/problems/"
 
 
@@ -68,9 +69,13 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
         return problem(400, "the request body is not valid JSON")
     fields = [
         {"field": _location(tuple(error.get("loc", ()))), "message": error.get("msg", "")}
-        for error in errors
+        for error in errors[:MAX_ERRORS]
     ]
-    return problem(422, "the request is not valid", errors=fields)
+    detail = "the request is not valid"
+    if len(errors) > MAX_ERRORS:
+        # A body of thousands of bad keys must not earn an answer several times its size.
+        detail += f" ({MAX_ERRORS} of its {len(errors)} errors are listed)"
+    return problem(422, detail, errors=fields)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

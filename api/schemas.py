@@ -39,9 +39,10 @@ Title = Annotated[
     ),
 ]
 NoNulText = Annotated[str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN})]
+# Lengths are the domain's, counted in NFC (see check_text): documented here, checked there.
 Description = Annotated[
-    NoNulText | None,
-    Field(max_length=DESCRIPTION_MAX_LENGTH, strict=True),
+    Annotated[NoNulText, Field(json_schema_extra={"maxLength": DESCRIPTION_MAX_LENGTH})] | None,
+    Field(strict=True),
     AfterValidator(check_description),
 ]
 SearchText = Annotated[NoNulText, AfterValidator(lambda text: check_text(text, "q"))]

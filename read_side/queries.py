@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -34,7 +35,8 @@ def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[s
     if spec.status != "all":
         conditions.append(_task.c.completed == (spec.status == "completed"))
     if spec.q:
-        pattern = "%" + _escape_like(spec.q.lower()) + "%"
+        # Stored text is in NFC (write_side.domain.check_text): so is the search.
+        pattern = "%" + _escape_like(unicodedata.normalize("NFC", spec.q).lower()) + "%"
         conditions.append(
             or_(
                 func.lower(_task.c.title).like(pattern, escape="\\"),

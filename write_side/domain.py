@@ -9,6 +9,7 @@ renaming either breaks replay of the log, so change them only with a registered 
 from __future__ import annotations
 
 import copy
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -71,22 +72,25 @@ class Task:
 
 
 def check_text(text: str, field: str) -> str:
-    """Text that every store can hold. PostgreSQL text cannot hold U+0000, and no
-    UTF-8 store an unpaired surrogate: one such event could never be saved or projected
-    (and would stop the projector for everybody). Refused on every backend alike."""
+    """The text in Unicode's composed form (NFC), if every store can hold it.
+
+    NFC first, so that "café" typed on one keyboard and on another is one title, its
+    length counts what a reader sees, and a search finds it either way. PostgreSQL text
+    cannot hold U+0000, and no UTF-8 store an unpaired surrogate: one such event could
+    never be saved or projected (and would stop the projector for everybody). Refused on
+    every backend alike."""
     if "\x00" in text:
         raise InvalidTask(f"{field} must not contain NUL (U+0000) characters")
     try:
         text.encode()
     except UnicodeEncodeError:
         raise InvalidTask(f"{field} must be valid Unicode (no unpaired surrogates)") from None
-    return text
+    return unicodedata.normalize("NFC", text)
 
 
 def clean_title(title: str) -> str:
     """The title as stored: trimmed, non-blank, at most TITLE_MAX_LENGTH characters."""
-    check_text(title, "title")
-    cleaned = title.strip()
+    cleaned = check_text(title, "title").strip()
     if not cleaned:
         raise InvalidTask("title must not be blank")
     if len(cleaned) > TITLE_MAX_LENGTH:
@@ -96,7 +100,7 @@ def clean_title(title: str) -> str:
 
 def check_description(description: str | None) -> str | None:
     if description is not None:
-        check_text(description, "description")
+        description = check_text(description, "description")
     if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
         raise InvalidTask(f"description must be at most {DESCRIPTION_MAX_LENGTH} characters")
     return description

@@ -1,0 +1,57 @@
+"""Text is stored in Unicode's composed form (NFC): lengths count what a reader sees,
+and a search finds a title however its accents were typed. Error answers stay small."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+
+from fastapi.testclient import TestClient
+
+from tests.support import User, assert_problem
+
+CAFE_NFC = "caf\u00e9"
+CAFE_NFD = "cafe\u0301"
+
+
+def test_a_title_typed_decomposed_is_stored_composed_and_found_both_ways(
+    client: TestClient, user: User
+) -> None:
+    created = client.post(
+        user.tasks_url(),
+        json={"title": f"{CAFE_NFD} order", "description": CAFE_NFD},
+        headers=user.headers,
+    )
+    assert created.status_code == 201
+    assert created.json()["title"] == f"{CAFE_NFC} order"
+    assert created.json()["description"] == CAFE_NFC
+    for q in (CAFE_NFC, CAFE_NFD):
+        found = client.get(user.tasks_url(), params={"q": q}, headers=user.headers)
+        assert [task["id"] for task in found.json()] == [created.json()["id"]], q
+
+
+def test_lengths_count_composed_characters(client: TestClient, user: User) -> None:
+    title = "e\u0301" * 150  # 300 code points, 150 characters
+    assert unicodedata.normalize("NFC", title) == "\u00e9" * 150
+    created = client.post(user.tasks_url(), json={"title": title}, headers=user.headers)
+    assert created.status_code == 201
+    description = "e\u0301" * 900  # 1,800 code points, 900 characters
+    task_url = user.tasks_url(created.json()["id"])
+    updated = client.put(task_url, json={"description": description}, headers=user.headers)
+    assert updated.status_code == 200
+    assert len(updated.json()["description"]) == 900
+    too_long = client.put(task_url, json={"description": "\u00e9" * 1001}, headers=user.headers)
+    assert_problem(too_long, 422)
+
+
+def test_a_body_of_many_unknown_keys_gets_a_small_answer(client: TestClient, user: User) -> None:
+    body = {"title": "t", **{f"unknown_{n}": n for n in range(3000)}}
+    response = client.post(
+        user.tasks_url(),
+        content=json.dumps(body),
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    problem = assert_problem(response, 422)
+    assert len(problem["errors"]) == 20
+    assert "20 of its 3000 errors" in problem["detail"]
+    assert len(response.content) < 4096
