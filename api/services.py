@@ -49,7 +49,7 @@ class Services:
         )
         # Built at start-up: in development its shared secret may be made then.
         self.verifier: TokenVerifier | None = None
-        self.listings = CachedListings()
+        self.listings = CachedListings(max_bytes=settings.listing_cache_bytes)
         run_projector = settings.run_projector if with_projector is None else with_projector
         self.worker = self._projector_worker() if run_projector else None
         # Without a projector here or notifications from one, waiters poll the table.

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # Most events the projector applies in one read-side transaction.
     projector_batch_size: int = Field(default=500, ge=1, le=10_000)
     aggregate_cache_size: int = Field(default=1000, ge=0)
+    # Most bytes of listing pages each process keeps for reuse (0: none kept).
+    listing_cache_bytes: int = Field(default=32 * 2**20, ge=0)
     # Most connections a process opens to each of the event store and the read tables.
     db_pool_size: int = Field(default=10, ge=2)
     # Threads for blocking route code per process (writes wait for their projection

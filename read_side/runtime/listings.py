@@ -10,6 +10,7 @@ shared tables, not from this process's memory.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 
@@ -22,10 +23,22 @@ Page = tuple[str, int]  # the JSON array of task documents, and the total that m
 
 
 class CachedListings:
-    def __init__(self, max_pages: int = 512) -> None:
-        self._pages: OrderedDict[tuple[str, TaskFilter], tuple[int, Page]] = OrderedDict()
+    """At most ``max_pages`` pages and ``max_bytes`` of their text (the least recently
+    used go first): a flood of distinct big pages costs this process no more than that.
+    A page larger than the whole bound is served and not kept."""
+
+    def __init__(self, max_pages: int = 512, max_bytes: int = 32 * 2**20) -> None:
+        # (user, filter) -> (the user's position, the page, the page's size in bytes)
+        self._pages: OrderedDict[tuple[str, TaskFilter], tuple[int, Page, int]] = OrderedDict()
         self._max_pages = max_pages
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def size_bytes(self) -> int:
+        """The memory the kept pages' text takes."""
+        return self._bytes
 
     def page(self, conn: Connection, user_id: str, spec: TaskFilter) -> Page:
         position = queries.user_position(conn, user_id)
@@ -37,9 +50,15 @@ class CachedListings:
                 return stored[1]
         documents, total = queries.list_tasks(conn, user_id, spec)
         page = (f"[{','.join(documents)}]", total)
+        size = sys.getsizeof(page[0])
+        if size > self._max_bytes:
+            return page
         with self._lock:
-            self._pages[key] = (position, page)
-            self._pages.move_to_end(key)
-            while len(self._pages) > self._max_pages:
-                self._pages.popitem(last=False)
+            replaced = self._pages.pop(key, None)
+            if replaced is not None:
+                self._bytes -= replaced[2]
+            self._pages[key] = (position, page, size)
+            self._bytes += size
+            while len(self._pages) > self._max_pages or self._bytes > self._max_bytes:
+                self._bytes -= self._pages.popitem(last=False)[1][2]
         return page
