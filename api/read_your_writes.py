@@ -6,8 +6,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-
-from anyio import to_thread
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,9 @@ class ProjectionProgress:
         self._lock = threading.Lock()
         # Writers waiting on an event loop: (position, their loop, their future).
         self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        # The read of the position under way, per event loop, that waiters share.
+        self._reading: dict[asyncio.AbstractEventLoop, asyncio.Future[int]] = {}
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="position-reader")
 
     @property
     def position(self) -> int:
@@ -73,7 +75,7 @@ class ProjectionProgress:
                     )
                 except TimeoutError:
                     try:
-                        await to_thread.run_sync(self.refresh)
+                        await self._shared_refresh(loop)
                     except Exception as error:
                         # The read tables are unreachable (the database is restarting).
                         # The write is durable already: wait on, and at worst answer
@@ -87,6 +89,19 @@ class ProjectionProgress:
             with self._lock:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    async def _shared_refresh(self, loop: asyncio.AbstractEventLoop) -> None:
+        """One read of the position for all the waiters whose poll interval passed,
+        on a thread of its own: a thousand waiters cost one query per interval, and no
+        route thread (those serve other users' requests)."""
+        with self._lock:
+            reading = self._reading.get(loop)
+            if reading is None or reading.done():
+                reading = self._reading[loop] = loop.run_in_executor(self._reader, self.refresh)
+        await asyncio.shield(reading)
+
+    def close(self) -> None:
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

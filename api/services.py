@@ -88,6 +88,7 @@ class Services:
             self.worker.stop()
         for listener in self._listeners:
             listener.stop()
+        self.progress.close()
         self.ledger.close()
         self.read_engine.dispose()
         self.query_engine.dispose()

@@ -1,0 +1,74 @@
+"""Waiting for one's write to be projected costs nothing: waiters share one read of the
+position per poll interval, on a thread of its own, never a route thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from anyio import to_thread
+
+from api.read_your_writes import ProjectionProgress
+
+
+class CountedReads:
+    def __init__(self) -> None:
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self.reads += 1
+        time.sleep(0.002)  # a query
+        return 0
+
+
+def test_a_thousand_waiters_share_one_read_per_interval() -> None:
+    read = CountedReads()
+    progress = ProjectionProgress(read, poll_interval=0.01)
+
+    async def waits() -> list[bool]:
+        return await asyncio.gather(*(progress.wait(1, timeout=0.3) for _ in range(1000)))
+
+    try:
+        assert asyncio.run(waits()) == [False] * 1000
+    finally:
+        progress.close()
+    # One read per interval (~30, one at a time); one per waiter would be ~30,000.
+    assert 5 <= read.reads <= 80
+
+
+def test_waiters_hold_no_route_thread() -> None:
+    progress = ProjectionProgress(CountedReads(), poll_interval=0.005)
+    borrowed: list[float] = []
+
+    async def waits() -> None:
+        route_threads = to_thread.current_default_thread_limiter()
+        waiting = [asyncio.ensure_future(progress.wait(1, timeout=0.3)) for _ in range(200)]
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            borrowed.append(route_threads.borrowed_tokens)
+        await asyncio.gather(*waiting)
+
+    try:
+        asyncio.run(waits())
+    finally:
+        progress.close()
+    assert max(borrowed) == 0
+
+
+def test_an_advance_still_wakes_every_waiter_at_once() -> None:
+    progress = ProjectionProgress(lambda: 0, poll_interval=10)
+
+    async def waits() -> list[bool]:
+        waiting = asyncio.gather(*(progress.wait(5, timeout=5) for _ in range(100)))
+        await asyncio.sleep(0.05)
+        threading.Thread(target=progress.advance, args=(5,)).start()
+        return await waiting
+
+    try:
+        # True: woken by the advance (a timed-out wait answers False).
+        assert asyncio.run(waits()) == [True] * 100
+    finally:
+        progress.close()
