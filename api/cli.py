@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -184,7 +185,9 @@ def history(
         finally:
             ledger.close()
     if as_json:
-        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_UTC_Z).decode())
+        # ASCII only: a C1 control or a bidi override in a title reaches no terminal raw.
+        plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_UTC_Z))
+        typer.echo(json.dumps(plain, indent=2, ensure_ascii=True))
         return
     out = Console()
     events = Table("version", "at (UTC)", "event", "task", "details", title=f"history of {user_id}")

@@ -131,7 +131,7 @@ async def request_key(
         canonical = (
             json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")) if body else ""
         )
-    except ValueError:
+    except (ValueError, RecursionError):
         canonical = body.decode("utf-8", "replace")
     digest = hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode())
     return RequestKey(idempotency_key, digest.hexdigest())

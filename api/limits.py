@@ -31,7 +31,10 @@ class Nesting:
         self._in_string = self._escaped = False
 
     def feed(self, chunk: bytes) -> int:
-        """Take the next chunk; the deepest level so far."""
+        """Take the next chunk (UTF-8: the caller refuses NUL bytes, which every UTF-16
+        or UTF-32 text has); the deepest level so far."""
+        if not chunk:
+            return self.deepest
         skip = 0 if self._escaped else -1  # the byte a backslash escaped
         self._escaped = False
         for match in _JSON_STRUCTURE.finditer(chunk):
@@ -93,6 +96,10 @@ class RequestLimits:
                 received += len(chunk)
                 if received > self.max_body:
                     refused = _Refused(413, f"request bodies are limited to {self.max_body} bytes")
+                elif b"\x00" in chunk:
+                    # Not UTF-8 JSON (a NUL is escaped in JSON text): UTF-16 or UTF-32,
+                    # which json.loads would still take, bytes the guard cannot count.
+                    refused = _Refused(400, "send the body as UTF-8 JSON")
                 elif nesting.feed(chunk) > MAX_NESTING:
                     refused = _Refused(400, f"the body nests deeper than {MAX_NESTING} levels")
                 if refused is not None:

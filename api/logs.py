@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import logging
-import re
+from urllib.parse import unquote_plus
 
-# A query string's search text (q, and its alias search), percent-encoded or not.
-_SEARCH_TEXT = re.compile(r"([?&](?:q|search)=)[^&#\s]*")
+# The search parameters (q, and its alias search), however their names are encoded.
+_SEARCH_KEYS = {"q", "search"}
+
+
+def redacted(path: str) -> str:
+    """``path`` with the values of its search parameters replaced."""
+    base, question, query = path.partition("?")
+    if not question:
+        return path
+    parts = []
+    for part in query.split("&"):
+        key, equals, _ = part.partition("=")
+        searched = equals and unquote_plus(key) in _SEARCH_KEYS
+        parts.append(f"{key}=<redacted>" if searched else part)
+    return f"{base}?{'&'.join(parts)}"
 
 
 class RedactSearchText(logging.Filter):
-    """Replaces the values of ``q=``/``search=`` in a log record's arguments (uvicorn's
-    access log passes the request's full path as one)."""
+    """Redacts search text in a log record's arguments (uvicorn's access log passes the
+    request's full path as one)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
             record.args = tuple(
-                _SEARCH_TEXT.sub(r"\1<redacted>", arg) if isinstance(arg, str) else arg
-                for arg in record.args
+                redacted(arg) if isinstance(arg, str) and "?" in arg else arg for arg in record.args
             )
         return True
 

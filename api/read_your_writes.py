@@ -75,7 +75,9 @@ class ProjectionProgress:
                     )
                 except TimeoutError:
                     try:
-                        await self._shared_refresh(loop)
+                        await asyncio.wait_for(
+                            self._shared_refresh(loop), max(deadline - loop.time(), 0)
+                        )
                     except Exception as error:
                         # The read tables are unreachable (the database is restarting).
                         # The write is durable already: wait on, and at worst answer
@@ -101,7 +103,7 @@ class ProjectionProgress:
         await asyncio.shield(reading)
 
     def close(self) -> None:
-        self._reader.shutdown(wait=False, cancel_futures=True)
+        self._reader.shutdown(wait=False)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -35,12 +35,17 @@ def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[s
     if spec.status != "all":
         conditions.append(_task.c.completed == (spec.status == "completed"))
     if spec.q:
-        # Stored text is in NFC (write_side.domain.check_text): so is the search.
-        pattern = "%" + _escape_like(unicodedata.normalize("NFC", spec.q).lower()) + "%"
+        # Text is stored in NFC (write_side.domain.check_text), but tasks stored before
+        # that may not be: the search looks for both forms.
+        forms = {unicodedata.normalize(form, spec.q).lower() for form in ("NFC", "NFD")}
+        patterns = ["%" + _escape_like(text) + "%" for text in sorted(forms)]
         conditions.append(
             or_(
-                func.lower(_task.c.title).like(pattern, escape="\\"),
-                func.lower(_task.c.description).like(pattern, escape="\\"),
+                *(
+                    func.lower(column).like(pattern, escape="\\")
+                    for column in (_task.c.title, _task.c.description)
+                    for pattern in patterns
+                )
             )
         )
     # Titles sort alphabetically as a reader means it, whatever the database's

@@ -106,6 +106,10 @@ def check_description(description: str | None) -> str | None:
     return description
 
 
+def _composed(*texts: str | None) -> tuple[str | None, ...]:
+    return tuple(None if text is None else unicodedata.normalize("NFC", text) for text in texts)
+
+
 class TaskList(Aggregate):
     """All tasks of one user, as one stream of events."""
 
@@ -202,11 +206,22 @@ class TaskList(Aggregate):
         )
         return self.task(task_id)
 
-    def edit(self, task_id: UUID, title: str, description: str | None) -> Task:
+    def edit(
+        self,
+        task_id: UUID,
+        title: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+    ) -> Task:
+        """Rename or describe the task. A field left UNSET keeps its stored value as it
+        is: it was checked when stored, perhaps under older rules."""
         task = self.task(task_id)
-        title = clean_title(title)
-        description = check_description(description)
-        if (title, description) != (task.title, task.description):
+        title = task.title if isinstance(title, Unset) else clean_title(title)
+        description = (
+            task.description if isinstance(description, Unset) else check_description(description)
+        )
+        # Text stored before it was normalised differs from the same text sent again in
+        # its Unicode form alone: that is no change.
+        if _composed(title, description) != _composed(task.title, task.description):
             self.trigger_event(
                 self.TaskEdited, task_id=task_id, title=title, description=description
             )
@@ -239,13 +254,8 @@ class TaskList(Aggregate):
         completed: bool | Unset = UNSET,
     ) -> Task:
         """Change any of the fields; those left UNSET stay as they are."""
-        task = self.task(task_id)
         if not (isinstance(title, Unset) and isinstance(description, Unset)):
-            self.edit(
-                task_id,
-                task.title if isinstance(title, Unset) else title,
-                task.description if isinstance(description, Unset) else description,
-            )
+            self.edit(task_id, title, description)
         if not isinstance(completed, Unset):
             self.set_completed(task_id, completed)
         return self.task(task_id)

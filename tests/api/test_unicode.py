@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from uuid import uuid4
 
 from fastapi.testclient import TestClient
 
-from tests.support import User, assert_problem
+from tests.support import User, assert_problem, services_of, wait_for
+from write_side import TaskList
 
 CAFE_NFC = "caf\u00e9"
 CAFE_NFD = "cafe\u0301"
@@ -55,3 +57,19 @@ def test_a_body_of_many_unknown_keys_gets_a_small_answer(client: TestClient, use
     assert len(problem["errors"]) == 20
     assert "20 of its 3000 errors" in problem["detail"]
     assert len(response.content) < 4096
+
+
+def test_a_task_stored_before_normalisation_is_found_in_either_form(
+    client: TestClient, user: User
+) -> None:
+    services = services_of(client)
+    tasks = services.ledger.task_list(user.id) or TaskList.start(user.id)
+    # As an earlier release stored it: decomposed, not normalised.
+    tasks.trigger_event(TaskList.TaskAdded, task_id=uuid4(), title=CAFE_NFD, description=None)
+    position = services.ledger.save(tasks)[-1].notification.id
+    if services.worker is not None:
+        services.worker.wake()
+    wait_for(lambda: services.progress.refresh() >= position, 10, "the projection")
+    for q in (CAFE_NFC, CAFE_NFD):
+        found = client.get(user.tasks_url(), params={"q": q}, headers=user.headers)
+        assert [task["title"] for task in found.json()] == [CAFE_NFD], q

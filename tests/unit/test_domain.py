@@ -143,3 +143,23 @@ def test_deepcopy_is_independent() -> None:
     assert tasks.task(task.id).completed is False
     assert len(tasks.tasks()) == 1
     assert tasks.pending_events == []
+
+
+def test_text_stored_before_normalisation_is_kept_and_not_rechecked() -> None:
+    """Tasks recorded before titles were normalised to NFC: an edit of another field
+    leaves them as they are, and sending them back in NFC is no change."""
+    tasks = TaskList.start("alice")
+    task_id = uuid4()
+    # U+FB2C is three characters in NFC: this description would be 3,000 of them.
+    old_description = "\ufb2c" * 1000
+    tasks.trigger_event(
+        TaskList.TaskAdded, task_id=task_id, title="cafe\u0301", description=old_description
+    )
+    tasks.collect_events()
+    renamed = tasks.update(task_id, completed=True)
+    assert renamed.description == old_description
+    tasks.collect_events()
+    same = tasks.edit(task_id, title="caf\u00e9")
+    assert tasks.pending_events == []
+    assert same.title == "cafe\u0301"
+    assert tasks.update(task_id, title="renamed").description == old_description

@@ -37,3 +37,4 @@ def test_a_body_read_a_byte_at_a_time_counts_the_same() -> None:
 
 def test_an_escape_split_across_chunks_still_escapes() -> None:
     assert deepest(b'{"t": "a\\', b'"[[[[[", "u": 1}') == 1
+    assert deepest(b'{"t": "a\\', b"", b'"[[[[[", "u": 1}') == 1  # an empty chunk between
