@@ -12,12 +12,16 @@ from read_side.runtime.listings import CachedListings
 from write_side import TaskLedger
 
 
+def seed(ledger: TaskLedger, engine: Engine, count: int, description_length: int) -> None:
+    for n in range(count):
+        ledger.add_task("alice", f"task {n}", "d" * description_length)
+    Projector(ledger, engine).catch_up()
+
+
 def test_distinct_big_pages_never_hold_more_than_the_bound(
     ledger: TaskLedger, engine: Engine
 ) -> None:
-    for n in range(120):
-        ledger.add_task("alice", f"task {n}", "d" * 500)
-    Projector(ledger, engine).catch_up()
+    seed(ledger, engine, 120, 500)
     listings = CachedListings(max_pages=512, max_bytes=100_000)
     with engine.connect() as conn:
         for offset in range(60):
@@ -34,9 +38,7 @@ def test_distinct_big_pages_never_hold_more_than_the_bound(
 def test_a_page_bigger_than_the_bound_is_served_and_not_kept(
     ledger: TaskLedger, engine: Engine
 ) -> None:
-    for n in range(10):
-        ledger.add_task("alice", f"task {n}", "d" * 1000)
-    Projector(ledger, engine).catch_up()
+    seed(ledger, engine, 10, 1000)
     listings = CachedListings(max_bytes=1_000)
     with engine.connect() as conn:
         page, total = listings.page(conn, "alice", TaskFilter())
