@@ -20,7 +20,7 @@ class CountedReads:
     def __call__(self) -> int:
         with self._lock:
             self.reads += 1
-        time.sleep(0.002)  # a query
+        time.sleep(0.01)  # a query
         return 0
 
 
@@ -35,8 +35,9 @@ def test_a_thousand_waiters_share_one_read_per_interval() -> None:
         assert asyncio.run(waits()) == [False] * 1000
     finally:
         progress.close()
-    # One read per interval (~30, one at a time); one per waiter would be ~30,000.
-    assert 5 <= read.reads <= 80
+    # Shared reads run one at a time, so at most 0.3 s / 10 ms of them; one read per
+    # waiter per interval would be bounded only by the threads (thousands).
+    assert 1 <= read.reads <= 32
 
 
 def test_waiters_hold_no_route_thread() -> None:
