@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from read_side.folding import fold, fold_or_none
 from write_side.domain import TaskList
 
 Row = dict[str, Any]
@@ -64,6 +65,8 @@ class RowChanges:
                     "user_id": user_id,
                     "title": event.title,
                     "description": event.description,
+                    "title_folded": fold(event.title),
+                    "description_folded": fold_or_none(event.description),
                     "completed": False,
                     "created_at": event.timestamp,
                     "updated_at": event.timestamp,
@@ -71,7 +74,14 @@ class RowChanges:
                     "created_seq": position,
                 }
             case TaskList.TaskEdited():
-                self._change(event, rows, title=event.title, description=event.description)
+                self._change(
+                    event,
+                    rows,
+                    title=event.title,
+                    description=event.description,
+                    title_folded=fold(event.title),
+                    description_folded=fold_or_none(event.description),
+                )
             case TaskList.TaskCompleted():
                 self._change(event, rows, completed=True)
             case TaskList.TaskReopened():

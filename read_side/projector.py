@@ -171,8 +171,10 @@ class Projector:
             return str(user_id)
 
 
+# Beside the document's fields, a task row holds its text as searches compare it.
+_FOLDED = ("title_folded", "description_folded")
 # The columns an event on an existing task may change.
-_CHANGING = ("title", "description", "completed", "updated_at", "version")
+_CHANGING = ("title", "description", *_FOLDED, "completed", "updated_at", "version")
 
 
 class _Statements:
@@ -182,7 +184,7 @@ class _Statements:
     def __init__(self, tables: ViewTables, is_postgres: bool) -> None:
         task, owner, at = tables.task, tables.owner, _position.c
         self.owner = select(owner.c.user_id).where(owner.c.list_id == bindparam("list_id"))
-        self.task_rows = select(*(task.c[name] for name in DOCUMENT_FIELDS)).where(
+        self.task_rows = select(*(task.c[name] for name in (*DOCUMENT_FIELDS, *_FOLDED))).where(
             task.c.id.in_(bindparam("ids", expanding=True))
         )
         self.add_owner = insert(owner)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
 from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, select
 
+from read_side.folding import fold
 from read_side.tables import task_list_owner
 from read_side.tables import task_view as _task
 from write_side.domain import TaskList
@@ -35,24 +35,16 @@ def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[s
     if spec.status != "all":
         conditions.append(_task.c.completed == (spec.status == "completed"))
     if spec.q:
-        # Text is stored in NFC (write_side.domain.check_text), but tasks stored before
-        # that may not be: the search looks for both forms.
-        forms = {unicodedata.normalize(form, spec.q).lower() for form in ("NFC", "NFD")}
-        patterns = ["%" + _escape_like(text) + "%" for text in sorted(forms)]
+        pattern = "%" + _escape_like(fold(spec.q)) + "%"
         conditions.append(
             or_(
-                *(
-                    func.lower(column).like(pattern, escape="\\")
-                    for column in (_task.c.title, _task.c.description)
-                    for pattern in patterns
-                )
+                _task.c.title_folded.like(pattern, escape="\\"),
+                _task.c.description_folded.like(pattern, escape="\\"),
             )
         )
-    # Titles sort alphabetically as a reader means it, whatever the database's
-    # collation (SQLite and a C-collated Postgres put "Zebra" before "apple").
-    key: ColumnElement[Any] = (
-        func.lower(_task.c.title) if spec.sort == "title" else _task.c[spec.sort]
-    )
+    # Titles sort as a reader means it, case aside, whatever the database's idea of
+    # case (SQLite and a C-collated Postgres would put "Zebra" before "apple").
+    key: ColumnElement[Any] = _task.c.title_folded if spec.sort == "title" else _task.c[spec.sort]
     # Ties keep creation order, whichever way the page is sorted.
     ordering = (key.desc() if spec.order == "desc" else key.asc(), _task.c.created_seq)
     # The total rides on the page as an uncorrelated subquery, computed once: one

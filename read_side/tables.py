@@ -28,6 +28,9 @@ class TaskView(SQLModel, table=True):
     user_id: str = Field(max_length=128)
     title: str
     description: str | None = None
+    # Title and description as searches compare them (read_side.folding).
+    title_folded: str
+    description_folded: str | None = None
     completed: bool = False
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))

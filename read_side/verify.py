@@ -16,8 +16,14 @@ from read_side.documents import DOCUMENT_FIELDS
 from read_side.projector import Projector, read_position
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables, projection_position
 
-# Every field of the task's document but its id (the key), and the document itself.
-COMPARED = (*(name for name in DOCUMENT_FIELDS if name != "id"), "doc")
+# Every field of the task's document but its id (the key), the text as searched, and
+# the document itself.
+COMPARED = (
+    *(name for name in DOCUMENT_FIELDS if name != "id"),
+    "title_folded",
+    "description_folded",
+    "doc",
+)
 
 
 @dataclass(frozen=True)

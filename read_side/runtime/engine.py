@@ -71,13 +71,6 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
-    # SQLite's own lower() folds ASCII only; searches and title sorting should treat
-    # "École" and "école" alike, as PostgreSQL does.
-    dbapi_connection.create_function("lower", 1, _lower, deterministic=True)
-
-
-def _lower(value: str | None) -> str | None:
-    return value.lower() if isinstance(value, str) else value
 
 
 def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> None:

@@ -145,6 +145,7 @@ def test_verify_lists_every_difference(ledger: TaskLedger, engine: Engine) -> No
                 id=stray,
                 user_id="alice",
                 title="stray",
+                title_folded="stray",
                 completed=False,
                 created_at=changed.created_at,
                 updated_at=changed.created_at,
