@@ -56,20 +56,37 @@ def never_null(schema: dict[str, Any]) -> None:
     schema.update(next(branch for branch in branches if branch.get("type") != "null"))
 
 
+def _open(completed: bool) -> bool:
+    if completed:
+        raise ValueError("a new task is open: create it, then complete it")
+    return completed
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Liberal in what it accepts: frontends written against other backends of this API
+    # send fields it does not know, or echo the whole task back on PUT (id, user_id,
+    # timestamps, version). Those are ignored; the path and the token alone say whose
+    # task it is.
+    model_config = ConfigDict(extra="ignore")
 
 
 class TaskCreate(_Body):
     title: Title
     description: Description = None
+    # Frontends send the whole form, ``completed: false`` included. A task created
+    # done would be a second event: refused rather than silently dropped.
+    completed: Annotated[
+        StrictBool,
+        Field(description="A new task is open: only false is accepted"),
+        AfterValidator(_open),
+    ] = False
 
 
 class TaskUpdate(_Body):
     """Any of the fields; those left out stay as they are."""
 
     # An empty body changes nothing and is refused: the document says at least one field.
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"minProperties": 1})
 
     title: Annotated[Title | None, Field(json_schema_extra=never_null)] = None
     description: Description = None

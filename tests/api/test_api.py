@@ -253,7 +253,7 @@ def test_patch_complete_sets_and_same_value_is_a_no_op(client: TestClient, user:
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"completed": "yes"}, {"completed": 1}, {"completed": None}, {"completed": True, "x": 1}],
+    [{}, {"completed": "yes"}, {"completed": 1}, {"completed": None}, {"x": 1}],
 )
 def test_patch_complete_refuses_bad_bodies(
     client: TestClient, user: User, body: dict[str, Any]
@@ -338,9 +338,9 @@ def test_put_with_the_same_values_keeps_the_version(client: TestClient, user: Us
         ({"title": 42}, "title"),
         ({"description": 42}, "description"),
         ({"completed": "yes"}, "completed"),
-        ({"title": "ok", "owner": "me"}, "owner"),
-        ({"id": str(uuid.uuid4())}, "id"),
-        ({"version": 7}, "version"),
+        # Only fields it ignores: nothing to change.
+        ({"id": str(uuid.uuid4())}, "body"),
+        ({"version": 7}, "body"),
     ],
 )
 def test_put_refuses_invalid_bodies(
@@ -440,9 +440,6 @@ def test_description_up_to_1000(client: TestClient, user: User) -> None:
         ({"title": ["a"]}, "title"),
         ({"title": "t", "description": 42}, "description"),
         ({"title": "t", "completed": True}, "completed"),
-        ({"title": "t", "unknown": 1}, "unknown"),
-        ({"title": "t", "id": str(uuid.uuid4())}, "id"),
-        ({"title": "t", "user_id": "someone"}, "user_id"),
     ],
 )
 def test_create_refuses_invalid_bodies(
