@@ -77,7 +77,10 @@ class TaskCreate(_Body):
     # done would be a second event: refused rather than silently dropped.
     completed: Annotated[
         StrictBool,
-        Field(description="A new task is open: only false is accepted"),
+        Field(
+            description="A new task is open: only false is accepted",
+            json_schema_extra={"const": False},
+        ),
         AfterValidator(_open),
     ] = False
 
