@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     jwks_cache_seconds: float = Field(default=300, gt=0)
     # Least time between two fetches of the key set caused by unknown key ids.
     jwks_refresh_cooldown_seconds: float = Field(default=5, ge=0)
+    # A fetch of the key set, connect to last byte; and the most of it read. A JWKS is a
+    # few KiB: a slower or larger answer is treated as the auth server being down.
+    jwks_fetch_timeout_seconds: float = Field(default=3, gt=0, le=60)
+    jwks_max_bytes: int = Field(default=2**20, ge=1024)
     auditor_roles: Annotated[list[str], NoDecode] = ["auditor", "admin"]
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
 
@@ -76,7 +80,20 @@ class Settings(BaseSettings):
     projector_poll_seconds: float = Field(default=1.0, gt=0)
     # Most events the projector applies in one read-side transaction.
     projector_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # How often each process checks the read tables against the log (a restored event
+    # store, a damaged read file); the projector also checks whenever a round fails.
+    read_model_check_seconds: float = Field(default=1.0, gt=0)
+    # /readyz says "degraded" when the projection is further behind than either bound
+    # (events not yet projected; age of the oldest of them), i.e. behind or stalled.
+    ready_max_lag_events: int = Field(default=10_000, ge=0)
+    ready_max_lag_seconds: float = Field(default=10, ge=0)
+    # Its status code then: 200 keeps every replica in rotation (they share the one
+    # projection; writes are durable and say X-Projection-Pending), 503 drains them.
+    ready_degraded_status: Literal[200, 503] = 200
     aggregate_cache_size: int = Field(default=1000, ge=0)
+    # Most bytes of task lists each process keeps in memory between commands, as
+    # estimated from their tasks (0: none kept). With AGGREGATE_CACHE_SIZE, both hold.
+    aggregate_cache_bytes: int = Field(default=64 * 2**20, ge=0)
     # Most bytes of listing pages each process keeps for reuse (0: none kept).
     listing_cache_bytes: int = Field(default=32 * 2**20, ge=0)
     # Most connections a process opens to each of the event store and the read tables.
@@ -88,6 +105,21 @@ class Settings(BaseSettings):
     # A line per request (at LOG_LEVEL info): about a tenth of a listing's CPU. Behind a
     # proxy or load balancer that logs requests already, it can be turned off.
     access_log: bool = True
+
+    # The edge (api/http_protocol.py, api/limits.py): what one connection may cost.
+    # A request's head (request line and headers): a Better Auth JWT is about 1 KiB.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    max_headers: int = Field(default=100, ge=8, le=10_000)
+    # From a request's first byte (or the connection's opening) to the end of its head.
+    header_timeout_seconds: float = Field(default=10, gt=0)
+    # From the end of the head to the end of the body (at most 64 KiB).
+    body_timeout_seconds: float = Field(default=20, gt=0)
+    # Idle time allowed between two requests on one connection.
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    # Open connections per process; a request past them is answered 503.
+    max_connections: int = Field(default=1000, ge=1)
+    # How long SIGTERM waits for requests in flight before cancelling them.
+    shutdown_timeout_seconds: int = Field(default=10, ge=1)
 
     @field_validator("auditor_roles", "cors_origins", mode="before")
     @classmethod
@@ -223,9 +255,12 @@ class Settings(BaseSettings):
         )
 
     def _cache_env(self) -> dict[str, str]:
-        if not self.aggregate_cache_size:
+        if not (self.aggregate_cache_size and self.aggregate_cache_bytes):
             return {}
-        return {"AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size)}
+        return {
+            "AGGREGATE_CACHE_MAXSIZE": str(self.aggregate_cache_size),
+            "AGGREGATE_CACHE_BYTES": str(self.aggregate_cache_bytes),
+        }
 
 
 def _local_dev_secret(path: Path) -> str:

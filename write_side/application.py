@@ -7,13 +7,15 @@ from datetime import datetime
 from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, Repository
 from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Decide
 from write_side.domain import UNSET, Task, TaskList, Unset
 from write_side.history import History, replay
 from write_side.idempotency import RequestKey, RequestRecord
+from write_side.store.aggregate_cache import DEFAULT_MAX_BYTES, ByteBoundedCache, MeasuredRepository
 from write_side.store.positions import stream_position
 from write_side.store.postgres_pool import tune_pool
 from write_side.store.saving import StreamSaver, create_tables
@@ -37,6 +39,9 @@ class TaskLedger(Application[UUID]):
 
     name = "TaskLedger"
     is_snapshotting_enabled = True
+    # Bound in bytes of the aggregate cache (with the library's AGGREGATE_CACHE_MAXSIZE,
+    # a bound in count: both hold, and either at 0 turns the cache off).
+    AGGREGATE_CACHE_BYTES = "AGGREGATE_CACHE_BYTES"
 
     def __init__(
         self,
@@ -54,6 +59,23 @@ class TaskLedger(Application[UUID]):
         factory = super().construct_factory(env)
         tune_pool(factory, self._connect_options)
         return factory
+
+    def construct_repository(self) -> Repository[UUID]:
+        """The library's repository, with a cache bounded in bytes as well as count."""
+        repository = MeasuredRepository(
+            event_store=self.events,
+            snapshot_store=self.snapshots,
+            fastforward=strtobool(self.env.get(self.AGGREGATE_CACHE_FASTFORWARD, "y")),
+            fastforward_skipping=strtobool(
+                self.env.get(self.AGGREGATE_CACHE_FASTFORWARD_SKIPPING, "n")
+            ),
+            deepcopy_from_cache=strtobool(self.env.get(self.DEEPCOPY_FROM_AGGREGATE_CACHE, "y")),
+        )
+        max_count = int(self.env.get(self.AGGREGATE_CACHE_MAXSIZE) or 0)
+        max_bytes = int(self.env.get(self.AGGREGATE_CACHE_BYTES, str(DEFAULT_MAX_BYTES)))
+        if max_count > 0 and max_bytes > 0:
+            repository.cache = ByteBoundedCache(max_bytes, max_count)
+        return repository
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)

@@ -15,20 +15,35 @@ from eventsourcing.persistence import IntegrityError, InternalError, Programming
 from write_side.domain import TaskList
 from write_side.idempotency import RequestRecord
 from write_side.store.group_commit import GroupCommit
+from write_side.store.snapshots import LatestSnapshots
 
 log = logging.getLogger(__name__)
+
+
+def snapshot_interval(task_count: int, minimum: int) -> int:
+    """Events between two snapshots of a list of ``task_count`` tasks: ``minimum``
+    doubled until it is at least the task count. A snapshot costs time and space in
+    proportion to the tasks it holds, so each is paid for by as many events as it
+    holds tasks (the snapshots of a list that grows to n tasks total about 2n tasks).
+    Powers of two times ``minimum`` nest: a boundary of a longer interval is one of
+    every shorter one, so a list that shrinks or grows never skips its next one."""
+    interval = minimum
+    while interval < task_count:
+        interval *= 2
+    return interval
 
 
 class StreamSaver:
     """Saves for ``app``. Snapshots bound the replay of a long stream that is not in
     the cache. They are taken here, from the aggregate just saved: the library's own
     snapshotting would first rebuild it from the store, costing a growing stream tens
-    of milliseconds of CPU, every ``snapshot_interval`` events, that every other
-    request waits out."""
+    of milliseconds of CPU, every interval, that every other request waits out. Only
+    each stream's latest snapshot is kept (see ``LatestSnapshots``)."""
 
-    def __init__(self, app: Application[UUID], snapshot_interval: int = 100) -> None:
+    def __init__(self, app: Application[UUID], min_snapshot_interval: int = 100) -> None:
         self._app = app
-        self.snapshot_interval = snapshot_interval
+        self.min_snapshot_interval = min_snapshot_interval
+        self._snapshots = None if app.snapshots is None else LatestSnapshots(app.snapshots)
         self._group_commit = GroupCommit(app.save)
 
     @property
@@ -51,16 +66,25 @@ class StreamSaver:
                 log.warning("save of %s was committed before its connection broke", tasks.id)
                 return int(self._app.recorder.max_notification_id() or 0)
             return None
-        interval = self.snapshot_interval
-        if tasks.version // interval > (tasks.version - len(pending)) // interval:
+        if self._is_due(tasks, len(pending)):
             self._snapshot(tasks)
         return position
 
+    def _is_due(self, tasks: TaskList, saved: int) -> bool:
+        """Whether the ``saved`` events just saved crossed a snapshot boundary."""
+
+        def crossed(interval: int) -> bool:
+            return tasks.version // interval > (tasks.version - saved) // interval
+
+        # The shortest interval first: counting the tasks is only worth it at its ends.
+        minimum = self.min_snapshot_interval
+        return crossed(minimum) and crossed(snapshot_interval(len(tasks.tasks()), minimum))
+
     def _snapshot(self, tasks: TaskList) -> None:
-        if self._app.snapshots is None:
+        if self._snapshots is None:
             return  # snapshotting turned off (IS_SNAPSHOTTING_ENABLED=n)
         try:
-            self._app.snapshots.put([TaskList.Snapshot.take(tasks)])
+            self._snapshots.replace(TaskList.Snapshot.take(tasks))
         except Exception as error:
             # Only an optimisation, and the events are saved: never fail the command.
             log.warning("snapshot of %s not taken: %s", tasks.id, type(error).__name__)
@@ -71,7 +95,8 @@ class StreamSaver:
 
 
 def create_tables(app: Application[UUID]) -> None:
-    """Create the event store's missing tables (events, snapshots).
+    """Create the event store's missing tables (events, snapshots), and delete the
+    snapshots that older releases kept beside each stream's latest.
 
     PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against another process doing
     the same at that moment (the loser fails on a catalog row: duplicate key, "tuple
@@ -84,9 +109,11 @@ def create_tables(app: Application[UUID]) -> None:
         try:
             for recorder in recorders:
                 recorder.create_table()
-            return
+            break
         except (IntegrityError, ProgrammingError, InternalError):
             if attempt == 4:
                 raise
             log.info("tables being created by another process; retrying")
             time.sleep(0.05 * (attempt + 1))
+    if app.snapshots is not None:
+        LatestSnapshots(app.snapshots).prune()

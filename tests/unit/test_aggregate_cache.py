@@ -1,0 +1,235 @@
+"""The aggregate cache bounded in bytes: its estimate of a task list against what
+tracemalloc measures, its accounting, its eviction order, and its use by the library's
+repository (on the in-memory event store: no database)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+import pytest
+from eventsourcing.domain import Snapshot
+
+from write_side import TaskLedger, TaskList
+from write_side.domain import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
+from write_side.store.aggregate_cache import (
+    AGGREGATE_OVERHEAD,
+    MAX_EVENT_GROWTH,
+    ByteBoundedCache,
+    estimate_bytes,
+)
+
+
+def task_list(
+    user_id: str, count: int, title: str = "t", description: str | None = None
+) -> TaskList:
+    tasks = TaskList.start(user_id)
+    for i in range(count):
+        tasks.add(f"{title}{i}"[:TITLE_MAX_LENGTH], description)
+    tasks.collect_events()
+    return tasks
+
+
+def loaded_through_a_snapshot(tasks: TaskList) -> Any:
+    """``tasks`` as a cache miss loads it, with what tracemalloc sees it allocate."""
+    mapper = TaskLedger(env={"PERSISTENCE_MODULE": "eventsourcing.popo"}).mapper
+    stored = mapper.to_stored_event(TaskList.Snapshot.take(tasks))
+    # Once untraced: the first load fills the library's own caches (topics, …).
+    cast(Snapshot, mapper.to_domain_event(stored)).mutate(None)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    snapshot = cast(Snapshot, mapper.to_domain_event(stored))
+    loaded = snapshot.mutate(None)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    return loaded, sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+
+
+ESTIMATED_LISTS = [
+    (1, "t", None),
+    (700, "short ", None),
+    (1500, "a" * 200, "d" * DESCRIPTION_MAX_LENGTH),
+    (300, "é" * 200, "日" * DESCRIPTION_MAX_LENGTH),
+    (300, "\U0001f600" * 200, "\U0001f600" * DESCRIPTION_MAX_LENGTH),
+]
+
+
+def measure_estimated_lists() -> None:
+    """Print, for each of ESTIMATED_LISTS, what its load allocates and the estimate."""
+    for count, title, description in ESTIMATED_LISTS:
+        loaded, measured = loaded_through_a_snapshot(task_list("u", count, title, description))
+        print(count, measured, estimate_bytes(loaded))
+
+
+def test_the_estimate_covers_what_a_list_takes_and_not_much_more() -> None:
+    # In a fresh interpreter: tracemalloc counts every thread's allocations, and threads
+    # other tests leave behind (projectors, listeners) would be counted as the list's.
+    measured_by = "from tests.unit.test_aggregate_cache import measure_estimated_lists as m; m()"
+    output = subprocess.run(
+        [sys.executable, "-c", measured_by],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = output.split("\n")[: len(ESTIMATED_LISTS)]
+    for (count, _, _), line in zip(ESTIMATED_LISTS, lines, strict=True):
+        listed, measured, estimate = (int(part) for part in line.split())
+        assert listed == count
+        assert measured <= estimate <= measured * 1.25 + AGGREGATE_OVERHEAD, line
+
+
+def test_one_event_grows_a_list_by_at_most_the_allowance() -> None:
+    tasks = task_list("u", 10)
+    before = estimate_bytes(tasks)
+    tasks.add("\U0001f600" * TITLE_MAX_LENGTH, "\U0001f600" * DESCRIPTION_MAX_LENGTH)
+    assert 0 < estimate_bytes(tasks) - before <= MAX_EVENT_GROWTH
+
+
+def ids(*names: str) -> list[UUID]:
+    return [TaskList.create_id(name) for name in names]
+
+
+def test_least_recently_used_lists_go_first_once_the_bytes_are_spent() -> None:
+    a, b, c = (task_list(name, 20) for name in "abc")
+    size = estimate_bytes(a)
+    cache = ByteBoundedCache(max_bytes=2 * size + size // 2)
+    cache.put(a.id, a)
+    cache.put(b.id, b)
+    assert cache.bytes == estimate_bytes(a) + estimate_bytes(b)
+    assert cache.get(a.id) is a  # a is now the most recently used
+    cache.put(c.id, c)
+    assert cache.ids() == ids("a", "c")
+    assert cache.bytes == estimate_bytes(a) + estimate_bytes(c)
+    assert cache.evictions == 1
+    with pytest.raises(KeyError):
+        cache.get(b.id)
+
+
+def test_the_count_bound_holds_too() -> None:
+    cache = ByteBoundedCache(max_bytes=2**30, max_count=2)
+    for name in "abc":
+        tasks = task_list(name, 1)
+        cache.put(tasks.id, tasks)
+    assert cache.ids() == ids("b", "c")
+
+
+def test_a_list_bigger_than_the_bound_is_not_kept() -> None:
+    small, big = task_list("small", 1), task_list("big", 200)
+    cache = ByteBoundedCache(max_bytes=estimate_bytes(big) - 1)
+    cache.put(small.id, small)
+    cache.put(big.id, big)
+    assert cache.ids() == ids("small")
+    assert cache.bytes == estimate_bytes(small)
+    assert cache  # an empty or small cache is still a cache to the repository
+
+
+def test_replacing_and_evicting_keep_the_count_of_bytes() -> None:
+    a = task_list("a", 5)
+    cache = ByteBoundedCache(max_bytes=2**30)
+    cache.put(a.id, a)
+    bigger = task_list("a", 50)
+    cache.put(a.id, bigger)
+    assert cache.bytes == estimate_bytes(bigger)
+    assert cache.get(a.id, evict=True) is bigger
+    assert cache.bytes == 0
+    assert cache.ids() == []
+
+
+def test_growth_in_place_is_counted_until_measured_again() -> None:
+    """The repository fast-forwards a cached list in place: the cache counts the
+    allowance for the new events, and measures again once it passes an eighth."""
+    tasks = task_list("a", 100)
+    cache = ByteBoundedCache(max_bytes=2**30)
+    cache.put(tasks.id, tasks)
+    measured = estimate_bytes(tasks)
+    tasks.add("one more", None)
+    tasks.collect_events()
+    cache.fast_forwarded(tasks.id, tasks)
+    assert cache.bytes == measured + MAX_EVENT_GROWTH  # an upper bound, not measured
+    for i in range(40):
+        tasks.add(f"more {i}", None)
+    tasks.collect_events()
+    cache.fast_forwarded(tasks.id, tasks)
+    assert cache.bytes == estimate_bytes(tasks)  # the allowance passed an eighth
+
+
+def test_growth_in_place_evicts_others() -> None:
+    a, b = task_list("a", 50), task_list("b", 50)
+    cache = ByteBoundedCache(max_bytes=estimate_bytes(a) * 2 + 100)
+    cache.put(a.id, a)
+    cache.put(b.id, b)
+    for i in range(50):
+        b.add(f"more {i}", None)
+    b.collect_events()
+    cache.fast_forwarded(b.id, b)
+    assert cache.ids() == ids("b")
+    assert cache.bytes == estimate_bytes(b)
+
+
+def test_threads_sharing_the_cache_keep_its_accounting() -> None:
+    lists = [task_list(f"user{n}", n % 7) for n in range(40)]
+    cache = ByteBoundedCache(max_bytes=sum(map(estimate_bytes, lists)) // 3)
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for round_ in range(200):
+                tasks = lists[(offset + round_) % len(lists)]
+                try:
+                    cache.get(tasks.id, evict=round_ % 11 == 0)
+                except KeyError:
+                    cache.put(tasks.id, tasks)
+                cache.fast_forwarded(tasks.id, tasks)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n * 5,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    cached = {tasks.id: tasks for tasks in lists}
+    assert cache.bytes == sum(estimate_bytes(cached[key]) for key in cache.ids())
+    assert cache.bytes <= cache.max_bytes
+
+
+def test_the_repository_uses_the_cache_and_counts_the_fast_forward() -> None:
+    """On the in-memory store, two ledgers share nothing: one ledger's cache, loaded,
+    then brought up to date with its own writes."""
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.popo",
+        "AGGREGATE_CACHE_MAXSIZE": "10",
+        "AGGREGATE_CACHE_BYTES": str(2**20),
+    }
+    ledger = TaskLedger(env=env)
+    cache = ledger.repository.cache
+    assert isinstance(cache, ByteBoundedCache)
+    assert cache.max_bytes == 2**20
+    assert cache.max_count == 10
+    for i in range(30):
+        ledger.add_task("alice", f"task {i}", "x" * 500)
+    tasks = ledger.task_list("alice")
+    assert tasks is not None
+    assert len(tasks.tasks()) == 30
+    assert cache.ids() == ids("alice")
+    assert estimate_bytes(tasks) <= cache.bytes <= estimate_bytes(tasks) * 9 // 8 + MAX_EVENT_GROWTH
+
+
+def test_either_bound_at_zero_turns_the_cache_off() -> None:
+    for maxsize, max_bytes in [("0", "1000"), ("10", "0")]:
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.popo",
+            "AGGREGATE_CACHE_MAXSIZE": maxsize,
+            "AGGREGATE_CACHE_BYTES": max_bytes,
+        }
+        assert TaskLedger(env=env).repository.cache is None
