@@ -98,6 +98,11 @@ def serve(
         host=host,
         port=port,
         workers=workers,
+        # httptools with caps and deadlines on request heads (api/http_protocol.py).
+        http="api.http_protocol:EdgeProtocol",
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         proxy_headers=True,

@@ -1,14 +1,16 @@
-"""Request limits enforced before any body is parsed: size, media type, nesting."""
+"""Request limits enforced before any body is parsed: size, media type, nesting, time."""
 
 from __future__ import annotations
 
 import re
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
 
 MAX_BODY_BYTES = 64 * 1024
+BODY_TIMEOUT_SECONDS = 20.0
 # Python's json recurses once per level: 30,000 "[" end in a RecursionError wherever a
 # body is parsed. No task body nests past a few levels.
 MAX_NESTING = 32
@@ -59,12 +61,19 @@ class Nesting:
 
 class RequestLimits:
     """Answers 413 for bodies over ``max_body`` bytes (declared or streamed), 415 for a
-    body that is not JSON and 400 for one nesting deeper than MAX_NESTING, so the app
-    never buffers or parses any of them. One guard for every route."""
+    body that is not JSON, 400 for one nesting deeper than MAX_NESTING and 408 (closing
+    the connection) for one not all there ``body_timeout`` seconds after its head, so
+    the app never buffers, parses or waits for any of them. One guard for every route."""
 
-    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int = MAX_BODY_BYTES,
+        body_timeout: float = BODY_TIMEOUT_SECONDS,
+    ) -> None:
         self.app = app
         self.max_body = max_body
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"].encode() not in _METHODS_WITH_BODY:
@@ -86,12 +95,25 @@ class RequestLimits:
         received = 0
         nesting = Nesting()
         refused: _Refused | None = None
-        answered = False
+        answered = complete = False
+        # The whole body, not each read: a byte every few seconds must not keep a
+        # request (and its connection) open for ever.
+        deadline = anyio.current_time() + self.body_timeout
 
         async def counted_receive() -> Message:
-            nonlocal received, refused
-            message = await receive()
+            nonlocal received, refused, complete
+            if complete:
+                return await receive()  # after the body: a wait for the disconnect
+            try:
+                with anyio.fail_after(deadline - anyio.current_time()):
+                    message = await receive()
+            except TimeoutError:
+                refused = _Refused(
+                    408, f"the request body did not arrive within {self.body_timeout:g} s"
+                )
+                raise refused from None
             if message["type"] == "http.request":
+                complete = not message.get("more_body", False)
                 chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > self.max_body:

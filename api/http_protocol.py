@@ -1,0 +1,201 @@
+"""The HTTP/1.1 protocol of ``taskledger serve``: uvicorn's httptools protocol, with the
+limits it lacks on what a connection may cost before the app is reached.
+
+httptools is kept for its speed (h11 caps the head too, but answers 400 and costs more
+per request). What this adds: a cap on a request head's bytes and on its header count
+(431), a deadline for the head (from a connection's opening or a request's first byte)
+and a backstop deadline for a body that the app does not read (api/limits.py answers
+408 to the ones it does read), a problem+json 503 past ``MAX_CONNECTIONS``, and a
+problem+json 503 at shutdown to a request still arriving, which uvicorn would otherwise
+wait for until its shutdown timeout and then answer 500. It relies only on uvicorn's
+long-standing protocol surface: the parser callbacks, ``data_received``, ``shutdown``,
+``self.app``, ``self.headers``, ``self.connections``, ``self.tasks`` and the request
+cycle's ``more_body``, ``response_started``, ``disconnected`` and ``message_event``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from asyncio import TimerHandle
+from functools import cache
+from typing import Any, cast
+
+from starlette.types import Receive, Scope, Send
+from uvicorn._types import ASGI3Application
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from api.errors import problem
+from api.settings import Settings
+
+# After a refusal the answer is sent, our side shut for writing, and what the client
+# still sends is read and dropped for this long: closing at once would reset the
+# connection and could destroy the answer before the client reads it.
+LINGER_SECONDS = 1.0
+# The app's own body deadline (api/limits.py) answers 408 first; this one only closes
+# connections whose body nobody reads.
+BODY_BACKSTOP_GRACE_SECONDS = 1.0
+
+
+@cache
+def _settings() -> Settings:
+    # Each worker process reads its settings from the environment, as app_factory does.
+    return Settings()
+
+
+async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
+    busy = problem(
+        503,
+        "the server is at its connection limit; try again shortly",
+        headers={"Retry-After": "1", "Connection": "close"},
+    )
+    await busy(scope, receive, send)
+
+
+class EdgeProtocol(HttpToolsProtocol):
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        settings = _settings()
+        self._max_head_bytes = settings.max_header_bytes
+        self._max_headers = settings.max_headers
+        self._head_timeout = settings.header_timeout_seconds
+        self._body_timeout = settings.body_timeout_seconds + BODY_BACKSTOP_GRACE_SECONDS
+        # uvicorn's own check counts this very connection and answers in plain text:
+        # ours, in on_headers_complete, lets MAX_CONNECTIONS in and answers problem+json.
+        self._max_connections = self.limit_concurrency
+        self.limit_concurrency = None
+        self._app = self.app
+        self._in_head = True
+        self._head_bytes = 0
+        self._deadline: TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a request is closed after the head timeout.
+        self._arm(self._head_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: read and dropped
+        while data:
+            if self._in_head:
+                room = self._max_head_bytes - self._head_bytes
+                if room <= 0:
+                    self._refuse(431, f"request heads are limited to {self._max_head_bytes} bytes")
+                    return
+                # The parser never holds more of a head than the cap (httptools would
+                # otherwise buffer a header value of any length).
+                piece, data = data[:room], data[room:]
+                self._head_bytes += len(piece)
+            else:
+                piece, data = data, b""
+            if self._deadline is None:
+                self._arm(self._head_timeout if self._in_head else self._body_timeout)
+            super().data_received(piece)
+            if self._refused or self.transport.is_closing():
+                return
+            if not self._in_head and self._deadline is None:
+                self._arm(self._body_timeout)  # the head ended in this piece, a body follows
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
+        if len(self.headers) >= self._max_headers:
+            self._refuse(431, f"requests are limited to {self._max_headers} headers")
+            return
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._in_head = False
+        self._disarm()
+        over = self._max_connections is not None and (
+            len(self.connections) > self._max_connections
+            or len(self.tasks) >= self._max_connections
+        )
+        self.app = cast(ASGI3Application, _busy) if over else self._app
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        self._in_head, self._head_bytes = True, 0
+        super().on_message_complete()
+
+    def shutdown(self) -> None:
+        """Close idle connections (as uvicorn does), answer 503 to a request whose head
+        or body is still arriving, and leave a request that has all arrived to finish."""
+        if self._refused:
+            return  # already answered: closed when its linger ends
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            arriving = self._in_head and self._head_bytes > 0
+        else:
+            arriving = cycle.more_body and not cycle.response_started
+            if arriving:
+                # The app's next receive is a disconnect (Starlette raises
+                # ClientDisconnect, which ends the request quietly) and whatever it
+                # answers is dropped: the client has this 503.
+                cycle.disconnected = True
+                cycle.message_event.set()
+        if arriving:
+            self._refuse(
+                503,
+                "the server is shutting down; send the request again",
+                headers={"Retry-After": "1"},
+            )
+        else:
+            super().shutdown()
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._in_head and self._head_bytes:
+            self._refuse(408, f"the request head did not arrive within {self._head_timeout:g} s")
+        else:
+            # Never used, or a body the app did not read: nobody is waiting for an answer.
+            self.transport.close()
+
+    def _refuse(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        """Answer ``status`` as problem+json, read no more requests, and close."""
+        self._refused = True
+        self._disarm()
+        answer = problem(status, detail, headers=headers)
+        head = [STATUS_LINE[status]]
+        head += [name + b": " + value + b"\r\n" for name, value in answer.raw_headers]
+        head.append(b"connection: close\r\n\r\n")
+        self.transport.write(b"".join(head) + answer.body)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+
+__all__ = ["EdgeProtocol"]
