@@ -11,7 +11,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ServicesDep
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     # Added first, so it runs inside CORS: its refusals still carry CORS headers.
-    app.add_middleware(RequestLimits)
+    app.add_middleware(RequestLimits, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -86,12 +86,25 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/readyz", tags=["operations"], responses=problem_responses(503))
     def readyz(services: ServicesDep) -> Any:
-        """The databases answer; reports how far the projection lags the log."""
+        """The databases answer and the read tables may be served; reports how far
+        the projection lags the log. 503 while the read tables are wrong, damaged or
+        being rebuilt (``reason``); "degraded" (``reasons``) when the projection is
+        behind or stalled beyond READY_MAX_LAG_*, answered READY_DEGRADED_STATUS."""
         try:
-            return services.readiness()
+            ready = services.readiness()
         except Exception as error:
             log.warning("not ready: %s", type(error).__name__)
             return problem(503, "a database is unreachable", headers={"Retry-After": "1"})
+        if ready["status"] == "unavailable":
+            detail = f"the read tables are not served: {ready['reason']}"
+            # ("status" is the HTTP status in a problem.)
+            figures = {key: value for key, value in ready.items() if key != "status"}
+            return problem(
+                503, detail, headers={"Retry-After": "2"}, readiness="unavailable", **figures
+            )
+        if ready["status"] == "degraded":
+            return JSONResponse(ready, status_code=services.settings.ready_degraded_status)
+        return ready
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def metrics(services: ServicesDep) -> str:

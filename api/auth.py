@@ -7,16 +7,20 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from jwt import PyJWK, PyJWKClient, PyJWKSet
+
+from api.keys import ASYMMETRIC_ALGORITHMS, JwksKeys, KeyNotInSet, KeysUnavailable
+
+# KeysUnavailable is raised through here (answered 503 by api/errors.py).
+__all__ = ["AuthenticationFailed", "KeysUnavailable", "Principal", "TokenVerifier"]
 
 log = logging.getLogger(__name__)
 
-ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 MAX_TOKEN_LENGTH = 8192
 
 
@@ -24,88 +28,11 @@ class AuthenticationFailed(Exception):
     """No valid token: answered 401. The message is safe to show the client."""
 
 
-class KeysUnavailable(Exception):
-    """The key set could not be fetched and no cached key fits: answered 503."""
-
-
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
     roles: frozenset[str]
     expires_at: float
-
-
-class JwksKeys:
-    """The auth server's public keys, fetched once and cached.
-
-    Refreshed when older than ``max_age``, or when a token names an unknown ``kid``
-    (a rotated key works on its first use), but never more often than once per
-    ``cooldown``, so a flood of made-up ``kid``s cannot hammer the auth server.
-    A failed refresh keeps the keys already known: tokens keep verifying while the
-    auth server is down. Only a request whose key is unknown waits for a fetch;
-    one with a known (even stale) key never queues behind a slow auth server.
-    """
-
-    def __init__(self, url: str, *, max_age: float, cooldown: float, timeout: float = 5):
-        # Only used to fetch: it refuses redirects and non-http(s) schemes.
-        self._client = PyJWKClient(url, cache_jwk_set=False, timeout=timeout)
-        self._max_age = max_age
-        self._cooldown = cooldown
-        # Replaced whole on each successful fetch, so readers need no lock.
-        self._keys: dict[str, PyJWK] = {}
-        self._fetched_at = float("-inf")
-        self._attempted_at = float("-inf")
-        self._last_fetch_failed = False
-        self._fetch_lock = threading.Lock()
-        self.fetches = 0
-
-    def key_for(self, kid: str) -> PyJWK:
-        key = self._keys.get(kid)
-        if key is not None:
-            if time.monotonic() - self._fetched_at <= self._max_age:
-                return key
-            # Stale: one request refreshes (if due) while the others use the known key.
-            if self._fetch_lock.acquire(blocking=False):
-                try:
-                    self._refresh_if_due()
-                finally:
-                    self._fetch_lock.release()
-            if self._last_fetch_failed or kid in self._keys:
-                return self._keys.get(kid, key)
-            raise AuthenticationFailed("token signed with a withdrawn key")
-        # Unknown: wait for a fetch under way, then fetch again unless one just ran.
-        with self._fetch_lock:
-            self._refresh_if_due()
-            key = self._keys.get(kid)
-        if key is not None:
-            return key
-        if not self._keys or self._last_fetch_failed:
-            # Perhaps a key rotated in that cannot be fetched now: retry, don't sign out.
-            raise KeysUnavailable("signing keys unavailable")
-        raise AuthenticationFailed("token signed with an unknown key")
-
-    def _refresh_if_due(self) -> None:
-        now = time.monotonic()
-        if now - self._attempted_at < self._cooldown:
-            return
-        self._attempted_at = now
-        self.fetches += 1
-        try:
-            key_set = PyJWKSet.from_dict(self._client.fetch_data())
-        except Exception as error:  # network, JSON, or key parsing: keep what we have
-            log.warning("fetching the JWKS failed: %s", type(error).__name__)
-            self._last_fetch_failed = True
-            return
-        self._keys = {
-            key.key_id: key
-            for key in key_set.keys
-            if isinstance(key.key_id, str)
-            and key.key_id
-            and key.algorithm_name in ASYMMETRIC_ALGORITHMS
-            and key.public_key_use in ("sig", None)
-        }
-        self._fetched_at = now
-        self._last_fetch_failed = False
 
 
 class TokenVerifier:
@@ -139,19 +66,34 @@ class TokenVerifier:
         self._cache_lock = threading.Lock()
 
     def verify(self, token: str) -> Principal:
+        """The token's principal, waiting on this thread for a key fetch if one is needed
+        (for callers off the event loop)."""
         cached = self._cached(token)
         if cached is not None:
             return cached
-        principal = self._verify(token)
-        with self._cache_lock:
-            self._verified[token] = principal
-            if len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
-        return principal
+        algorithm, kid = self._read_header(token)
+        key: Any
+        if kid is None:
+            key = self._secret
+        else:
+            with _refusing_unknown_keys():
+                key = self._key_set().key_for(kid)
+        return self._remember(token, self._decode(token, key, algorithm))
 
-    def cached(self, token: str) -> Principal | None:
-        """The principal of a token verified before and not yet expired; no I/O."""
-        return self._cached(token)
+    async def verify_async(self, token: str) -> Principal:
+        """The same, awaiting a key fetch without holding a thread. Nothing else here
+        waits: a signature check takes well under a millisecond, done on the loop."""
+        cached = self._cached(token)
+        if cached is not None:
+            return cached
+        algorithm, kid = self._read_header(token)
+        key: Any
+        if kid is None:
+            key = self._secret
+        else:
+            with _refusing_unknown_keys():
+                key = await self._key_set().key_for_async(kid)
+        return self._remember(token, self._decode(token, key, algorithm))
 
     def _cached(self, token: str) -> Principal | None:
         with self._cache_lock:
@@ -164,7 +106,20 @@ class TokenVerifier:
             self._verified.move_to_end(token)
             return principal
 
-    def _verify(self, token: str) -> Principal:
+    def _remember(self, token: str, principal: Principal) -> Principal:
+        with self._cache_lock:
+            self._verified[token] = principal
+            if len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _key_set(self) -> JwksKeys:
+        if self._jwks is None:  # _read_header names a kid only when there is a key set
+            raise AuthenticationFailed("token algorithm not accepted")
+        return self._jwks
+
+    def _read_header(self, token: str) -> tuple[str, str | None]:
+        """The token's algorithm, and the ``kid`` to look up (None: the shared secret)."""
         if len(token) > MAX_TOKEN_LENGTH:
             raise AuthenticationFailed("token too large")
         try:
@@ -174,16 +129,16 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str):
             raise AuthenticationFailed("token algorithm not accepted")
-        key: Any
         if algorithm == "HS256" and self._secret is not None:
-            key = self._secret
-        elif algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
+            return algorithm, None
+        if algorithm in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
             kid = header.get("kid")
             if not isinstance(kid, str) or not kid:
                 raise AuthenticationFailed("token has no key id")
-            key = self._jwks.key_for(kid)
-        else:
-            raise AuthenticationFailed("token algorithm not accepted")
+            return algorithm, kid
+        raise AuthenticationFailed("token algorithm not accepted")
+
+    def _decode(self, token: str, key: Any, algorithm: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,
@@ -226,6 +181,14 @@ class TokenVerifier:
         if float(expires_at) - float(issued_at) > self._max_ttl:
             raise AuthenticationFailed("token lifetime exceeds the maximum accepted")
         return float(expires_at)
+
+
+@contextmanager
+def _refusing_unknown_keys() -> Iterator[None]:
+    try:
+        yield
+    except KeyNotInSet as refused:
+        raise AuthenticationFailed(str(refused)) from None
 
 
 def _is_number(value: object) -> bool:

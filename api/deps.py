@@ -1,8 +1,8 @@
 """Request dependencies, declared once as Annotated aliases.
 
 They are ``async`` because they do no blocking I/O: a plain ``def`` dependency would
-cost each request a round trip through the thread pool. The one that may block (a
-first-seen token can need the JWKS fetched) hands that part to the pool itself.
+cost each request a round trip through the thread pool. A first-seen token may need
+the JWKS fetched: that is awaited, so a slow auth server holds no route thread.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
@@ -48,11 +47,7 @@ async def current_principal(
     verifier = services_of(request).verifier
     if verifier is None:
         raise NotStarted("the service is starting")
-    token = credentials.credentials
-    principal = verifier.cached(token)
-    if principal is None:
-        principal = await run_in_threadpool(verifier.verify, token)
-    return principal
+    return await verifier.verify_async(credentials.credentials)
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

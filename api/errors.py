@@ -15,7 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from api.auth import AuthenticationFailed, KeysUnavailable
-from api.services import NotStarted
+from api.services import NotStarted, ReadModelUnavailable
+from read_side.runtime.engine import is_unreadable
 from write_side import (
     ConcurrencyExhausted,
     IdempotencyKeyReused,
@@ -142,7 +143,22 @@ async def _unavailable(_: Request, exc: Exception) -> JSONResponse:
         ConcurrencyExhausted: "too many concurrent changes to these tasks; retry",
         NotStarted: "the service is starting; retry shortly",
     }.get(type(exc), "the database is unavailable; retry shortly")
-    return problem(503, detail, headers={"Retry-After": "1"})
+    retry_after = exc.retry_after if isinstance(exc, KeysUnavailable) else 1
+    return problem(503, detail, headers={"Retry-After": str(retry_after)})
+
+
+async def _read_model_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    detail = f"task reads are unavailable while the read tables are repaired: {exc}; retry shortly"
+    return problem(503, detail, headers={"Retry-After": "2"})
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_unreadable(exc):
+        return await _internal(request, exc)
+    # Damaged read tables: this process stops serving them at once (the projector's
+    # leader rebuilds them), rather than answering 500 to every listing.
+    request.app.state.services.read_model_unreadable(exc)
+    return await _read_model_unavailable(request, ReadModelUnavailable("they cannot be read"))
 
 
 async def _internal(_: Request, exc: Exception) -> JSONResponse:
@@ -159,6 +175,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TaskVersionMismatch, _version_mismatch)
     app.add_exception_handler(IdempotencyKeyReused, _key_reused)
     app.add_exception_handler(InvalidTask, _invalid_task)
+    app.add_exception_handler(ReadModelUnavailable, _read_model_unavailable)
+    app.add_exception_handler(sqlalchemy_errors.DatabaseError, _database_error)
     for unavailable in (
         KeysUnavailable,
         NotStarted,

@@ -45,6 +45,16 @@ class ProjectionProgress:
             # advance() runs in the projector's or a listener's thread.
             loop.call_soon_threadsafe(_resolve, future)
 
+    def reset(self, position: int) -> None:
+        """The read tables were found wrong or rebuilt: the position is what they
+        hold now, even if lower than before (waiters beyond it wait on)."""
+        with self._lock:
+            lower = position < self._position
+            if lower:
+                self._position = position
+        if not lower:
+            self.advance(position)
+
     def refresh(self) -> int:
         self.advance(self._read_position())
         return self._position

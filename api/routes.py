@@ -68,8 +68,10 @@ async def _written(services: Services, user_id: str, change: Change, status: int
     wait is on the event loop: no thread is held while the projector catches up."""
     headers = {"X-Ledger-Position": str(change.position)}
     timeout = services.settings.read_your_writes_timeout_seconds
-    if not await services.progress.wait(change.position, timeout):
-        # The write is durable in the log; only the listing lags behind it.
+    projected = await services.progress.wait(change.position, timeout)
+    # Tables found wrong or being rebuilt show no write reliably, whatever their
+    # position says: the write is durable in the log; only the listing lags behind.
+    if not projected or not services.health.serving:
         headers["X-Projection-Pending"] = "true"
     if change.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -102,6 +104,7 @@ def list_tasks(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:
     spec = queries.TaskFilter(status, sort, order, q, limit, offset)
+    services.require_read_model()
     with services.reading() as conn:
         # Stored documents are the response's items as they are: no row is converted.
         body, total = services.listings.page(conn, user_id, spec)
@@ -135,6 +138,7 @@ async def create_task(
     responses={**_success(200, "ETag"), **_READ_PROBLEMS},
 )
 def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Response:
+    services.require_read_model()
     with services.reading() as conn:
         row = queries.get_task(conn, user_id, task_id)
     if row is None:

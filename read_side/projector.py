@@ -4,20 +4,33 @@ Each batch runs in one read-side transaction that locks the projection's positio
 row, applies the events after it and moves it forward. The row changes and the new
 position commit together, so a projector killed at any moment resumes where the
 last commit left it, and two projectors running at once cannot apply an event twice.
+
+With the position the projector records which event it applied last (its stream,
+version and a digest of its stored record: ``projection_check``). ``check`` compares
+that with the log: a log restored from an earlier backup or replaced has a different
+event there, or none, and the read tables are then wrong and must be rebuilt
+(``reset``), not served.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import Notification
 from sqlalchemy import (
+    BigInteger,
+    Column,
     Connection,
     Engine,
+    String,
+    Table,
     Text,
     bindparam,
     cast,
@@ -28,6 +41,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.sql import Executable
+from sqlmodel import SQLModel
 
 from read_side.documents import DOCUMENT_FIELDS, task_document
 from read_side.projection import Row, RowChanges
@@ -37,6 +51,35 @@ from read_side.tables import projection_position as _position
 log = logging.getLogger(__name__)
 
 PROJECTION_CHANNEL = "taskledger_projection"
+
+# What the projection's last applied event was, to recognise it in the log again, and
+# whether the tables are being rebuilt (every process reads this, not only the leader).
+# One row per projection, written in the transaction that moves its position.
+projection_check = Table(
+    "projection_check",
+    SQLModel.metadata,
+    Column("name", String(64), primary_key=True),
+    # The position the event below is at (0: none recorded yet).
+    Column("position", BigInteger, nullable=False, default=0),
+    Column("originator_id", Text),
+    Column("originator_version", BigInteger),
+    Column("digest", Text),
+    # A new value per rebuild: processes that see it change drop what they remember.
+    Column("generation", Text, nullable=False),
+    # Why the tables are being rebuilt; NULL while they may be served.
+    Column("rebuilding", Text),
+)
+
+
+@dataclass(frozen=True)
+class ReadModelCheck:
+    """What ``check`` found: ``fault`` says why the tables must not be served."""
+
+    position: int
+    generation: str
+    fault: str | None = None
+    # The fault is a rebuild under way (its leader carries on with it).
+    rebuilding: bool = False
 
 
 class Projector:
@@ -58,6 +101,9 @@ class Projector:
         # The user of each stream seen: events after the first carry only the stream id.
         self._owners: dict[UUID, str] = {}
         self._sql = _Statements(tables, self._is_postgres)
+        # Only the served tables are checked against the log; a scratch replay (verify)
+        # is thrown away and leaves no check row behind.
+        self.anchored = tables is LIVE_TABLES
 
     def project_batch(self, stop: int | None = None) -> int:
         """Apply the next batch of events (up to ``stop``); return how many there were."""
@@ -79,6 +125,8 @@ class Projector:
                 self._sql.move_position,
                 {"projection": self.name, "position": new_position, "channel": PROJECTION_CHANNEL},
             )
+            if self.anchored:
+                self._record_last(conn, notifications[-1])
         if self.on_projected is not None:
             self.on_projected(new_position)
         return len(notifications)
@@ -98,7 +146,51 @@ class Projector:
         with self.engine.connect() as conn:
             return read_position(conn, self.name)
 
+    def check(self) -> ReadModelCheck:
+        """Whether the tables agree with the log; raises when they cannot be read."""
+        with self.engine.connect() as conn:
+            return check_read_model(conn, self.ledger, self.name)
+
+    def reset(self, reason: str) -> None:
+        """Empty the tables and the position, marked as rebuilding for ``reason``:
+        every process stops serving them, and the projector replays the log from its
+        start. (Dropped and created again rather than emptied: a damaged index goes
+        too.)"""
+        with self.engine.begin() as conn:
+            self._lock_position(conn)
+            for table in self.tables.all():
+                table.drop(conn, checkfirst=True)
+            for table in self.tables.all():
+                table.create(conn)
+            conn.execute(update(_position).where(_position.c.name == self.name).values(position=0))
+            mark_rebuilding(conn, self.name, reason)
+        self._owners.clear()
+
+    def finish_rebuild(self) -> None:
+        """The log, as it stood, is in the tables again: they may be served."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(projection_check)
+                .where(projection_check.c.name == self.name)
+                .values(rebuilding=None)
+            )
+
     # ------------------------------------------------------------------------
+
+    def _record_last(self, conn: Connection, last: Notification) -> None:
+        values = {
+            "position": last.id,
+            "originator_id": str(last.originator_id),
+            "originator_version": last.originator_version,
+            "digest": _digest(last),
+        }
+        which = projection_check.c.name == self.name
+        if conn.execute(update(projection_check).where(which).values(values)).rowcount == 0:
+            conn.execute(
+                insert(projection_check).values(
+                    name=self.name, generation=uuid.uuid4().hex, **values
+                )
+            )
 
     def _lock_position(self, conn: Connection) -> int:
         which = {"projection": self.name}
@@ -219,6 +311,71 @@ class _Statements:
             self.move_position = select(
                 func.pg_notify(bindparam("channel"), cast(moved.c.position, Text))
             )
+
+
+def check_read_model(
+    conn: Connection, ledger: Application[UUID], name: str = DEFAULT_PROJECTION
+) -> ReadModelCheck:
+    """Compare the projection's position and last applied event with the log: three
+    primary-key or index lookups, and a row of each table read (a damaged table
+    answers an error then, not at the next listing). Raises when the read tables
+    cannot be read."""
+    position = read_position(conn, name)
+    at = projection_check.c
+    recorded = conn.execute(select(projection_check).where(at.name == name)).first()
+    for column in (LIVE_TABLES.task.c.doc, LIVE_TABLES.owner.c.user_id):
+        # A column no index covers: the table's own pages are read.
+        conn.execute(select(column).limit(1)).first()
+    generation = recorded.generation if recorded is not None else ""
+    if recorded is not None and recorded.rebuilding is not None:
+        return ReadModelCheck(position, generation, recorded.rebuilding, rebuilding=True)
+    log_end = int(ledger.recorder.max_notification_id() or 0)
+    if position > log_end:
+        fault = (
+            f"the read tables are at log position {position}, beyond the log's end "
+            f"({log_end}): the event store was restored from an earlier state"
+        )
+        return ReadModelCheck(position, generation, fault)
+    if recorded is None or recorded.position != position or position == 0:
+        # Tables from before this check existed: the next batch records it.
+        return ReadModelCheck(position, generation)
+    found = ledger.recorder.select_notifications(start=position, limit=1)
+    same = (
+        bool(found)
+        and found[0].id == position
+        and str(found[0].originator_id) == recorded.originator_id
+        and found[0].originator_version == recorded.originator_version
+        and _digest(found[0]) == recorded.digest
+    )
+    if same:
+        return ReadModelCheck(position, generation)
+    fault = (
+        f"the log's event at position {position} is not the one the read tables "
+        "applied: the event store was restored or replaced"
+    )
+    return ReadModelCheck(position, generation, fault)
+
+
+def mark_rebuilding(conn: Connection, name: str, reason: str) -> None:
+    """Record that the projection's tables are being rebuilt, under a new generation."""
+    values = {
+        "position": 0,
+        "originator_id": None,
+        "originator_version": None,
+        "digest": None,
+        "generation": uuid.uuid4().hex,
+        "rebuilding": reason,
+    }
+    which = projection_check.c.name == name
+    if conn.execute(update(projection_check).where(which).values(values)).rowcount == 0:
+        conn.execute(insert(projection_check).values(name=name, **values))
+
+
+def _digest(notification: Notification) -> str:
+    # The stored record as it is (topic and state bytes): the same event, stored once,
+    # reads back byte for byte.
+    content = notification.topic.encode() + b"\0" + bytes(notification.state)
+    return hashlib.blake2b(content, digest_size=16).hexdigest()
 
 
 def read_position(conn: Connection, name: str = DEFAULT_PROJECTION) -> int:

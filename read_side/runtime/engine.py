@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select
@@ -11,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlmodel import SQLModel
 
 from infrastructure.liveness import check_if_spoke
+from read_side.projector import mark_rebuilding
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, projection_position
 
 log = logging.getLogger(__name__)
@@ -73,9 +78,69 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> None:
+# SQLite's and PostgreSQL's words for "the stored data is damaged" (SQLITE_CORRUPT,
+# SQLITE_NOTADB; SQLSTATE data_corrupted, index_corrupted).
+_SQLITE_DAMAGED = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_POSTGRES_DAMAGED = {"XX001", "XX002"}
+
+
+def is_unreadable(error: BaseException) -> bool:
+    """The read tables' storage is damaged (not merely away): retrying cannot help,
+    rebuilding can."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    if isinstance(original, sqlite3.DatabaseError):
+        return getattr(original, "sqlite_errorcode", None) in _SQLITE_DAMAGED
+    return getattr(original, "sqlstate", None) in _POSTGRES_DAMAGED
+
+
+def damage(error: BaseException) -> str:
+    """The driver's words for the damage (never the statement or its parameters)."""
+    original = error.orig if isinstance(error, DBAPIError) else error
+    return str(original).splitlines()[0] if str(original) else type(original).__name__
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The file of an SQLite engine (None for other databases)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database)
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` now (None: none): it changes when the file is set
+    aside and a new one made, which connections opened before do not notice."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+def set_aside(engine: Engine) -> Path | None:
+    """Move a damaged SQLite read file (with its -wal and -shm) aside, kept for
+    forensics as ``<name>.corrupt-<UTC time>``; the next connection makes a new one.
+    Returns where it went (None: not SQLite, or no file)."""
+    path = sqlite_file(engine)
+    if path is None or not path.exists():
+        return None
+    engine.dispose()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("-wal", "-shm", ""):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, kept.with_name(kept.name + suffix))
+    return kept
+
+
+def create_read_tables(
+    engine: Engine, projection: str = DEFAULT_PROJECTION, *, rebuilding: str | None = None
+) -> None:
     """Create missing tables and the projection's position row. Safe to run from
-    several processes at once: a lost creation race is retried."""
+    several processes at once: a lost creation race is retried. ``rebuilding``
+    (why) marks new tables as a rebuild under way, so that no process serves them
+    before they have caught up."""
     for attempt in range(5):
         try:
             _drop_outdated_views(engine)
@@ -85,9 +150,11 @@ def create_read_tables(engine: Engine, projection: str = DEFAULT_PROJECTION) -> 
                 exists = conn.execute(select(row.position).where(row.name == projection)).first()
                 if exists is None:
                     conn.execute(insert(projection_position).values(name=projection, position=0))
+                if rebuilding is not None:
+                    mark_rebuilding(conn, projection, rebuilding)
             return
-        except DBAPIError:
-            if attempt == 4:
+        except DBAPIError as error:
+            if attempt == 4 or is_unreadable(error):
                 raise
             time.sleep(0.1 * (attempt + 1))
 

@@ -40,6 +40,12 @@ class CachedListings:
         """The memory the kept pages' text takes."""
         return self._bytes
 
+    def clear(self) -> None:
+        """Forget every page: the tables they came from were wrong, or rebuilt."""
+        with self._lock:
+            self._pages.clear()
+            self._bytes = 0
+
     def page(self, conn: Connection, user_id: str, spec: TaskFilter) -> Page:
         position = queries.user_position(conn, user_id)
         key = (user_id, spec)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from infrastructure.leadership import Leadership
 from read_side.projector import Projector
+from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,8 @@ class ProjectorWorker:
         poll_interval: float = 1.0,
         standby_interval: float = 1.0,
         watch_interval: float | None = None,
+        check_interval: float = 1.0,
+        on_checked: Callable[[], None] | None = None,
     ) -> None:
         self.projector = projector
         self.leadership = leadership
@@ -44,7 +48,11 @@ class ProjectorWorker:
         if watch_interval is None and projector.engine.dialect.name == "sqlite":
             watch_interval = 0.01
         self.watch_interval = watch_interval
+        self.check_interval = check_interval
+        # Told when a rebuild starts or ends, so that this process's view follows at once.
+        self.on_checked = on_checked
         self.is_leader = False
+        self._rebuilding = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="projector", daemon=True)
@@ -75,24 +83,80 @@ class ProjectorWorker:
                 self.leadership.release()
 
     def _lead(self) -> None:
+        checked_at = -float("inf")
+        failing: _Failures | None = None
         while not self._stop.is_set():
             # Clear before reading, so that a wake during the round is not lost.
             self._wake.clear()
             try:
+                if failing is not None or time.monotonic() - checked_at >= self.check_interval:
+                    self._keep_correct()
+                    checked_at = time.monotonic()
                 # Everything up to here is applied when catch_up returns.
                 seen = self._log_end() if self.watch_interval else 0
                 self.projector.catch_up()
+                if self._rebuilding:
+                    self._finish_rebuild()
             except Exception as error:
                 # The database may be away. The next round starts again from the
-                # committed position, so nothing is lost or applied twice.
-                log.warning("projection round failed (%s); retrying", type(error).__name__)
+                # committed position, so nothing is lost or applied twice; it checks
+                # the tables first, in case they are what fails.
+                failing = failing or _Failures()
+                failing.record(error)
                 self._stop.wait(0.5)
                 if not self.leadership.holds():
                     return
                 continue
+            if failing is not None:
+                failing.over()
+                failing = None
             if not self._wait_for_events(seen) and not self.leadership.holds():
                 log.warning("projector %s: lost leadership", self.projector.name)
                 return
+
+    def _keep_correct(self) -> None:
+        try:
+            found = self.projector.check()
+        except Exception as error:
+            if not is_unreadable(error):
+                raise
+            self._rebuild(f"the read tables cannot be read ({damage(error)})", unreadable=True)
+            return
+        # A rebuild a previous leader began is carried on from its position.
+        self._rebuilding = found.rebuilding
+        if found.fault is not None and not found.rebuilding:
+            self._rebuild(found.fault)
+
+    def _rebuild(self, fault: str, *, unreadable: bool = False) -> None:
+        engine, name = self.projector.engine, self.projector.name
+        # A damaged SQLite file is kept for forensics, and a new one made; elsewhere
+        # the tables are dropped and made again.
+        kept = set_aside(engine) if unreadable else None
+        if kept is not None:
+            create_read_tables(engine, name, rebuilding=fault)
+        self.projector.reset(fault)
+        log.error(
+            "projection %s: %s; rebuilding it from the log%s",
+            name,
+            fault,
+            f" (the damaged file is kept as {kept})" if kept else "",
+        )
+        self._rebuilding = True
+        self._checked()
+
+    def _finish_rebuild(self) -> None:
+        self.projector.finish_rebuild()
+        self._rebuilding = False
+        log.warning(
+            "projection %s: rebuilt from the log up to position %d",
+            self.projector.name,
+            self.projector.position(),
+        )
+        self._checked()
+
+    def _checked(self) -> None:
+        if self.on_checked is not None:
+            self.on_checked()
 
     def _log_end(self) -> int:
         return int(self.projector.ledger.recorder.max_notification_id() or 0)
@@ -113,3 +177,25 @@ class ProjectorWorker:
                 log.warning("watching the log failed (%s)", type(error).__name__)
                 return False
         return False
+
+
+class _Failures:
+    """A run of failed rounds, logged as it starts, at most once a minute while it
+    lasts, and as it ends: not once per retry."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._logged_at = -float("inf")
+
+    def record(self, error: Exception) -> None:
+        self.count += 1
+        if time.monotonic() - self._logged_at >= 60:
+            self._logged_at = time.monotonic()
+            log.warning(
+                "projection round failed (%s, %d in a row); retrying every 0.5 s",
+                type(error).__name__,
+                self.count,
+            )
+
+    def over(self) -> None:
+        log.warning("projection rounds succeed again after %d failures", self.count)
