@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(router)
 
     @app.get("/healthz", tags=["operations"])
+    @app.get("/health", tags=["operations"], summary="Healthz (alias, as some frontends probe)")
     def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
@@ -111,7 +112,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         """Prometheus text format: command totals, log and projection positions, lag."""
         return services.metrics()
 
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings.list_envelope)  # type: ignore[method-assign]
     return app
 
 
@@ -133,7 +134,7 @@ class _SameWithoutTrailingSlash:
         await self.app(scope, receive, send)
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
+def _openapi(app: FastAPI, list_envelope: str | None) -> dict[str, Any]:
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -143,8 +144,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         # Its nested models (the 422 errors) are components too, where its $refs point.
         components.update(problem_schema.pop("$defs", {}))
         components["Problem"] = problem_schema
+        if list_envelope is not None:
+            _document_envelope(schema, list_envelope)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _document_envelope(schema: dict[str, Any], key: str) -> None:
+    """The listing's answer as LIST_ENVELOPE wraps it (api.routes.list_tasks)."""
+    answer = schema["paths"]["/api/{user_id}/tasks"]["get"]["responses"]["200"]
+    content = answer["content"]["application/json"]
+    tasks = content["schema"]
+    count = {"type": "integer", "minimum": 0}
+    content["schema"] = {
+        "type": "object",
+        "title": "TaskPage",
+        "required": [key, "total", "limit", "offset"],
+        "properties": {key: tasks, "total": count, "limit": count, "offset": count},
+    }
 
 
 def app_factory() -> FastAPI:

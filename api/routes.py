@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import fields
 from functools import partial
-from typing import Annotated, Any, Literal
-from uuid import UUID
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Body, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import IdempotencyKey, ReadableUser, ServicesDep, WritableUser, WriteGuards
+from api.aliases import STATUS_ALIASES, either
+from api.deps import IdempotencyKey, ReadableUser, ServicesDep, TaskId, WritableUser, WriteGuards
 from api.errors import problem_responses
 from api.schemas import CompletionSet, SearchText, TaskCreate, TaskUpdate
 from api.services import Services
@@ -87,6 +87,12 @@ def _fields(task: Task, user_id: str) -> dict[str, Any]:
     return {field.name: getattr(task, field.name) for field in fields(task)} | {"user_id": user_id}
 
 
+_ALIAS = "Another name for {}, as some frontends send it"
+
+StatusParam = Literal["all", "pending", "completed", "incomplete", "complete"]
+SearchQuery = Annotated[SearchText | None, Query(max_length=200)]
+
+
 @router.get(
     "/{user_id}/tasks",
     response_model=list[TaskOut],
@@ -96,18 +102,33 @@ def list_tasks(
     user_id: ReadableUser,
     services: ServicesDep,
     *,
-    status: Literal["all", "pending", "completed"] = "all",
-    sort: Literal["created_at", "updated_at", "title"] = "created_at",
+    status: Annotated[
+        StatusParam | None,
+        Query(description="all (default), pending, completed; incomplete and complete are aliases"),
+    ] = None,
+    sort: queries.SortKey | None = None,
+    sort_by: Annotated[queries.SortKey | None, Query(description=_ALIAS.format("sort"))] = None,
     order: Literal["asc", "desc"] = "desc",
-    q: Annotated[SearchText | None, Query(max_length=200)] = None,
+    q: SearchQuery = None,
+    search: Annotated[SearchQuery, Query(description=_ALIAS.format("q"))] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Response:
-    spec = queries.TaskFilter(status, sort, order, q, limit, offset)
+    spec = queries.TaskFilter(
+        status=cast(queries.Status, STATUS_ALIASES.get(status, status) if status else "all"),
+        sort=either("sort", sort, "sort_by", sort_by) or "created_at",
+        order=order,
+        q=either("q", q, "search", search),
+        limit=limit,
+        offset=offset,
+    )
     services.require_read_model()
     with services.reading() as conn:
         # Stored documents are the response's items as they are: no row is converted.
         body, total = services.listings.page(conn, user_id, spec)
+    key = services.settings.list_envelope
+    if key is not None:
+        body = f'{{"{key}":{body},"total":{total},"limit":{limit},"offset":{offset}}}'
     return _json_response(body, headers={"X-Total-Count": str(total)})
 
 
@@ -137,7 +158,7 @@ async def create_task(
     response_model=TaskOut,
     responses={**_success(200, "ETag"), **_READ_PROBLEMS},
 )
-def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Response:
+def get_task(user_id: ReadableUser, task_id: TaskId, services: ServicesDep) -> Response:
     services.require_read_model()
     with services.reading() as conn:
         row = queries.get_task(conn, user_id, task_id)
@@ -147,9 +168,15 @@ def get_task(user_id: ReadableUser, task_id: UUID, services: ServicesDep) -> Res
 
 
 @router.put("/{user_id}/tasks/{task_id}", response_model=TaskOut, responses=_TASK_CHANGED)
+@router.patch(
+    "/{user_id}/tasks/{task_id}",
+    response_model=TaskOut,
+    responses=_TASK_CHANGED,
+    summary="Update Task (PATCH: the same partial update as PUT)",
+)
 async def update_task(
     user_id: WritableUser,
-    task_id: UUID,
+    task_id: TaskId,
     *,
     body: TaskUpdate,
     services: ServicesDep,
@@ -176,7 +203,7 @@ async def update_task(
 )
 async def delete_task(
     user_id: WritableUser,
-    task_id: UUID,
+    task_id: TaskId,
     services: ServicesDep,
     guards: WriteGuards,
 ) -> Response:
@@ -191,7 +218,7 @@ async def delete_task(
 )
 async def complete_task(
     user_id: WritableUser,
-    task_id: UUID,
+    task_id: TaskId,
     *,
     services: ServicesDep,
     guards: WriteGuards,

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     auditor_roles: Annotated[list[str], NoDecode] = ["auditor", "admin"]
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:3000"]
 
+    # Unset: a listing is the bare array of tasks. A key (e.g. "tasks" or "data"): the
+    # array wrapped as {"<key>": [...], "total": n, "limit": l, "offset": o}, as some
+    # frontends read it. X-Total-Count is sent either way.
+    list_envelope: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+
     run_projector: bool = True
     read_your_writes_timeout_seconds: float = Field(default=5, ge=0)
     projector_poll_seconds: float = Field(default=1.0, gt=0)
@@ -128,7 +133,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("database_url", "better_auth_url", "jwks_url", mode="before")
+    @field_validator("database_url", "better_auth_url", "jwks_url", "list_envelope", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
