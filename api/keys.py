@@ -16,6 +16,7 @@ import logging
 import math
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,15 +66,31 @@ async def fetch_key_set(url: str, *, timeout: float, max_bytes: int) -> dict[str
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise FetchFailed(f"a body of {declared} bytes")
+            decoder = _decoder(response.headers.get("Content-Encoding", ""))
             body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
+            # Raw bytes, decoded here: httpx would inflate a whole chunk before the cap
+            # is checked (64 KiB of gzip can hold 64 MB of zeros).
+            async for chunk in response.aiter_raw():
+                body += decoder.decompress(chunk, max_bytes + 1 - len(body)) if decoder else chunk
                 if len(body) > max_bytes:
                     raise FetchFailed(f"a body over {max_bytes} bytes")
     document = json.loads(bytes(body))
     if not isinstance(document, dict):
         raise FetchFailed("not a JSON object")
     return document
+
+
+def _decoder(encoding: str) -> Any:
+    """A decompressor for a server that compresses though asked not to, or None."""
+    match encoding.strip().lower():
+        case "" | "identity":
+            return None
+        case "gzip" | "x-gzip":
+            return zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        case "deflate":
+            return zlib.decompressobj()
+        case other:
+            raise FetchFailed(f"an answer in the {other!r} encoding")
 
 
 @dataclass(eq=False)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import secrets
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +43,7 @@ from tests.support import (
 
 HUGE_BYTES = 150 * 2**20
 CHUNK = b" " * 2**16
+GZIP_BOMB = b" " * 64 * 2**20
 COOLDOWN = 2.0
 FETCH_TIMEOUT = 1.0
 # Every answer to the users who must not be stalled comes within this (it was 30 s).
@@ -104,7 +107,12 @@ class HostileJwks:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                if mode == "huge-declared":
+                if mode.startswith("gzip"):
+                    # Compressed though asked for identity; "gzip-bomb" inflates to 64 MB.
+                    body = gzip.compress(GZIP_BOMB if mode == "gzip-bomb" else body)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Content-Length", str(len(body)))
+                elif mode == "huge-declared":
                     self.send_header("Content-Length", str(HUGE_BYTES))
                 elif mode != "huge":
                     self.send_header("Content-Length", str(len(body)))
@@ -181,6 +189,22 @@ def test_a_huge_or_redirected_answer_is_refused(stand_in: HostileJwks, mode: str
     stand_in.mode = mode
     with pytest.raises(FetchFailed):
         fetch(stand_in.url, timeout=10)
+
+
+def test_a_compressed_answer_is_read_and_inflated_no_further_than_the_cap(
+    stand_in: HostileJwks,
+) -> None:
+    stand_in.mode = "gzip"
+    assert fetch(stand_in.url, timeout=10)["keys"]
+    stand_in.mode = "gzip-bomb"
+    tracemalloc.start()
+    try:
+        with pytest.raises(FetchFailed, match="over"):
+            fetch(stand_in.url, timeout=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak  # inflated whole, it would take 64 MB
 
 
 def test_only_http_key_servers_are_accepted() -> None:
