@@ -66,7 +66,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(RequestLimits, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=settings.cors_origins,
+        allow_origins=settings.allowed_origins,
         allow_credentials=True,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],

@@ -25,7 +25,12 @@ MAX_TOKEN_LENGTH = 8192
 
 
 class AuthenticationFailed(Exception):
-    """No valid token: answered 401. The message is safe to show the client."""
+    """No valid token: answered 401. The message is safe to show the client; ``why``,
+    logged at info, says it in words a developer can act on (never the token)."""
+
+    def __init__(self, message: str, why: str | None = None) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +141,18 @@ class TokenVerifier:
             if not isinstance(kid, str) or not kid:
                 raise AuthenticationFailed("token has no key id")
             return algorithm, kid
+        # The two misconfigurations met most: Better Auth's EdDSA tokens sent to a
+        # service told only the secret, and shared-secret tokens to one told only the URL.
+        if algorithm in ASYMMETRIC_ALGORITHMS:
+            raise AuthenticationFailed(
+                "token algorithm not accepted: JWKS mode is off",
+                f"{algorithm} token but JWKS mode is off: set BETTER_AUTH_URL",
+            )
+        if algorithm == "HS256":
+            raise AuthenticationFailed(
+                "token algorithm not accepted: shared-secret mode is off",
+                "HS256 token but shared-secret mode is off: set BETTER_AUTH_SECRET",
+            )
         raise AuthenticationFailed("token algorithm not accepted")
 
     def _decode(self, token: str, key: Any, algorithm: str) -> Principal:
@@ -155,6 +172,26 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise AuthenticationFailed("token expired") from None
+        except jwt.InvalidIssuerError:
+            # Checked after the signature: the claim is the signer's.
+            issued_by = _claim(token, "iss")
+            raise AuthenticationFailed(
+                "token issuer not accepted",
+                f"issuer {issued_by} is not the expected {self._issuer}",
+            ) from None
+        except jwt.InvalidAudienceError:
+            raise AuthenticationFailed(
+                "token audience not accepted",
+                f"audience {_claim(token, 'aud')} is not the expected {self._audience}",
+            ) from None
+        except jwt.MissingRequiredClaimError as error:
+            raise AuthenticationFailed(f"token has no {error.claim} claim") from None
+        except jwt.InvalidSignatureError:
+            raise AuthenticationFailed(
+                "invalid token signature",
+                f"the {algorithm} signature does not verify: signed with another "
+                + ("secret than BETTER_AUTH_SECRET" if algorithm == "HS256" else "key"),
+            ) from None
         except jwt.PyJWTError:
             raise AuthenticationFailed("invalid token") from None
         except Exception as error:
@@ -189,6 +226,17 @@ def _refusing_unknown_keys() -> Iterator[None]:
         yield
     except KeyNotInSet as refused:
         raise AuthenticationFailed(str(refused)) from None
+
+
+def _claim(token: str, name: str) -> str:
+    """A claim of a token whose signature verified, fit for a log line."""
+    try:
+        value = jwt.decode(token, options={"verify_signature": False}).get(name)
+    except jwt.PyJWTError:
+        return "(unreadable)"
+    # Printable text as it is; anything else (control characters) escaped.
+    text = value if isinstance(value, str) and value.isprintable() else ascii(value)
+    return text[:200]
 
 
 def _is_number(value: object) -> bool:

@@ -107,6 +107,8 @@ async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
     # RFC 6750 §3.1: a request that sent no credentials gets a bare challenge;
     # only a token that was sent and refused earns error="invalid_token".
     challenge = "Bearer" if isinstance(exc, TokenMissing) else 'Bearer error="invalid_token"'
+    why = getattr(exc, "why", None)
+    log.info("token refused: %s", why or exc)
     return problem(401, str(exc), headers={"WWW-Authenticate": challenge})
 
 

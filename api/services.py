@@ -104,6 +104,7 @@ class Services:
         # Before the first request: tables newer than a restored log are never served.
         self.check_read_model()
         self.verifier = build_verifier(self.settings)
+        log.info("%s", self.settings.auth_summary())
         if self.is_postgres:
             conninfo = self.settings.storage.conninfo
             self._listeners.append(

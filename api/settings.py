@@ -195,6 +195,39 @@ class Settings(BaseSettings):
     def audience(self) -> str | None:
         return self.jwt_audience or self.auth_origin
 
+    @property
+    def allowed_origins(self) -> list[str]:
+        """CORS_ORIGINS; in development, each loopback origin under both of its names
+        (a frontend browsed at 127.0.0.1:3000 is the one configured as localhost:3000)."""
+        if self.app_env != "development":
+            return self.cors_origins
+        origins = list(self.cors_origins)
+        for origin in self.cors_origins:
+            for name, twin in (("localhost", "127.0.0.1"), ("127.0.0.1", "localhost")):
+                parts = urlsplit(origin)
+                if parts.hostname == name:
+                    port = f":{parts.port}" if parts.port else ""
+                    alias = f"{parts.scheme}://{twin}{port}"
+                    if alias not in origins:
+                        origins.append(alias)
+        return origins
+
+    def auth_summary(self) -> str:
+        """The auth modes that are on, and the CORS origins: one line for the log."""
+        jwks = (
+            f"JWKS from {self.jwks_endpoint} (iss {self.issuer or 'any'}, "
+            f"aud {self.audience or 'any'})"
+            if self.jwks_endpoint
+            else "JWKS off (set BETTER_AUTH_URL for Better Auth's EdDSA tokens)"
+        )
+        if self.better_auth_secret is not None:
+            shared = "shared secret on (HS256)"
+        elif self.better_auth_url is None and self.app_env == "development":
+            shared = "shared secret on (development secret in DATA_DIR)"
+        else:
+            shared = "shared secret off"
+        return f"auth: {jwks}; {shared}; CORS origins: {', '.join(self.allowed_origins)}"
+
     def shared_secret(self) -> str | None:
         """The HS256 secret: configured, or in development with no auth configured at
         all, a random one kept in the data folder so that local tokens work at once."""
