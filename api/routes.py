@@ -68,9 +68,10 @@ async def _written(services: Services, user_id: str, change: Change, status: int
     wait is on the event loop: no thread is held while the projector catches up."""
     headers = {"X-Ledger-Position": str(change.position)}
     timeout = services.settings.read_your_writes_timeout_seconds
-    projected = await services.progress.wait(change.position, timeout)
     # Tables found wrong or being rebuilt show no write reliably, whatever their
     # position says: the write is durable in the log; only the listing lags behind.
+    # Waiting for them would only delay the answer, so it is not waited for.
+    projected = services.health.serving and await services.progress.wait(change.position, timeout)
     if not projected or not services.health.serving:
         headers["X-Projection-Pending"] = "true"
     if change.replayed:

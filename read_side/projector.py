@@ -9,7 +9,10 @@ With the position the projector records which event it applied last (its stream,
 version and a digest of its stored record: ``projection_check``). ``check`` compares
 that with the log: a log restored from an earlier backup or replaced has a different
 event there, or none, and the read tables are then wrong and must be rebuilt
-(``reset``), not served.
+(``reset``), not served. Each batch makes the same comparison before it applies
+anything (``ReadModelFault``): a restored log that has grown past the position again
+between two checks would otherwise be applied on top of the wrong tables, and its new
+last event would then look right to every later check.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
@@ -40,6 +44,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Row as SQLRow
 from sqlalchemy.sql import Executable
 from sqlmodel import SQLModel
 
@@ -82,6 +87,19 @@ class ReadModelCheck:
     rebuilding: bool = False
 
 
+# A row of ``projection_check``.
+CheckRow = SQLRow[Any]
+
+
+class ReadModelFault(Exception):
+    """The log is no longer the one the tables were projected from: nothing of it was
+    applied, and the tables must be rebuilt (``reset``)."""
+
+    def __init__(self, fault: str) -> None:
+        super().__init__(fault)
+        self.fault = fault
+
+
 class Projector:
     """Keeps the read tables in step with ``ledger``'s notification log."""
 
@@ -106,9 +124,13 @@ class Projector:
         self.anchored = tables is LIVE_TABLES
 
     def project_batch(self, stop: int | None = None) -> int:
-        """Apply the next batch of events (up to ``stop``); return how many there were."""
+        """Apply the next batch of events (up to ``stop``); return how many there were.
+        Raises ReadModelFault, applying nothing, when the event at the position is not
+        the one applied last (one indexed read of the log per batch)."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
+            if self.anchored and (fault := _log_disagrees(conn, self.ledger, self.name, position)):
+                raise ReadModelFault(fault)
             notifications = self.ledger.recorder.select_notifications(
                 start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
             )
@@ -329,31 +351,47 @@ def check_read_model(
     generation = recorded.generation if recorded is not None else ""
     if recorded is not None and recorded.rebuilding is not None:
         return ReadModelCheck(position, generation, recorded.rebuilding, rebuilding=True)
+    return ReadModelCheck(position, generation, _compare(ledger, position, recorded))
+
+
+def _log_disagrees(
+    conn: Connection, ledger: Application[UUID], name: str, position: int
+) -> str | None:
+    """Why the log is not the one the tables at ``position`` were projected from
+    (None: it is, as far as the check row tells)."""
+    if position == 0:
+        return None
+    at = projection_check.c
+    recorded = conn.execute(select(projection_check).where(at.name == name)).first()
+    return _compare(ledger, position, recorded)
+
+
+def _compare(ledger: Application[UUID], position: int, recorded: CheckRow | None) -> str | None:
+    if position == 0:
+        return None
+    if recorded is not None and recorded.position == position:
+        found = ledger.recorder.select_notifications(start=position, limit=1)
+        if (
+            found
+            and found[0].id == position
+            and str(found[0].originator_id) == recorded.originator_id
+            and found[0].originator_version == recorded.originator_version
+            and _digest(found[0]) == recorded.digest
+        ):
+            return None
     log_end = int(ledger.recorder.max_notification_id() or 0)
     if position > log_end:
-        fault = (
+        return (
             f"the read tables are at log position {position}, beyond the log's end "
             f"({log_end}): the event store was restored from an earlier state"
         )
-        return ReadModelCheck(position, generation, fault)
-    if recorded is None or recorded.position != position or position == 0:
+    if recorded is None or recorded.position != position:
         # Tables from before this check existed: the next batch records it.
-        return ReadModelCheck(position, generation)
-    found = ledger.recorder.select_notifications(start=position, limit=1)
-    same = (
-        bool(found)
-        and found[0].id == position
-        and str(found[0].originator_id) == recorded.originator_id
-        and found[0].originator_version == recorded.originator_version
-        and _digest(found[0]) == recorded.digest
-    )
-    if same:
-        return ReadModelCheck(position, generation)
-    fault = (
+        return None
+    return (
         f"the log's event at position {position} is not the one the read tables "
         "applied: the event store was restored or replaced"
     )
-    return ReadModelCheck(position, generation, fault)
 
 
 def mark_rebuilding(conn: Connection, name: str, reason: str) -> None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from infrastructure.leadership import Leadership
-from read_side.projector import Projector
+from read_side.projector import Projector, ReadModelFault
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class ProjectorWorker:
                     checked_at = time.monotonic()
                 # Everything up to here is applied when catch_up returns.
                 seen = self._log_end() if self.watch_interval else 0
-                self.projector.catch_up()
+                self._catch_up()
                 if self._rebuilding:
                     self._finish_rebuild()
             except Exception as error:
@@ -126,6 +126,16 @@ class ProjectorWorker:
         self._rebuilding = found.rebuilding
         if found.fault is not None and not found.rebuilding:
             self._rebuild(found.fault)
+
+    def _catch_up(self) -> None:
+        try:
+            self.projector.catch_up()
+        except ReadModelFault as error:
+            # The log changed under the tables since the last check (an event store
+            # restored and written to again): nothing of it was applied, and the
+            # tables are rebuilt at once, without waiting for the next check.
+            self._rebuild(error.fault)
+            self.projector.catch_up()
 
     def _rebuild(self, fault: str, *, unreadable: bool = False) -> None:
         engine, name = self.projector.engine, self.projector.name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,31 @@ def test_a_read_file_damaged_while_serving_is_set_aside_and_rebuilt(
     assert _titles(base_url, user) == sorted([*expected, "after"])
     _assert_equal_to_a_replay(None, data_dir)
     assert _count(server, "rebuilding it from the log") == 1, server.output()
+
+
+def test_a_write_answers_at_once_while_the_tables_are_not_served(
+    fresh_database: str | None,
+    data_dir: Path,
+    tmp_path: Path,
+    live_server: LiveServer,
+    start_process: StartProcess,
+) -> None:
+    url, user = fresh_database, User()
+    base_url, server = live_server(_env(url, data_dir))
+    assert _create(base_url, user, "kept").status_code == 201
+    backup_position = _back_up(url, data_dir, tmp_path / "backup.sqlite3")
+    assert _create(base_url, user, "lost").status_code == 201
+    server.stop()
+    _restore(url, data_dir, tmp_path / "backup.sqlite3", backup_position)
+
+    # No projector: the tables stay unserved, and a write that waited for them would
+    # wait the whole timeout.
+    env = _env(url, data_dir) | {"READ_YOUR_WRITES_TIMEOUT_SECONDS": "10"}
+    replica = _replica(start_process, env)
+    _assert_not_served(replica, user, "restored")
+    for i in range(3):
+        started = time.monotonic()
+        response = _create(replica, user, f"new {i}")
+        assert time.monotonic() - started < 3
+        assert response.status_code == 201
+        assert response.headers["x-projection-pending"] == "true"
