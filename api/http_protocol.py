@@ -2,15 +2,30 @@
 limits it lacks on what a connection may cost before the app is reached.
 
 httptools is kept for its speed (h11 caps the head too, but answers 400 and costs more
-per request). What this adds: a cap on a request head's bytes and on its header count
-(431), a deadline for the head (from a connection's opening or a request's first byte)
-and a backstop deadline for a body that the app does not read (api/limits.py answers
-408 to the ones it does read), a problem+json 503 past ``MAX_CONNECTIONS``, and a
-problem+json 503 at shutdown to a request still arriving, which uvicorn would otherwise
-wait for until its shutdown timeout and then answer 500. It relies only on uvicorn's
-long-standing protocol surface: the parser callbacks, ``data_received``, ``shutdown``,
-``self.app``, ``self.headers``, ``self.connections``, ``self.tasks`` and the request
-cycle's ``more_body``, ``response_started``, ``disconnected`` and ``message_event``.
+per request). What this adds:
+
+- a cap on a request head's bytes and on its header count (431), pipelined heads
+  included: the parser is fed at most ``FEED_BYTES`` at a time, and when a request ends
+  inside a piece the whole piece counts towards the next head (httptools does not say
+  where the request ended), so a pipelined head may be refused up to ``FEED_BYTES``
+  below the cap;
+- a cap on what follows a head (body, chunk framing, trailers): ``MAX_BODY_BYTES`` plus
+  the head cap, past which the request is refused 413 (chunk trailers would otherwise
+  be taken into one header value of any length, built at a quadratic cost);
+- a deadline for the head (from a connection's opening or a request's first byte) and
+  a backstop deadline for a body that the app does not read (api/limits.py answers 408
+  to the ones it does read);
+- ``MAX_CONNECTIONS``: a connection past it is answered a problem+json 503 as soon as
+  it opens, and none of it is read or buffered; a request that finds every worker slot
+  busy is answered the same;
+- a problem+json 503 at shutdown to a request still arriving, which uvicorn would
+  otherwise wait for until its shutdown timeout and then answer 500.
+
+It relies only on uvicorn's long-standing protocol surface: the parser callbacks,
+``connection_made``, ``data_received``, ``shutdown``, ``self.app``, ``self.headers``,
+``self.connections``, ``self.tasks``, ``self.cycle`` and the request cycle's
+``more_body``, ``keep_alive``, ``response_started``, ``response_complete``,
+``disconnected`` and ``message_event``.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from api.errors import problem
+from api.limits import MAX_BODY_BYTES
 from api.settings import Settings
 
 # After a refusal the answer is sent, our side shut for writing, and what the client
@@ -36,6 +52,9 @@ LINGER_SECONDS = 1.0
 # The app's own body deadline (api/limits.py) answers 408 first; this one only closes
 # connections whose body nobody reads.
 BODY_BACKSTOP_GRACE_SECONDS = 1.0
+# The most the parser is given at once: the most a pipelined head may be overcounted.
+FEED_BYTES = 4096
+BUSY = "the server is at its connection limit; try again shortly"
 
 
 @cache
@@ -45,11 +64,7 @@ def _settings() -> Settings:
 
 
 async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
-    busy = problem(
-        503,
-        "the server is at its connection limit; try again shortly",
-        headers={"Retry-After": "1", "Connection": "close"},
-    )
+    busy = problem(503, BUSY, headers={"Retry-After": "1", "Connection": "close"})
     await busy(scope, receive, send)
 
 
@@ -67,18 +82,31 @@ class EdgeProtocol(HttpToolsProtocol):
         self._max_headers = settings.max_headers
         self._head_timeout = settings.header_timeout_seconds
         self._body_timeout = settings.body_timeout_seconds + BODY_BACKSTOP_GRACE_SECONDS
+        # Framing and trailers included: a legitimate chunked body stays well within.
+        self._max_after_head = MAX_BODY_BYTES + self._max_head_bytes
         # uvicorn's own check counts this very connection and answers in plain text:
-        # ours, in on_headers_complete, lets MAX_CONNECTIONS in and answers problem+json.
+        # ours, in connection_made, lets MAX_CONNECTIONS in and answers problem+json.
         self._max_connections = self.limit_concurrency
         self.limit_concurrency = None
         self._app = self.app
         self._in_head = True
         self._head_bytes = 0
+        self._after_head_bytes = 0
+        # Within one piece fed to the parser: a head or a request ended, and after a
+        # request ended, another began.
+        self._ended_in_piece = self._began_after_end = False
         self._deadline: TimerHandle | None = None
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self._max_connections is not None and len(self.connections) > self._max_connections:
+            # Answered before any of it is read, so that connections past the cap cost
+            # no head buffers; and not counted, so that while lingering they take no
+            # place of a connection that would be served.
+            self.connections.discard(self)
+            self._refuse(503, BUSY, headers={"Retry-After": "1"})
+            return
         # A connection that never sends a request is closed after the head timeout.
         self._arm(self._head_timeout)
 
@@ -89,25 +117,52 @@ class EdgeProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering: read and dropped
-        while data:
-            if self._in_head:
-                room = self._max_head_bytes - self._head_bytes
-                if room <= 0:
-                    self._refuse(431, f"request heads are limited to {self._max_head_bytes} bytes")
-                    return
-                # The parser never holds more of a head than the cap (httptools would
-                # otherwise buffer a header value of any length).
-                piece, data = data[:room], data[room:]
-                self._head_bytes += len(piece)
-            else:
-                piece, data = data, b""
-            if self._deadline is None:
-                self._arm(self._head_timeout if self._in_head else self._body_timeout)
-            super().data_received(piece)
+        at = 0
+        while at < len(data) and (room := self._room()) > 0:
+            piece = data[at : at + min(room, FEED_BYTES)]
+            at += len(piece)
+            self._feed(piece)
             if self._refused or self.transport.is_closing():
                 return
-            if not self._in_head and self._deadline is None:
-                self._arm(self._body_timeout)  # the head ended in this piece, a body follows
+
+    def _room(self) -> int:
+        """What the parser may still be given of the head, or of what follows it;
+        refuses the request at 0 (httptools would otherwise buffer a header value, or a
+        trailer, of any length)."""
+        if self._in_head:
+            room = self._max_head_bytes - self._head_bytes
+            if room <= 0:
+                self._refuse(431, f"request heads are limited to {self._max_head_bytes} bytes")
+        else:
+            room = self._max_after_head - self._after_head_bytes
+            if room <= 0:
+                self._refuse_after_head()
+        return room
+
+    def _feed(self, piece: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(piece)
+        else:
+            self._after_head_bytes += len(piece)
+        if self._deadline is None:
+            self._arm(self._head_timeout if self._in_head else self._body_timeout)
+        self._ended_in_piece = self._began_after_end = False
+        super().data_received(piece)
+        if self._refused or self.transport.is_closing():
+            return
+        if self._ended_in_piece:
+            # httptools does not say where in the piece: all of it may be the start of
+            # what follows (unless nothing began after a request ended).
+            if not self._in_head:
+                self._after_head_bytes = len(piece)
+            elif self._began_after_end:
+                self._head_bytes = len(piece)
+        if not self._in_head and self._deadline is None:
+            self._arm(self._body_timeout)  # the head ended in this piece, a body follows
+
+    def on_message_begin(self) -> None:
+        self._began_after_end = self._ended_in_piece
+        super().on_message_begin()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._refused:
@@ -120,7 +175,8 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._refused:
             return
-        self._in_head = False
+        self._in_head, self._after_head_bytes = False, 0
+        self._ended_in_piece = True
         self._disarm()
         over = self._max_connections is not None and (
             len(self.connections) > self._max_connections
@@ -138,6 +194,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         self._disarm()
         self._in_head, self._head_bytes = True, 0
+        self._ended_in_piece, self._began_after_end = True, False
         super().on_message_complete()
 
     def shutdown(self) -> None:
@@ -164,6 +221,26 @@ class EdgeProtocol(HttpToolsProtocol):
             )
         else:
             super().shutdown()
+
+    def _refuse_after_head(self) -> None:
+        """Past the cap on what follows a head: 413, unless the app has answered (then
+        the connection closes once its answer is sent, and no more is read)."""
+        cycle = self.cycle
+        if cycle.response_started:
+            self._refused = True
+            if cycle.response_complete:
+                self.transport.close()
+            else:
+                cycle.keep_alive = False
+            return
+        # As at shutdown: the app's next receive is a disconnect, its answer dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(
+            413,
+            f"request bodies, with their chunk framing and trailers, are limited to "
+            f"{self._max_after_head} bytes",
+        )
 
     def _arm(self, seconds: float) -> None:
         self._disarm()

@@ -1,6 +1,7 @@
 """What one connection may cost, against `taskledger serve` over raw sockets: heads
-capped in bytes and headers (431), heads and bodies that never finish closed at their
-deadlines (408), idle connections closed, a connection cap (503), a bounded shutdown that
+capped in bytes and headers (431), pipelined ones too, what follows a head capped (413),
+heads and bodies that never finish closed at their deadlines (408), idle connections
+closed, a connection cap (503) that reads nothing past it, a bounded shutdown that
 answers unfinished requests 503 and lets the ones under way finish."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import select
+import selectors
 import signal
 import socket
 import sqlite3
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
@@ -394,3 +397,114 @@ def test_sigterm_answers_a_half_sent_body_503_at_once_and_finishes_a_sent_reques
     output = proc.output()
     assert "Traceback" not in output, output
     assert "Exception in ASGI application" not in output, output
+
+
+def test_a_streamed_5_mb_trailer_is_413_at_once_and_others_are_served(
+    server: tuple[str, LiveProcess],
+) -> None:
+    base_url, proc = server
+    pid = pid_of(proc)
+    before = vm_rss_mib(pid)
+    user = User()
+    head = (
+        f"POST {user.tasks_url()} HTTP/1.1\r\nHost: taskledger\r\n"
+        f"Authorization: Bearer {user.token}\r\nContent-Type: application/json\r\n"
+        f"Transfer-Encoding: chunked\r\n\r\n0\r\nX-Trailer: "
+    ).encode()
+    slowest = 0.0
+    flooding = threading.Event()
+
+    def probe() -> None:
+        nonlocal slowest
+        with httpx.Client(base_url=base_url) as client:
+            while flooding.is_set():
+                started = time.monotonic()
+                assert client.get("/healthz").status_code == 200
+                slowest = max(slowest, time.monotonic() - started)
+                time.sleep(0.02)
+
+    sock = connect(base_url)
+    sent, chunk = 0, b"t" * 2**16
+    flooding.set()
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        sock.sendall(head)
+        while sent < 5 * 10**6 and not select.select([sock], [], [], 0)[0]:
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sent += len(chunk)
+        answer = read_to_end(sock, 10)
+    finally:
+        flooding.clear()
+        prober.join()
+        sock.close()
+    # Before: all 5 MB taken into one header value (54 MB: +58 MiB, /healthz 3.9 s late).
+    assert sent < 5 * 10**6, sent
+    body = assert_problem(parse(answer), 413)
+    assert "trailers" in body["detail"]
+    assert vm_rss_mib(pid) - before < 20
+    assert slowest < 2, slowest
+
+
+def test_connections_past_the_cap_are_503_before_their_head_is_read(
+    live_server: LiveServer, tmp_path: Path
+) -> None:
+    env = edge_env(tmp_path / "data", MAX_CONNECTIONS="5", HEADER_TIMEOUT_SECONDS="30")
+    base_url, proc = live_server(env)
+    pid = pid_of(proc)
+    before = vm_rss_mib(pid)
+    socks = [connect(base_url) for _ in range(300)]
+    answers = dict.fromkeys(socks, b"")
+    started = time.monotonic()
+    try:
+        for sock in socks:
+            with contextlib.suppress(OSError):  # refused and closed while sending
+                sock.sendall(HEAD + b"X-Pad: " + b"p" * 30_000)
+        grown = vm_rss_mib(pid) - before
+        with selectors.DefaultSelector() as selector:
+            for sock in socks:
+                selector.register(sock, selectors.EVENT_READ)
+            # The five let in wait for the rest of their heads (30 s).
+            while len(selector.get_map()) > 5 and time.monotonic() - started < MARGIN:
+                for key, _ in selector.select(0.1):
+                    sock = cast(socket.socket, key.fileobj)
+                    try:
+                        data = sock.recv(65536)
+                    except ConnectionResetError:
+                        data = b""
+                    answers[sock] += data
+                    if not data:
+                        selector.unregister(sock)
+    finally:
+        for sock in socks:
+            sock.close()
+    refused = [parse(answer) for answer in answers.values() if answer]
+    # Before: all 300 heads buffered (3000: +116 MiB) and no answer until the head timeout.
+    assert len(refused) == 295, len(refused)
+    for response in refused:
+        assert_problem(response, 503)
+        assert response.headers["retry-after"] == "1"
+        assert response.headers["connection"] == "close"
+    assert grown < 20, grown
+
+
+def test_a_pipelined_head_is_capped_as_the_first_one_is(server: tuple[str, LiveProcess]) -> None:
+    base_url, _ = server
+    filler = 60_000 - len(HEAD) - len(b"X-Big: \r\n\r\n")
+    big = HEAD + b"X-Big: " + b"b" * filler + b"\r\n\r\n"
+    sock = connect(base_url)
+    with contextlib.suppress(OSError):  # refused while still sending: the answer waits
+        sock.sendall(HEAD + b"\r\n" + big[:32_700])
+        time.sleep(0.2)
+        sock.sendall(big[32_700:])
+    answer = read_to_end(sock, 10)
+    sock.close()
+    second_at = answer.index(b"HTTP/1.1 ", 1)
+    assert parse(answer[:second_at]).status_code == 200
+    # Before: the 32,700 bytes that came with the first request went uncounted, and
+    # the 60,000-byte head was served.
+    body = assert_problem(parse(answer[second_at:]), 431)
+    assert "32768 bytes" in body["detail"]
