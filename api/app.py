@@ -30,6 +30,8 @@ EXPOSED_HEADERS = [
     "Location",
     "X-Total-Count",
     "X-Ledger-Position",
+    "X-Ledger-Version",
+    "Link",
     "X-Projection-Pending",
     "Idempotent-Replayed",
 ]

@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
+from api.logs import audit_read
 from api.services import NotStarted, Services
 from write_side import USER_ID_MAX_LENGTH, USER_ID_PATTERN, RequestKey
 from write_side.application import Guards
@@ -64,11 +65,14 @@ UserIdPath = Annotated[
 
 
 async def readable_user(user_id: UserIdPath, principal: PrincipalDep, request: Request) -> str:
-    """The path's user, if the caller is that user or an auditor."""
-    if principal.user_id != user_id and not (
-        principal.roles & set(services_of(request).settings.auditor_roles)
-    ):
-        raise Forbidden("these tasks belong to another user")
+    """The path's user, if the caller is that user or an auditor (whose every read of
+    another user's data is logged)."""
+    if principal.user_id != user_id:
+        if not principal.roles & set(services_of(request).settings.auditor_roles):
+            raise Forbidden("these tasks belong to another user")
+        route = request.scope.get("route")
+        operation = getattr(route, "name", None) or request.url.path
+        audit_read(principal.user_id, user_id, operation, request.query_params.multi_items())
     return user_id
 
 

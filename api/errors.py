@@ -23,6 +23,7 @@ from write_side import (
     InvalidTask,
     TaskNotFound,
     TaskVersionMismatch,
+    VersionNotReached,
 )
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ async def _not_found(_: Request, exc: Exception) -> JSONResponse:
     return problem(404, "task not found")
 
 
+async def _version_not_reached(_: Request, exc: Exception) -> JSONResponse:
+    detail = str(exc)
+    return problem(422, detail, errors=[{"field": "at_version", "message": detail}])
+
+
 async def _invalid_task(_: Request, exc: Exception) -> JSONResponse:
     return problem(422, str(exc), errors=[{"field": "body", "message": str(exc)}])
 
@@ -177,6 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TaskVersionMismatch, _version_mismatch)
     app.add_exception_handler(IdempotencyKeyReused, _key_reused)
     app.add_exception_handler(InvalidTask, _invalid_task)
+    app.add_exception_handler(VersionNotReached, _version_not_reached)
     app.add_exception_handler(ReadModelUnavailable, _read_model_unavailable)
     app.add_exception_handler(sqlalchemy_errors.DatabaseError, _database_error)
     for unavailable in (

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from functools import partial
 from typing import Annotated, Any, Literal, cast
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.aliases import STATUS_ALIASES, either
 from api.deps import IdempotencyKey, ReadableUser, ServicesDep, TaskId, WritableUser, WriteGuards
 from api.errors import problem_responses
-from api.schemas import CompletionSet, SearchText, TaskCreate, TaskUpdate
+from api.history import (
+    MAX_VERSION,
+    HistoryPageOut,
+    history_document,
+    next_link,
+    past_page,
+    past_tasks,
+    task_fields,
+)
+from api.schemas import CompletionSet, Rfc3339, SearchText, TaskCreate, TaskUpdate
 from api.services import Services
 from read_side import queries
 from read_side.documents import TaskOut, task_document
-from write_side import UNSET, Change, Task, TaskNotFound
+from write_side import UNSET, Change, TaskNotFound
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 
@@ -34,6 +42,14 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": _POSITION,
     },
     "X-Total-Count": {"description": "Tasks matching the filter, all pages", "schema": _POSITION},
+    "X-Ledger-Version": {
+        "description": "With as_of or at_version: the version of the user's stream shown",
+        "schema": _POSITION,
+    },
+    "Link": {
+        "description": 'The next page, as <…?after=N&limit=L>; rel="next", when there is one',
+        "schema": {"type": "string"},
+    },
     "X-Projection-Pending": {
         "description": "Sent when the listing does not show this write yet (it is durable)",
         "schema": {"type": "string", "enum": ["true"]},
@@ -45,10 +61,14 @@ _HEADERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _success(status: int, *always: str, write: bool = False) -> dict[int | str, dict[str, Any]]:
+def _success(
+    status: int, *always: str, write: bool = False, sometimes: tuple[str, ...] = ()
+) -> dict[int | str, dict[str, Any]]:
     """The success response's documented headers: ``always`` sent, and for writes the
-    two sent only sometimes."""
-    names = [*always, *(["X-Projection-Pending", "Idempotent-Replayed"] if write else [])]
+    two sent only sometimes (or the ``sometimes`` given)."""
+    if write:
+        sometimes = ("X-Projection-Pending", "Idempotent-Replayed")
+    names = [*always, *sometimes]
     headers = {name: {**_HEADERS[name], "required": name in always} for name in names}
     return {status: {"headers": headers}}
 
@@ -81,23 +101,42 @@ async def _written(services: Services, user_id: str, change: Change, status: int
     headers["ETag"] = f'"{change.task.version}"'
     if status == 201:
         headers["Location"] = f"/api/{user_id}/tasks/{change.task.id}"
-    return _json_response(task_document(_fields(change.task, user_id)), status, headers)
-
-
-def _fields(task: Task, user_id: str) -> dict[str, Any]:
-    return {field.name: getattr(task, field.name) for field in fields(task)} | {"user_id": user_id}
+    return _json_response(task_document(task_fields(change.task, user_id)), status, headers)
 
 
 _ALIAS = "Another name for {}, as some frontends send it"
 
 StatusParam = Literal["all", "pending", "completed", "incomplete", "complete"]
 SearchQuery = Annotated[SearchText | None, Query(max_length=200)]
+AsOf = Annotated[
+    Rfc3339 | None,
+    Query(
+        description="RFC 3339: the tasks as they stood at that moment, rebuilt from the log "
+        "(not in the future; before the user's first event: none)"
+    ),
+]
+AtVersion = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_VERSION,
+        description="The tasks as they stood at this version of the user's stream "
+        "(0: before it began; one not reached yet: 422). Not with as_of",
+    ),
+]
+After = Annotated[
+    int, Query(ge=0, le=MAX_VERSION, description="Events after this stream version (the cursor)")
+]
+HistoryLimit = Annotated[int, Query(ge=1, le=1000, description="Events per page")]
 
 
 @router.get(
     "/{user_id}/tasks",
     response_model=list[TaskOut],
-    responses={**_success(200, "X-Total-Count"), **_READ_PROBLEMS},
+    responses={
+        **_success(200, "X-Total-Count", sometimes=("X-Ledger-Version",)),
+        **_READ_PROBLEMS,
+    },
 )
 def list_tasks(
     user_id: ReadableUser,
@@ -114,7 +153,11 @@ def list_tasks(
     search: Annotated[SearchQuery, Query(description=_ALIAS.format("q"))] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    as_of: AsOf = None,
+    at_version: AtVersion = None,
 ) -> Response:
+    """The user's tasks from the read tables; with ``as_of`` or ``at_version``, as they
+    stood then, rebuilt from the log, with ``X-Ledger-Version``."""
     spec = queries.TaskFilter(
         status=cast(queries.Status, STATUS_ALIASES.get(status, status) if status else "all"),
         sort=either("sort", sort, "sort_by", sort_by) or "created_at",
@@ -123,14 +166,20 @@ def list_tasks(
         limit=limit,
         offset=offset,
     )
-    services.require_read_model()
-    with services.reading() as conn:
-        # Stored documents are the response's items as they are: no row is converted.
-        body, total = services.listings.page(conn, user_id, spec)
+    headers: dict[str, str] = {}
+    if as_of is None and at_version is None:
+        services.require_read_model()
+        with services.reading() as conn:
+            # Stored documents are the response's items as they are: no row is converted.
+            body, total = services.listings.page(conn, user_id, spec)
+    else:
+        past = past_tasks(services.ledger, user_id, as_of, at_version)
+        body, total = past_page(past, user_id, spec)
+        headers["X-Ledger-Version"] = str(past.version)
     key = services.settings.list_envelope
     if key is not None:
         body = f'{{"{key}":{body},"total":{total},"limit":{limit},"offset":{offset}}}'
-    return _json_response(body, headers={"X-Total-Count": str(total)})
+    return _json_response(body, headers={"X-Total-Count": str(total), **headers})
 
 
 @router.post(
@@ -157,9 +206,24 @@ async def create_task(
 @router.get(
     "/{user_id}/tasks/{task_id}",
     response_model=TaskOut,
-    responses={**_success(200, "ETag"), **_READ_PROBLEMS},
+    responses={**_success(200, "ETag", sometimes=("X-Ledger-Version",)), **_READ_PROBLEMS},
 )
-def get_task(user_id: ReadableUser, task_id: TaskId, services: ServicesDep) -> Response:
+def get_task(
+    user_id: ReadableUser,
+    task_id: TaskId,
+    services: ServicesDep,
+    as_of: AsOf = None,
+    at_version: AtVersion = None,
+) -> Response:
+    """The task; with ``as_of`` or ``at_version``, as it stood then (404 if it did not
+    exist then), rebuilt from the log, with ``X-Ledger-Version``."""
+    if as_of is not None or at_version is not None:
+        past = past_tasks(services.ledger, user_id, as_of, at_version)
+        task = next((task for task in past.tasks if task.id == task_id), None)
+        if task is None:
+            raise TaskNotFound(task_id)
+        headers = {"ETag": f'"{task.version}"', "X-Ledger-Version": str(past.version)}
+        return _json_response(task_document(task_fields(task, user_id)), headers=headers)
     services.require_read_model()
     with services.reading() as conn:
         row = queries.get_task(conn, user_id, task_id)
@@ -233,3 +297,46 @@ async def complete_task(
             services.ledger.set_task_completed, user_id, task_id, body.completed, **guards
         )
     return await _written(services, user_id, await run_in_threadpool(command))
+
+
+@router.get(
+    "/{user_id}/history",
+    response_model=HistoryPageOut,
+    responses={**_success(200, sometimes=("Link",)), **_READ_PROBLEMS},
+    tags=["history"],
+)
+def user_history(
+    user_id: ReadableUser,
+    services: ServicesDep,
+    request: Request,
+    after: After = 0,
+    limit: HistoryLimit = 100,
+) -> Response:
+    """The user's events from the log, oldest first, a page at a time: follow
+    ``next_after`` (or the Link header) until it is null."""
+    page = services.ledger.history_page(user_id, after, limit)
+    return _json_response(history_document(page), headers=next_link(request.url.path, page, limit))
+
+
+@router.get(
+    "/{user_id}/tasks/{task_id}/history",
+    response_model=HistoryPageOut,
+    responses={**_success(200, sometimes=("Link",)), **_READ_PROBLEMS},
+    tags=["history"],
+)
+def task_history(
+    user_id: ReadableUser,
+    task_id: TaskId,
+    services: ServicesDep,
+    request: Request,
+    *,
+    after: After = 0,
+    limit: HistoryLimit = 100,
+) -> Response:
+    """One task's events, oldest first, deleted tasks included; paged like the user's
+    history (the cursor is the stream's version). 404 for a task that never existed."""
+    ledger = services.ledger
+    page = ledger.history_page(user_id, after, limit, task_id=task_id)
+    if not page.entries and (after == 0 or not ledger.task_existed(user_id, task_id, after)):
+        raise TaskNotFound(task_id)
+    return _json_response(history_document(page), headers=next_link(request.url.path, page, limit))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -63,6 +64,30 @@ def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[s
     # Past the last page the count has no row to ride on.
     count = conn.execute(select(func.count()).where(*conditions)).scalar_one()
     return [], int(count)
+
+
+def page_of(
+    tasks: Sequence[Mapping[str, Any]], spec: TaskFilter
+) -> tuple[list[Mapping[str, Any]], int]:
+    """``list_tasks`` over tasks held in memory (a past state rebuilt from the log, in
+    creation order): the same filter, search folding, sort and ties, and paging."""
+    matching = list(tasks)
+    if spec.status != "all":
+        matching = [t for t in matching if t["completed"] == (spec.status == "completed")]
+    if spec.q:
+        needle = fold(spec.q)
+        matching = [
+            t
+            for t in matching
+            if needle in fold(t["title"])
+            or (t["description"] is not None and needle in fold(t["description"]))
+        ]
+    # sorted() is stable, reversed or not: ties keep creation order either way, as above.
+    if spec.sort == "title":
+        matching.sort(key=lambda t: fold(t["title"]), reverse=spec.order == "desc")
+    else:
+        matching.sort(key=lambda t: t[spec.sort], reverse=spec.order == "desc")
+    return matching[spec.offset : spec.offset + spec.limit], len(matching)
 
 
 def get_task(conn: Connection, user_id: str, task_id: UUID) -> Row[Any, Any] | None:

@@ -16,6 +16,7 @@ from write_side.domain import (
     TaskVersionMismatch,
     Unset,
 )
+from write_side.history import HistoryEntry, HistoryPage, PastTasks, VersionNotReached
 from write_side.idempotency import IdempotencyKeyReused, RequestKey
 
 __all__ = [
@@ -26,8 +27,11 @@ __all__ = [
     "USER_ID_PATTERN",
     "Change",
     "ConcurrencyExhausted",
+    "HistoryEntry",
+    "HistoryPage",
     "IdempotencyKeyReused",
     "InvalidTask",
+    "PastTasks",
     "RequestKey",
     "Task",
     "TaskLedger",
@@ -36,4 +40,5 @@ __all__ = [
     "TaskNotFound",
     "TaskVersionMismatch",
     "Unset",
+    "VersionNotReached",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
+from itertools import islice
 from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
@@ -13,13 +14,29 @@ from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Decide
 from write_side.domain import UNSET, Task, TaskList, Unset
-from write_side.history import History, replay
+from write_side.history import (
+    History,
+    HistoryPage,
+    PastTasks,
+    VersionNotReached,
+    entry_of,
+    replay,
+    tasks_until,
+)
 from write_side.idempotency import RequestKey, RequestRecord
 from write_side.store.aggregate_cache import DEFAULT_MAX_BYTES, ByteBoundedCache, MeasuredRepository
-from write_side.store.positions import stream_position
+from write_side.store.positions import stream_position, stream_positions
 from write_side.store.postgres_pool import tune_pool
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.transcodings import TaskAsDict
+
+# Events read at a time when a reader may stop before the stream's end.
+_CHUNK = 1000
+
+
+def _task_of(event: Any) -> UUID | None:
+    task_id: UUID | None = getattr(event, "task_id", None)
+    return task_id
 
 
 class Guards(TypedDict, total=False):
@@ -149,6 +166,61 @@ class TaskLedger(Application[UUID]):
     def history(self, user_id: str, until: datetime | None = None) -> History:
         """The user's events from the log, and their tasks as they stood at ``until``."""
         return replay(user_id, self.events.get(TaskList.create_id(user_id)), until)
+
+    def history_page(
+        self, user_id: str, after: int = 0, limit: int = 100, task_id: UUID | None = None
+    ) -> HistoryPage:
+        """The user's events after version ``after``, oldest first, at most ``limit``
+        (only those of ``task_id`` when given). A page of the whole stream reads that
+        page alone; a task's page reads the stream onwards until it is full."""
+        stream_id = TaskList.create_id(user_id)
+        if task_id is None:
+            events = list(self.events.get(stream_id, gt=after, limit=limit + 1))
+        else:
+            of_task = (e for e in self._stream(stream_id, after) if _task_of(e) == task_id)
+            events = list(islice(of_task, limit + 1))
+        entries = [entry_of(event) for event in events[:limit]]
+        positions = (
+            stream_positions(self.recorder, stream_id, entries[0].version, entries[-1].version)
+            if entries
+            else {}
+        )
+        more = len(events) > limit
+        return HistoryPage(entries, positions, entries[-1].version if more else None)
+
+    def task_existed(self, user_id: str, task_id: UUID, until_version: int | None = None) -> bool:
+        """Whether the task was ever added to the user's stream (up to ``until_version``)."""
+        events = self._stream(TaskList.create_id(user_id), lte=until_version)
+        return any(_task_of(event) == task_id for event in events)
+
+    def tasks_at(
+        self, user_id: str, *, version: int | None = None, until: datetime | None = None
+    ) -> PastTasks:
+        """The user's tasks as they stood at stream ``version``, or at the moment
+        ``until``: rebuilt from the log (a snapshot at or before the version may help)."""
+        stream_id = TaskList.create_id(user_id)
+        if version is None:
+            if until is None:
+                raise ValueError("tasks_at needs a version or a moment")
+            return tasks_until(self._stream(stream_id), until)
+        if version == 0:
+            return PastTasks(0, [])
+        try:
+            tasks: TaskList = self.repository.get(stream_id, version=version)
+        except AggregateNotFoundError:
+            raise VersionNotReached(version, 0) from None
+        if tasks.version < version:
+            raise VersionNotReached(version, tasks.version)
+        return PastTasks(tasks.version, tasks.tasks())
+
+    def _stream(self, stream_id: UUID, after: int = 0, lte: int | None = None) -> Iterator[Any]:
+        """The stream's events in chunks, so that a reader that stops early reads little."""
+        while True:
+            chunk = list(self.events.get(stream_id, gt=after, lte=lte, limit=_CHUNK))
+            yield from chunk
+            if len(chunk) < _CHUNK:
+                return
+            after = chunk[-1].originator_version
 
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -1028,9 +1028,10 @@ def test_openapi_has_a_bearer_scheme(openapi: dict[str, Any]) -> None:
 def test_openapi_documents_problem_responses(openapi: dict[str, Any]) -> None:
     assert "Problem" in openapi["components"]["schemas"]
     task_paths = [path for path in openapi["paths"] if path.startswith("/api/")]
-    assert len(task_paths) == 3
+    assert len(task_paths) == 5
     operations = [op for path in task_paths for op in openapi["paths"][path].values()]
-    assert len(operations) == 7  # list, create, get, put, patch, delete, complete
+    # list, create, get, put, patch, delete, complete; the user's and a task's history
+    assert len(operations) == 9
     for operation in operations:
         for status in ("401", "403", "404", "422"):
             response = operation["responses"][status]

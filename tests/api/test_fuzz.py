@@ -23,6 +23,7 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -131,6 +132,7 @@ class Aim:
         for canonical, alias in (("q", "search"), ("sort", "sort_by")):
             if canonical in query and alias in query:
                 query[alias] = query[canonical]
+        self._in_the_past(query)
         name, key = _header(case, "Idempotency-Key")
         if isinstance(key, str) and _IDEMPOTENCY_KEY.match(key):
             # Clients never reuse a key for another request (that answers 422 by contract),
@@ -141,6 +143,25 @@ class Aim:
             if not self.make_tasks:
                 request += str(self.calls)
             case.headers[name] = key[:200] + "-" + hashlib.sha256(request.encode()).hexdigest()[:16]
+
+    def _in_the_past(self, query: dict[str, Any]) -> None:
+        """Clients ask for one past point, already reached: both as_of and at_version,
+        an as_of to come, or a version the stream has not reached answer 422 by
+        contract, which schemas cannot express."""
+        if "as_of" in query and "at_version" in query:
+            del query["at_version"]
+        as_of = query.get("as_of")
+        if isinstance(as_of, str):
+            try:
+                moment = datetime.fromisoformat(as_of)
+            except ValueError:
+                moment = None
+            if moment is not None and moment.tzinfo and moment > datetime.now(UTC):
+                query["as_of"] = "2000-01-01T00:00:00Z"
+        version = query.get("at_version")
+        if isinstance(version, int) and version > 0:
+            stream = self.services.ledger.task_list(FUZZ_USER)
+            query["at_version"] = min(version, stream.version if stream else 0)
 
 
 def _name(value: object) -> str:

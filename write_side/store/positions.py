@@ -50,3 +50,30 @@ def stream_position(
         return int(found[0]) if found else 0
     # Another store (the in-memory one): the log's end is at or past the event.
     return int(recorder.max_notification_id() or 0)
+
+
+@retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+def stream_positions(
+    recorder: ApplicationRecorder, stream_id: UUID, first: int, last: int
+) -> dict[int, int]:
+    """The log positions of the stream's events at versions ``first`` to ``last``, by
+    version (one range scan of the stream's primary key). Another store (the in-memory
+    one) answers none."""
+    if isinstance(recorder, PostgresApplicationRecorder):
+        statement = SQL(
+            "SELECT originator_version, notification_id FROM {}.{} WHERE originator_id = %s"
+            " AND originator_version BETWEEN %s AND %s"
+        ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+        with recorder.datastore.get_connection() as conn:
+            rows = conn.execute(statement, (stream_id, first, last), prepare=True).fetchall()
+        return {int(row["originator_version"]): int(row["notification_id"]) for row in rows}
+    if isinstance(recorder, SQLiteApplicationRecorder):
+        query = (
+            f"SELECT originator_version, rowid FROM {recorder.events_table_name}"  # noqa: S608 - the library's table name
+            " WHERE originator_id = ? AND originator_version BETWEEN ? AND ?"
+        )
+        with recorder.datastore.transaction(commit=False) as c:
+            c.execute(query, (stream_id.hex, first, last))
+            found = c.fetchall()
+        return {int(version): int(position) for version, position in found}
+    return {}
