@@ -155,12 +155,18 @@ class Services:
         self.listings.clear()
         self.query_engine.dispose()
 
-    def check_read_model(self) -> None:
+    def check_read_model(self, *, for_readiness: bool = False) -> None:
         """Bring this process's view of the read tables up to date with the shared
         check row and the log (every ``read_model_check_seconds``, at start-up, and
         when the projector here starts or ends a rebuild). An outage is left to
-        readiness and the requests that meet it."""
-        with self._checking:
+        readiness and the requests that meet it.
+
+        ``for_readiness``: /readyz asks. It does not queue behind a check under way
+        (that one's finding will do), and an outage raises at once, so that /readyz
+        answers 503 after one wait for a connection, not two."""
+        if not self._checking.acquire(blocking=not for_readiness):
+            return
+        try:
             self._follow_read_file()
             try:
                 with self.reading() as conn:
@@ -168,6 +174,9 @@ class Services:
             except Exception as error:
                 if is_unreadable(error):
                     self.read_model_unreadable(error)
+                    return
+                if for_readiness:
+                    raise
                 return
             if found.generation != self._generation:
                 if self._generation is not None:
@@ -183,12 +192,14 @@ class Services:
             if not found.rebuilding:
                 # Positions read from wrong tables prove nothing about a write.
                 self.progress.reset(0)
+        finally:
+            self._checking.release()
 
     def readiness(self) -> dict[str, Any]:
         """``status``: "ready"; "degraded" (projection behind or stalled beyond the
         bounds, ``reasons``); "unavailable" (the read tables must not be served,
         ``reason``). Raises when a database is unreachable (answered 503)."""
-        self.check_read_model()
+        self.check_read_model(for_readiness=True)
         log_position = self.ledger.last_position()
         projected = self.projected_position()
         lag_events = max(log_position - projected, 0)

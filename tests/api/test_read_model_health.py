@@ -7,6 +7,7 @@ only through the shared tables) and a separate `taskledger project` process."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import time
@@ -114,9 +115,12 @@ def _back_up(url: str | None, data_dir: Path, backup: Path) -> int:
     ledger = open_ledger(make_settings(url, data_dir))
     try:
         if url is None:
+            # Closed, not only committed (sqlite3's context manager does not close): a
+            # connection left open would hold the old WAL and, closed later by the garbage
+            # collector, checkpoint it into the restored file.
             with (
-                sqlite3.connect(data_dir / "events.sqlite3") as source,
-                sqlite3.connect(backup) as copy,
+                contextlib.closing(sqlite3.connect(data_dir / "events.sqlite3")) as source,
+                contextlib.closing(sqlite3.connect(backup)) as copy,
             ):
                 source.backup(copy)
         return ledger.last_position()
@@ -185,7 +189,7 @@ def test_a_restored_event_store_is_not_served_and_is_rebuilt(
 def _damage_page_2(read_file: Path) -> None:
     """Overwrite the second page of the read file (task_view's root: the first table
     made), after moving every page out of the WAL so that readers see it."""
-    with sqlite3.connect(read_file, timeout=30) as conn:
+    with contextlib.closing(sqlite3.connect(read_file, timeout=30)) as conn:
         wait_for(
             lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0,
             30,

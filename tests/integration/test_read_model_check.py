@@ -6,6 +6,7 @@ again before the next check is not applied on top of the wrong tables."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from pathlib import Path
@@ -31,8 +32,10 @@ def _cut_log_back(settings: Settings, ledger: TaskLedger, position: int) -> None
     leave the log."""
     events = ledger.recorder.events_table_name  # type: ignore[attr-defined]
     if settings.storage.kind == "sqlite":
-        with sqlite3.connect(settings.data_dir / "events.sqlite3", timeout=30) as conn:
-            conn.execute(f"DELETE FROM {events} WHERE rowid > ?", (position,))  # noqa: S608
+        events_file = settings.data_dir / "events.sqlite3"
+        # Closed at once (the context manager only commits): see test_read_model_health.
+        with contextlib.closing(sqlite3.connect(events_file, timeout=30)) as db, db:
+            db.execute(f"DELETE FROM {events} WHERE rowid > ?", (position,))  # noqa: S608
         return
     assert settings.database_url is not None
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
