@@ -11,8 +11,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import jwt
 import orjson
@@ -24,6 +25,9 @@ from rich.table import Table
 from rich.text import Text
 
 from api.settings import Settings
+
+if TYPE_CHECKING:
+    from write_side import HistoryPage, Task, TaskLedger
 
 app = typer.Typer(help="taskledger: an event-sourced task service.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -162,57 +166,154 @@ def token(
     typer.echo(jwt.encode(claims, secret, algorithm="HS256"))
 
 
+# Events per page of `history --all` when --limit is not given.
+_ALL_PAGE = 1000
+
+
 @app.command()
 def history(
     user_id: Annotated[str, typer.Argument(help="Whose history")],
+    *,
     until: Annotated[
         str | None, typer.Option(help="Replay only up to this moment (ISO 8601, UTC if no zone)")
     ] = None,
+    after: Annotated[
+        int, typer.Option(min=0, help="Start after this version (the HTTP view's cursor)")
+    ] = 0,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="Events per page (default 100; 1,000 with --all)"),
+    ] = None,
+    every_page: Annotated[
+        bool, typer.Option("--all", help="Every page from --after on, printed as it is read")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")] = False,
 ) -> None:
-    """Replay a user's events from the log, and show their tasks as of then."""
+    """A page of a user's events from the log (or --all of them, streamed), and their
+    tasks as of --until (default: now). The HTTP history's pages, printed."""
     from write_side import TaskLedger  # noqa: PLC0415 - heavy, only for this command
 
-    moment = None
-    if until is not None:
-        try:
-            moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
-        except ValueError:
-            err.print(f"[red]Bad --until {until!r}:[/red] use ISO 8601, e.g. 2026-11-28T09:30:00Z")
-            raise typer.Exit(2) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
+    moment = _moment(until)
+    page_size = limit or (_ALL_PAGE if every_page else 100)
     storage = _settings().storage
     with _reading():
         ledger = TaskLedger(env=storage.event_store_env, connect_options=storage.connect_options)
         try:
-            result = ledger.history(user_id, moment)
+            pages = _pages(ledger, user_id, after, page_size, until=moment, every=every_page)
+            printer = _JsonHistory(user_id, moment) if as_json else _TableHistory(user_id, moment)
+            next_after = printer.pages(pages)
+            printer.tasks(ledger.tasks_at(user_id, until=moment or datetime.now(UTC)).tasks)
+            printer.end(next_after)
         finally:
             ledger.close()
-    if as_json:
-        # ASCII only: a C1 control or a bidi override in a title reaches no terminal raw.
-        plain = orjson.loads(orjson.dumps(result, option=orjson.OPT_UTC_Z))
-        typer.echo(json.dumps(plain, indent=2, ensure_ascii=True))
-        return
-    out = Console()
-    events = Table("version", "at (UTC)", "event", "task", "details", title=f"history of {user_id}")
-    for entry in result.entries:
-        details = ", ".join(f"{key}={value!r}" for key, value in entry.details.items())
-        events.add_row(
-            str(entry.version),
-            entry.at.isoformat(),
-            entry.event,
-            str(entry.task_id or ""),
-            _plain(details),
-        )
-    out.print(events)
-    as_of = f"as of {moment.isoformat()}" if moment else "now"
-    tasks = Table("task", "title", "completed", "version", title=f"tasks {as_of}")
-    for task in result.tasks:
-        tasks.add_row(
-            str(task.id), _plain(task.title), "yes" if task.completed else "no", str(task.version)
-        )
-    out.print(tasks)
+    if next_after is not None:
+        more = f"taskledger history {user_id} --after {next_after} --limit {page_size}"
+        err.print(_plain(f"more events follow: {more}" + (f" --until {until}" if until else "")))
+
+
+def _moment(until: str | None) -> datetime | None:
+    if until is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(until.replace("Z", "+00:00"))
+    except ValueError:
+        err.print(f"[red]Bad --until {until!r}:[/red] use ISO 8601, e.g. 2026-11-28T09:30:00Z")
+        raise typer.Exit(2) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _pages(
+    ledger: TaskLedger,
+    user_id: str,
+    after: int,
+    limit: int,
+    *,
+    until: datetime | None,
+    every: bool,
+) -> Iterator[HistoryPage]:
+    """The history's pages from ``after``: one, or ``every`` one, read as they are used."""
+    while True:
+        page = ledger.history_page(user_id, after, limit, until=until)
+        yield page
+        if not every or page.next_after is None:
+            return
+        after = page.next_after
+
+
+class _JsonHistory:
+    """One JSON document, written as its pages are read: ``{"user_id", "until",
+    "entries": [...], "tasks": [...], "next_after"}``. ASCII only: a C1 control or a bidi
+    override in a title reaches no terminal raw."""
+
+    def __init__(self, user_id: str, until: datetime | None) -> None:
+        head = {"user_id": user_id, "until": until}
+        typer.echo(_json(head)[:-1] + ', "entries": [')
+
+    def pages(self, pages: Iterator[HistoryPage]) -> int | None:
+        first, next_after = True, None
+        for page in pages:
+            for entry in page.entries:
+                row = {"position": page.positions.get(entry.version, 0)} | asdict(entry)
+                typer.echo(("" if first else ",") + _json(row))
+                first = False
+            next_after = page.next_after
+        return next_after
+
+    def tasks(self, tasks: list[Task]) -> None:
+        typer.echo('], "tasks": [')
+        typer.echo(",\n".join(_json(task) for task in tasks))
+
+    def end(self, next_after: int | None) -> None:
+        typer.echo(f'], "next_after": {_json(next_after)}}}')
+
+
+def _json(value: object) -> str:
+    plain = orjson.loads(orjson.dumps(value, option=orjson.OPT_UTC_Z))
+    return json.dumps(plain, ensure_ascii=True)
+
+
+class _TableHistory:
+    """A table per page, so that a big history is never one giant table in memory."""
+
+    def __init__(self, user_id: str, until: datetime | None) -> None:
+        self.out = Console()
+        self.user_id, self.until = user_id, until
+
+    def pages(self, pages: Iterator[HistoryPage]) -> int | None:
+        next_after = None
+        for page in pages:
+            title = f"history of {self.user_id}"
+            if page.entries:
+                title += f", versions {page.entries[0].version}-{page.entries[-1].version}"
+            table = Table("version", "at (UTC)", "event", "task", "details", title=_plain(title))
+            for entry in page.entries:
+                details = ", ".join(f"{key}={value!r}" for key, value in entry.details.items())
+                table.add_row(
+                    str(entry.version),
+                    entry.at.isoformat(),
+                    entry.event,
+                    str(entry.task_id or ""),
+                    _plain(details),
+                )
+            self.out.print(table)
+            next_after = page.next_after
+        return next_after
+
+    def tasks(self, tasks: list[Task]) -> None:
+        as_of = f"as of {self.until.isoformat()}" if self.until else "now"
+        for start in range(0, max(len(tasks), 1), _ALL_PAGE):
+            table = Table("task", "title", "completed", "version", title=f"tasks {as_of}")
+            for task in tasks[start : start + _ALL_PAGE]:
+                table.add_row(
+                    str(task.id),
+                    _plain(task.title),
+                    "yes" if task.completed else "no",
+                    str(task.version),
+                )
+            self.out.print(table)
+
+    def end(self, next_after: int | None) -> None:
+        pass
 
 
 projections = typer.Typer(help="Operator tools for the read-side projections.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
-from itertools import islice
+from itertools import islice, takewhile
 from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
@@ -37,6 +37,11 @@ _CHUNK = 1000
 def _task_of(event: Any) -> UUID | None:
     task_id: UUID | None = getattr(event, "task_id", None)
     return task_id
+
+
+def _recorded_at(event: Any) -> datetime:
+    moment: datetime = event.timestamp
+    return moment
 
 
 class Guards(TypedDict, total=False):
@@ -168,17 +173,26 @@ class TaskLedger(Application[UUID]):
         return replay(user_id, self.events.get(TaskList.create_id(user_id)), until)
 
     def history_page(
-        self, user_id: str, after: int = 0, limit: int = 100, task_id: UUID | None = None
+        self,
+        user_id: str,
+        after: int = 0,
+        limit: int = 100,
+        task_id: UUID | None = None,
+        until: datetime | None = None,
     ) -> HistoryPage:
         """The user's events after version ``after``, oldest first, at most ``limit``
-        (only those of ``task_id`` when given). A page of the whole stream reads that
-        page alone; a task's page reads the stream onwards until it is full."""
+        (only those of ``task_id`` when given; none recorded after ``until``, where
+        the history then ends, as a replay up to ``until`` does). A page of the whole
+        stream reads that page alone; a task's page reads the stream onwards until it
+        is full."""
         stream_id = TaskList.create_id(user_id)
         if task_id is None:
             events = list(self.events.get(stream_id, gt=after, limit=limit + 1))
         else:
             of_task = (e for e in self._stream(stream_id, after) if _task_of(e) == task_id)
             events = list(islice(of_task, limit + 1))
+        if until is not None:
+            events = list(takewhile(lambda event: _recorded_at(event) <= until, events))
         entries = [entry_of(event) for event in events[:limit]]
         positions = (
             stream_positions(self.recorder, stream_id, entries[0].version, entries[-1].version)
@@ -197,12 +211,15 @@ class TaskLedger(Application[UUID]):
         self, user_id: str, *, version: int | None = None, until: datetime | None = None
     ) -> PastTasks:
         """The user's tasks as they stood at stream ``version``, or at the moment
-        ``until``: rebuilt from the log (a snapshot at or before the version may help)."""
+        ``until``: rebuilt from the log, from the stream's snapshot when it is not
+        younger than the moment or the version."""
         stream_id = TaskList.create_id(user_id)
         if version is None:
             if until is None:
                 raise ValueError("tasks_at needs a version or a moment")
-            return tasks_until(self._stream(stream_id), until)
+            start = self._snapshot_taken_by(stream_id, until)
+            after = 0 if start is None else start.version
+            return tasks_until(self._stream(stream_id, after), until, start)
         if version == 0:
             return PastTasks(0, [])
         try:
@@ -212,6 +229,20 @@ class TaskLedger(Application[UUID]):
         if tasks.version < version:
             raise VersionNotReached(version, tasks.version)
         return PastTasks(tasks.version, tasks.tasks())
+
+    def _snapshot_taken_by(self, stream_id: UUID, until: datetime) -> TaskList | None:
+        """The list as the stream's latest snapshot holds it, if that was taken by
+        ``until``: it then holds only events recorded by then (each is recorded before
+        a snapshot that includes it), and a replay from it ends where one from the
+        start would. Only the latest snapshot is kept (``LatestSnapshots``), so a
+        moment before it replays from the start."""
+        if self.snapshots is None:
+            return None
+        latest: list[Any] = list(self.snapshots.get(stream_id, desc=True, limit=1))
+        if not latest or latest[0].timestamp > until:
+            return None
+        tasks: TaskList = latest[0].mutate(None)
+        return tasks
 
     def _stream(self, stream_id: UUID, after: int = 0, lte: int | None = None) -> Iterator[Any]:
         """The stream's events in chunks, so that a reader that stops early reads little."""

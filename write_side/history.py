@@ -74,9 +74,10 @@ def entry_of(event: Any) -> HistoryEntry:
     )
 
 
-def tasks_until(events: Iterable[Any], until: datetime) -> PastTasks:
-    """The tasks after applying ``events`` (oldest first) up to and including ``until``."""
-    state: TaskList | None = None
+def tasks_until(events: Iterable[Any], until: datetime, start: TaskList | None = None) -> PastTasks:
+    """The tasks after applying ``events`` (oldest first, those after ``start`` when
+    given) to ``start`` up to and including ``until``."""
+    state = start
     for event in events:
         if event.timestamp > until:
             break

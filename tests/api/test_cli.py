@@ -165,3 +165,51 @@ def test_access_log_lines_can_be_turned_off(tmp_path: Path, live_server: LiveSer
         lines[setting] = [line for line in server.output().splitlines() if "GET /healthz" in line]
     assert len(lines["true"]) == 1
     assert lines["false"] == []
+
+
+def test_history_pages_with_the_https_cursor_and_streams_every_page(tmp_path: Path) -> None:
+    env = service_env(None, tmp_path)
+    ledger = open_ledger(make_settings(None, tmp_path))
+    for n in range(12):
+        ledger.add_task("carol", f"task {n}", None)
+    ledger.close()
+
+    first = taskledger("history", "carol", "--limit", "5", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    page = json.loads(first.stdout)
+    assert [entry["version"] for entry in page["entries"]] == [1, 2, 3, 4, 5]
+    assert [entry["position"] for entry in page["entries"]] == [1, 2, 3, 4, 5]
+    assert page["next_after"] == 5 and len(page["tasks"]) == 12
+    assert "--after 5 --limit 5" in first.stderr
+    last = json.loads(taskledger("history", "carol", "--after", "10", "--json", env=env).stdout)
+    assert [entry["version"] for entry in last["entries"]] == [11, 12, 13]
+    assert last["next_after"] is None
+
+    every = taskledger("history", "carol", "--all", "--limit", "4", "--json", env=env)
+    assert every.returncode == 0, every.stderr
+    streamed = json.loads(every.stdout)
+    assert [entry["version"] for entry in streamed["entries"]] == list(range(1, 14))
+    assert streamed["next_after"] is None and "more events" not in every.stderr
+    table = taskledger("history", "carol", "--all", "--limit", "5", env=env)
+    assert table.stdout.count("history of carol") == 3
+    assert "versions 11-13" in table.stdout and "task 11" in table.stdout
+    assert taskledger("history", "carol", "--limit", "0", env=env).returncode == 2
+
+
+def test_history_pages_stop_at_until(tmp_path: Path) -> None:
+    env = service_env(None, tmp_path)
+    ledger = open_ledger(make_settings(None, tmp_path))
+    for n in range(4):
+        ledger.add_task("dave", f"early {n}", None)
+    moment = datetime.now(UTC)
+    time.sleep(0.01)
+    ledger.add_task("dave", "late", None)
+    ledger.close()
+    until = ("--until", moment.isoformat())
+    first = taskledger("history", "dave", *until, "--limit", "3", "--json", env=env)
+    assert json.loads(first.stdout)["next_after"] == 3
+    rest = taskledger("history", "dave", *until, "--after", "3", "--json", env=env)
+    page = json.loads(rest.stdout)
+    assert [entry["version"] for entry in page["entries"]] == [4, 5]
+    assert page["next_after"] is None and "more events" not in rest.stderr
+    assert sorted(task["title"] for task in page["tasks"]) == [f"early {n}" for n in range(4)]

@@ -18,8 +18,16 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.support import User, assert_problem, make_settings, services_of, serving
+from tests.support import (
+    User,
+    assert_problem,
+    make_settings,
+    open_ledger,
+    services_of,
+    serving,
+)
 from write_side import TaskList
+from write_side.history import tasks_until
 
 
 @dataclass
@@ -354,3 +362,27 @@ def test_nobody_writes_through_the_history(client: TestClient, script: Script) -
     for url in (f"/api/{user.id}/history", user.tasks_url(script.first) + "/history"):
         for method in ("POST", "PUT", "PATCH", "DELETE"):
             assert_problem(client.request(method, url, headers=user.headers), 405)
+
+
+def test_as_of_from_the_latest_snapshot_answers_as_the_full_replay(
+    fresh_database: str | None, tmp_path: Path
+) -> None:
+    """A moment after the stream's snapshot starts from it; before it, from the start."""
+    ledger = open_ledger(make_settings(fresh_database, tmp_path))
+    try:
+        added = [ledger.add_task("snap", f"task {n}", None).task for n in range(150)]
+        ids = [task.id for task in added if task is not None]
+        for task_id in ids[::3]:
+            ledger.toggle_task("snap", task_id)
+        ledger.update_task("snap", ids[1], title="renamed")
+        assert ledger.snapshots is not None
+        stream_id = TaskList.create_id("snap")
+        taken: list[Any] = list(ledger.snapshots.get(stream_id, desc=True, limit=1))
+        assert taken, "the stream should have a snapshot"
+        stream: list[Any] = list(ledger.events.get(stream_id))
+        moments = [event.timestamp for event in stream[:: len(stream) // 7]]
+        moments += [taken[0].timestamp, stream[-1].timestamp, datetime.now(UTC)]
+        for moment in moments:
+            assert ledger.tasks_at("snap", until=moment) == tasks_until(stream, moment)
+    finally:
+        ledger.close()
