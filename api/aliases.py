@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from fastapi.exceptions import RequestValidationError
+from api.errors import invalid_query
 
 T = TypeVar("T")
 
@@ -18,14 +18,7 @@ def either(name: str, value: T | None, alias: str, alias_value: T | None) -> T |
     if alias_value is None:
         return value
     if value is not None and value != alias_value:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", alias),
-                    "msg": f"{alias} is another name for {name}, and they differ",
-                    "input": alias_value,
-                }
-            ]
+        raise invalid_query(
+            alias, alias_value, f"{alias} is another name for {name}, and they differ"
         )
     return alias_value

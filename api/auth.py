@@ -77,12 +77,8 @@ class TokenVerifier:
         if cached is not None:
             return cached
         algorithm, kid = self._read_header(token)
-        key: Any
-        if kid is None:
-            key = self._secret
-        else:
-            with _refusing_unknown_keys():
-                key = self._key_set().key_for(kid)
+        with _refusing_unknown_keys():
+            key = self._secret if kid is None else self._key_set().key_for(kid)
         return self._remember(token, self._decode(token, key, algorithm))
 
     async def verify_async(self, token: str) -> Principal:
@@ -92,12 +88,8 @@ class TokenVerifier:
         if cached is not None:
             return cached
         algorithm, kid = self._read_header(token)
-        key: Any
-        if kid is None:
-            key = self._secret
-        else:
-            with _refusing_unknown_keys():
-                key = await self._key_set().key_for_async(kid)
+        with _refusing_unknown_keys():
+            key = self._secret if kid is None else await self._key_set().key_for_async(kid)
         return self._remember(token, self._decode(token, key, algorithm))
 
     def _cached(self, token: str) -> Principal | None:

@@ -13,9 +13,9 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
+from api.errors import invalid_query
 from read_side import queries
 from read_side.documents import task_document
 from write_side import HistoryPage, PastTasks, Task, TaskLedger
@@ -74,10 +74,10 @@ def past_tasks(
     """The user's tasks at ``as_of`` or ``at_version`` (one of them, never both); 422
     for a moment still to come, or a version the stream has not reached."""
     if as_of is not None and at_version is not None:
-        _refuse("at_version", at_version, "send as_of or at_version, not both")
+        raise invalid_query("at_version", at_version, "send as_of or at_version, not both")
     if as_of is not None:
         if as_of > datetime.now(UTC):
-            _refuse("as_of", as_of.isoformat(), "as_of is in the future")
+            raise invalid_query("as_of", as_of.isoformat(), "as_of is in the future")
         return ledger.tasks_at(user_id, until=as_of)
     return ledger.tasks_at(user_id, version=at_version)
 
@@ -86,9 +86,3 @@ def past_page(past: PastTasks, user_id: str, spec: queries.TaskFilter) -> tuple[
     """A page of ``past``, as the live list answers it: its JSON array and the total."""
     page, total = queries.page_of([task_fields(task, user_id) for task in past.tasks], spec)
     return "[" + ",".join(task_document(task) for task in page) + "]", total
-
-
-def _refuse(field: str, value: Any, message: str) -> None:
-    raise RequestValidationError(
-        [{"type": "value_error", "loc": ("query", field), "msg": message, "input": value}]
-    )
