@@ -112,8 +112,8 @@ class ProjectionProgress:
                 reading = self._reading[loop] = loop.run_in_executor(self._reader, self.refresh)
         await asyncio.shield(reading)
 
-    def close(self) -> None:
-        self._reader.shutdown(wait=False)
+    def close(self, *, wait: bool = False) -> None:
+        self._reader.shutdown(wait=wait)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
