@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -41,8 +42,15 @@ class HistoryPageOut(BaseModel):
     )
 
 
+_TASK_FIELDS = tuple(field.name for field in fields(Task))
+_task_values = attrgetter(*_TASK_FIELDS)
+
+
 def task_fields(task: Task, user_id: str) -> dict[str, Any]:
-    return {field.name: getattr(task, field.name) for field in fields(task)} | {"user_id": user_id}
+    # In C loops: a past list of thousands of tasks converts each one.
+    values = dict(zip(_TASK_FIELDS, _task_values(task), strict=True))
+    values["user_id"] = user_id
+    return values
 
 
 def history_document(page: HistoryPage) -> str:

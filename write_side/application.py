@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
+from functools import cached_property
 from itertools import islice, takewhile
 from typing import Any, TypedDict, Unpack
 from uuid import UUID
@@ -28,6 +29,7 @@ from write_side.store.aggregate_cache import DEFAULT_MAX_BYTES, ByteBoundedCache
 from write_side.store.positions import stream_position, stream_positions
 from write_side.store.postgres_pool import tune_pool
 from write_side.store.saving import StreamSaver, create_tables
+from write_side.store.snapshots import DecodedSnapshots, KeptSnapshots
 from write_side.store.transcodings import TaskAsDict
 
 # Events read at a time when a reader may stop before the stream's end.
@@ -211,15 +213,15 @@ class TaskLedger(Application[UUID]):
         self, user_id: str, *, version: int | None = None, until: datetime | None = None
     ) -> PastTasks:
         """The user's tasks as they stood at stream ``version``, or at the moment
-        ``until``: rebuilt from the log, from the stream's snapshot when it is not
+        ``until``: rebuilt from the log, from the stream's latest snapshot that is not
         younger than the moment or the version."""
         stream_id = TaskList.create_id(user_id)
         if version is None:
             if until is None:
                 raise ValueError("tasks_at needs a version or a moment")
-            start = self._snapshot_taken_by(stream_id, until)
+            start, end = self._snapshots_around(stream_id, until)
             after = 0 if start is None else start.version
-            return tasks_until(self._stream(stream_id, after), until, start)
+            return tasks_until(self._stream(stream_id, after, end), until, start)
         if version == 0:
             return PastTasks(0, [])
         try:
@@ -230,28 +232,59 @@ class TaskLedger(Application[UUID]):
             raise VersionNotReached(version, tasks.version)
         return PastTasks(tasks.version, tasks.tasks())
 
-    def _snapshot_taken_by(self, stream_id: UUID, until: datetime) -> TaskList | None:
-        """The list as the stream's latest snapshot holds it, if that was taken by
-        ``until``: it then holds only events recorded by then (each is recorded before
-        a snapshot that includes it), and a replay from it ends where one from the
-        start would. Only the latest snapshot is kept (``LatestSnapshots``), so a
-        moment before it replays from the start."""
-        if self.snapshots is None:
-            return None
-        latest: list[Any] = list(self.snapshots.get(stream_id, desc=True, limit=1))
-        if not latest or latest[0].timestamp > until:
-            return None
-        tasks: TaskList = latest[0].mutate(None)
-        return tasks
+    def _snapshots_around(
+        self, stream_id: UUID, until: datetime
+    ) -> tuple[TaskList | None, int | None]:
+        """The list as the stream's latest snapshot taken by ``until`` holds it, and the
+        version of the next snapshot (the replay ends before it), if any.
+
+        A snapshot at version v holds events 1 to v, and a stream's events are
+        recorded in time order (each is stamped when decided, on a list that holds
+        all the events before it): when event v was recorded by ``until``, all of
+        them were, and a replay from the snapshot ends where one from the start
+        would. So the kept snapshots' versions are searched by their events' moments
+        (one small read each), and only the snapshot chosen is decoded (or found
+        already decoded)."""
+        kept, decoded = self._kept_snapshots, self._decoded_snapshots
+        if kept is None or decoded is None:
+            return None, None
+        versions = kept.versions(stream_id)
+        low, high = 0, len(versions)  # versions[:low] recorded by until, [high:] after
+        start: tuple[int, datetime] | None = None
+        while low < high:
+            middle = (low + high) // 2
+            recorded = self._recorded_at(stream_id, versions[middle])
+            if recorded is not None and recorded <= until:
+                low, start = middle + 1, (versions[middle], recorded)
+            else:
+                high = middle
+        end = versions[low] if low < len(versions) else None
+        return (None if start is None else decoded.at(stream_id, *start)), end
+
+    def _recorded_at(self, stream_id: UUID, version: int) -> datetime | None:
+        """When the stream's event at ``version`` was recorded (None: no such event)."""
+        events = self.events.get(stream_id, gt=version - 1, lte=version)
+        return next((_recorded_at(event) for event in events), None)
+
+    @cached_property
+    def _kept_snapshots(self) -> KeptSnapshots | None:
+        return None if self.snapshots is None else KeptSnapshots(self.snapshots)
+
+    @cached_property
+    def _decoded_snapshots(self) -> DecodedSnapshots | None:
+        return None if self.snapshots is None else DecodedSnapshots(self.snapshots)
 
     def _stream(self, stream_id: UUID, after: int = 0, lte: int | None = None) -> Iterator[Any]:
-        """The stream's events in chunks, so that a reader that stops early reads little."""
+        """The stream's events in chunks, each event decoded when it is reached, so that
+        a reader that stops early reads and decodes little."""
         while True:
-            chunk = list(self.events.get(stream_id, gt=after, lte=lte, limit=_CHUNK))
-            yield from chunk
-            if len(chunk) < _CHUNK:
+            read = 0
+            for event in self.events.get(stream_id, gt=after, lte=lte, limit=_CHUNK):
+                read += 1
+                after = event.originator_version
+                yield event
+            if read < _CHUNK:
                 return
-            after = chunk[-1].originator_version
 
     def last_position(self) -> int:
         return self.recorder.max_notification_id() or 0

@@ -364,25 +364,78 @@ def test_nobody_writes_through_the_history(client: TestClient, script: Script) -
             assert_problem(client.request(method, url, headers=user.headers), 405)
 
 
-def test_as_of_from_the_latest_snapshot_answers_as_the_full_replay(
-    fresh_database: str | None, tmp_path: Path
+class ReadsRecorded:
+    """An event store that records where each read of a stream started (``gt``)."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.starts: list[int | None] = []
+
+    def get(self, originator_id: Any, **options: Any) -> Any:
+        self.starts.append(options.get("gt"))
+        return self._store.get(originator_id, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_as_of_replays_from_the_kept_snapshot_before_it_as_a_full_replay_would(
+    fresh_database: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A moment after the stream's snapshot starts from it; before it, from the start."""
+    """A moment reads from the latest snapshot kept by then (here 800 or 1,600; none
+    before 800) and answers as a replay from the start; so does a version."""
     ledger = open_ledger(make_settings(fresh_database, tmp_path))
     try:
-        added = [ledger.add_task("snap", f"task {n}", None).task for n in range(150)]
-        ids = [task.id for task in added if task is not None]
-        for task_id in ids[::3]:
-            ledger.toggle_task("snap", task_id)
-        ledger.update_task("snap", ids[1], title="renamed")
+        # 1,000 tasks, then changes, saved in batches that end at multiples of 100
+        # (where one command at a time would cross the same snapshot boundaries).
+        stream = TaskList.start("snap")
+        for n in range(1900):
+            tasks = stream.tasks()
+            if len(tasks) < 1000 and n < 1000:
+                stream.add(f"task {n}", None)
+            elif n % 10 == 0:
+                stream.delete(tasks[n % len(tasks)].id)
+            elif n % 3 == 0:
+                stream.edit(tasks[n % len(tasks)].id, title=f"renamed {n}")
+            else:
+                stream.toggle(tasks[n % len(tasks)].id)
+            if stream.version % 100 == 0:
+                ledger.save_outcome(stream, None)
+        ledger.save_outcome(stream, None)
         assert ledger.snapshots is not None
         stream_id = TaskList.create_id("snap")
-        taken: list[Any] = list(ledger.snapshots.get(stream_id, desc=True, limit=1))
-        assert taken, "the stream should have a snapshot"
-        stream: list[Any] = list(ledger.events.get(stream_id))
-        moments = [event.timestamp for event in stream[:: len(stream) // 7]]
-        moments += [taken[0].timestamp, stream[-1].timestamp, datetime.now(UTC)]
+        kept = [s.originator_version for s in ledger.snapshots.get(stream_id)]
+        assert kept == [800, 1600]
+        events: list[Any] = list(ledger.events.get(stream_id))
+        at = {event.originator_version: event.timestamp for event in events}
+        recorded = ReadsRecorded(ledger.events)
+        monkeypatch.setattr(ledger, "events", recorded)
+        moments = [
+            at[1] - timedelta(seconds=1),
+            at[1],
+            at[799],
+            at[799] + (at[800] - at[799]) / 2,
+            at[800],
+            at[801],
+            at[1200] + (at[1201] - at[1200]) / 2,
+            at[1599],
+            at[1600],
+            at[len(events)],
+            datetime.now(UTC),
+        ]
+        starts = set()
         for moment in moments:
-            assert ledger.tasks_at("snap", until=moment) == tasks_until(stream, moment)
+            recorded.starts.clear()
+            expected = tasks_until(events, moment)
+            assert ledger.tasks_at("snap", until=moment) == expected, moment
+            # The replay (the last read) began right after the latest snapshot whose
+            # last event was recorded by the moment.
+            start = max((v for v in kept if at[v] <= moment), default=0)
+            assert recorded.starts[-1] == start, (moment, recorded.starts)
+            starts.add(start)
+        assert starts == {0, 800, 1600}
+        for version in (799, 800, 1200, 1600, len(events)):
+            expected = tasks_until(events[:version], datetime.now(UTC))
+            assert ledger.tasks_at("snap", version=version) == expected, version
     finally:
         ledger.close()

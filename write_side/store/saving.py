@@ -15,7 +15,7 @@ from eventsourcing.persistence import IntegrityError, InternalError, Programming
 from write_side.domain import TaskList
 from write_side.idempotency import RequestRecord
 from write_side.store.group_commit import GroupCommit
-from write_side.store.snapshots import LatestSnapshots
+from write_side.store.snapshots import KeptSnapshots
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ class StreamSaver:
     """Saves for ``app``. Snapshots bound the replay of a long stream that is not in
     the cache. They are taken here, from the aggregate just saved: the library's own
     snapshotting would first rebuild it from the store, costing a growing stream tens
-    of milliseconds of CPU, every interval, that every other request waits out. Only
-    each stream's latest snapshot is kept (see ``LatestSnapshots``)."""
+    of milliseconds of CPU, every interval, that every other request waits out. A few
+    snapshots of each stream are kept, spread out over it (see ``KeptSnapshots``)."""
 
     def __init__(self, app: Application[UUID], min_snapshot_interval: int = 100) -> None:
         self._app = app
         self.min_snapshot_interval = min_snapshot_interval
-        self._snapshots = None if app.snapshots is None else LatestSnapshots(app.snapshots)
+        self._snapshots = None if app.snapshots is None else KeptSnapshots(app.snapshots)
         self._group_commit = GroupCommit(app.save)
 
     @property
@@ -84,7 +84,7 @@ class StreamSaver:
         if self._snapshots is None:
             return  # snapshotting turned off (IS_SNAPSHOTTING_ENABLED=n)
         try:
-            self._snapshots.replace(TaskList.Snapshot.take(tasks))
+            self._snapshots.keep(TaskList.Snapshot.take(tasks))
         except Exception as error:
             # Only an optimisation, and the events are saved: never fail the command.
             log.warning("snapshot of %s not taken: %s", tasks.id, type(error).__name__)
@@ -95,8 +95,8 @@ class StreamSaver:
 
 
 def create_tables(app: Application[UUID]) -> None:
-    """Create the event store's missing tables (events, snapshots), and delete the
-    snapshots that older releases kept beside each stream's latest.
+    """Create the event store's missing tables (events, snapshots), and thin the
+    snapshots that older releases kept to the few each stream keeps now.
 
     PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against another process doing
     the same at that moment (the loser fails on a catalog row: duplicate key, "tuple
@@ -116,4 +116,4 @@ def create_tables(app: Application[UUID]) -> None:
             log.info("tables being created by another process; retrying")
             time.sleep(0.05 * (attempt + 1))
     if app.snapshots is not None:
-        LatestSnapshots(app.snapshots).prune()
+        KeptSnapshots(app.snapshots).prune()

@@ -1,11 +1,25 @@
-"""Snapshots kept at one per stream, the latest, so that their storage grows with the
-live state and not with the number of events.
+"""Snapshots kept at a few per stream, spread over it: their storage stays a small
+multiple of the list they hold, and a moment of the stream's past has one near before it.
 
 A snapshot holds a whole task list; keeping every one (the library's way) made a user
 with 50,000 tasks and 50,000 toggles hold 14.8 GB of snapshots for 30 MB of events.
-Only the latest is ever read (the repository asks for ``desc=True, limit=1``), so each
-new snapshot deletes the stream's older ones, and start-up deletes those an earlier
-release left behind.
+Keeping only the latest made a look at the list as it stood earlier (``as_of``,
+``at_version``) replay the stream from its start. So each stream keeps at most
+``KEPT_PER_STREAM``: each new snapshot is stored, then the stream's others are thinned
+(``to_thin``): the latest always stays (a load reads it), and of the rest those whose
+removal leaves the shortest stretch of events without a snapshot go first, so the kept
+ones stay spread out over the stream. Start-up thins the streams that an earlier
+release left with more.
+
+Disk: at most ``KEPT_PER_STREAM`` (8) snapshots per stream (one more after a crash
+between storing one and thinning, until the stream's next snapshot or the next
+start-up; a stream of fewer than ``MIN_STRETCH`` events keeps only its latest); each is
+the list as it stood at its version, so they total at most 8 times the largest of them (at
+most the largest the list has been). A list that grows takes snapshots of about double
+the size each time: those total about twice the latest.
+
+Each process also keeps a few decoded snapshots in memory (``DecodedSnapshots``, bounded
+in bytes) for looks at the past.
 
 The library has no delete, so this module speaks each backend's SQL through the
 recorder's own datastore (its table name, schema and transactions).
@@ -14,23 +28,43 @@ recorder's own datastore (its table name, schema and transactions).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from copy import deepcopy
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.domain import Snapshot
-from eventsourcing.persistence import EventStore, OperationalError, PersistenceError
+from eventsourcing.persistence import (
+    EventStore,
+    InterfaceError,
+    OperationalError,
+    PersistenceError,
+)
 from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
+
+from write_side.domain import TaskList
+from write_side.store.aggregate_cache import estimate_bytes
 
 log = logging.getLogger(__name__)
 
-# Rows that a later row of the same stream supersedes: all but each stream's latest.
-_SUPERSEDED = (
-    "EXISTS (SELECT 1 FROM {table} AS newer"
-    " WHERE newer.originator_id = old.originator_id"
-    " AND newer.originator_version > old.originator_version)"
-)
+# Snapshots kept per stream at most.
+KEPT_PER_STREAM = 8
+# A snapshot is not kept for the past when, without it, no moment of the stream would
+# replay more than this many events (about 10 ms of decoding here): a stream shorter
+# than that keeps only its latest, and a list that grows keeps 800, 1,600, 3,200, ...
+# of the snapshots it takes at 100, 200, 400, ... (snapshot_interval in saving.py).
+MIN_STRETCH = 1000
+
+# The decoded snapshots one process keeps in memory for looks at the past, in bytes
+# (estimated as the aggregate cache estimates lists): about six lists of 5,000 tasks.
+DECODED_MAX_BYTES = 16 * 2**20
+
 # PostgreSQL's defaults. The library creates its tables with a vacuum threshold of 100
 # million dead rows (right for an append-only log, where there are none); snapshots
 # are deleted all the time, and their space must come back.
@@ -40,42 +74,151 @@ _VACUUM_OPTIONS = {
 }
 
 
-class _Pruner(Protocol):
-    def delete_older(self, originator_id: UUID, version: int) -> None: ...
+def to_thin(
+    versions: Sequence[int], keep: int = KEPT_PER_STREAM, stretch: int = MIN_STRETCH
+) -> list[int]:
+    """Which of a stream's snapshot ``versions`` (ascending) to delete: never the
+    latest; otherwise, one at a time, the one whose neighbours are closest (the
+    stream's start counts as one before the first; the older on a tie), while more
+    than ``keep`` remain or while those neighbours are at most ``stretch`` events
+    apart. The same versions always give the same answer, so two processes thinning a
+    stream at once delete the same snapshots."""
+    kept = list(versions)
+    thinned = []
+    while len(kept) > 1:
 
-    def delete_superseded(self) -> int: ...
+        def gap(i: int) -> tuple[int, int]:
+            return kept[i + 1] - (kept[i - 1] if i else 0), i
+
+        shortest, i = min(gap(i) for i in range(len(kept) - 1))
+        if len(kept) <= keep and shortest > stretch:
+            break
+        thinned.append(kept.pop(i))
+    return sorted(thinned)
+
+
+class _Pruner(Protocol):
+    def versions(self, originator_id: UUID) -> list[int]: ...
+
+    def delete(self, originator_id: UUID, versions: Sequence[int]) -> None: ...
+
+    def several(self) -> dict[UUID, list[int]]:
+        """The versions of each stream's snapshots, oldest first, for the streams with
+        more than one."""
 
     def reclaim_space(self) -> None:
         """Have the database reuse deleted snapshots' space."""
 
 
-class LatestSnapshots:
-    """The snapshot store, kept at the latest snapshot of each stream."""
+class KeptSnapshots:
+    """The snapshot store, kept at ``keep`` snapshots per stream, spread out."""
 
-    def __init__(self, store: EventStore[UUID]) -> None:
+    def __init__(self, store: EventStore[UUID], keep: int = KEPT_PER_STREAM) -> None:
         self._store = store
+        self._keep = keep
         self._pruner = _pruner_for(store.recorder)
 
-    def replace(self, snapshot: Snapshot) -> None:
-        """Store ``snapshot`` and delete its stream's older ones.
+    def keep(self, snapshot: Snapshot) -> None:
+        """Store ``snapshot``, then thin its stream's snapshots.
 
-        Two statements: a crash between them leaves one extra snapshot, which the next
+        Separate statements: a crash between them leaves one extra, which the next
         snapshot of the stream, or the next start-up, deletes."""
         self._store.put([snapshot])
         if self._pruner is not None:
-            self._pruner.delete_older(snapshot.originator_id, snapshot.originator_version)
+            self._thin(self._pruner, snapshot.originator_id)
+
+    # As the library's own reads: a connection that broke is retried, not a 503 at once.
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def versions(self, originator_id: UUID) -> list[int]:
+        """The versions of the stream's snapshots, oldest first (their states unread)."""
+        if self._pruner is not None:
+            return self._pruner.versions(originator_id)
+        # In memory (eventsourcing.popo): the rows are at hand anyway.
+        rows = self._store.recorder.select_events(originator_id)
+        return [row.originator_version for row in rows]
 
     def prune(self) -> int:
-        """Delete every snapshot that a later one of its stream supersedes (the upgrade
-        step from releases that kept them all); how many were deleted. Idempotent, and
-        one indexed query when there is nothing to do."""
+        """Thin every stream's snapshots as ``keep`` does (the upgrade step from
+        releases that kept them all, or only the latest); how many were deleted.
+        Idempotent, and one query of the table's index when there is nothing to do."""
         if self._pruner is None:
             return 0
         self._pruner.reclaim_space()
-        deleted = self._pruner.delete_superseded()
+        deleted = 0
+        try:
+            for stream, versions in self._pruner.several().items():
+                excess = to_thin(versions, self._keep)
+                if excess:
+                    self._pruner.delete(stream, excess)
+                    deleted += len(excess)
+        except OperationalError as error:
+            # E.g. a lock timeout behind a long transaction: the next start-up goes on,
+            # and each stream's next snapshot thins it meanwhile.
+            log.warning("snapshots not thinned now: %s", type(error).__name__)
         if deleted:
-            log.info("deleted %d superseded snapshots (kept the latest of each stream)", deleted)
+            log.info("deleted %d snapshots (kept %d per stream)", deleted, self._keep)
         return deleted
+
+    def _thin(self, pruner: _Pruner, originator_id: UUID) -> None:
+        # Two processes thinning one stream at once read the same versions, or one reads
+        # them after the other's delete: either way each deletes what is in excess.
+        excess = to_thin(pruner.versions(originator_id), self._keep)
+        if excess:
+            pruner.delete(originator_id, excess)
+
+
+class DecodedSnapshots:
+    """Snapshots as decoded, kept in memory up to ``max_bytes`` (the least recently used
+    go first; a list larger than that is not kept): a snapshot never changes, and
+    decoding one of a long list costs tens of milliseconds that each look at a moment
+    after it would pay again. Each is handed out as a list of its own (a copy of its
+    dict of immutable tasks, ``TaskList.__deepcopy__``). Thread-safe."""
+
+    def __init__(self, store: EventStore[UUID], max_bytes: int = DECODED_MAX_BYTES) -> None:
+        self._store = store
+        self._max_bytes = max_bytes
+        self._lists: OrderedDict[tuple[UUID, int], tuple[TaskList, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def at(self, stream_id: UUID, version: int, recorded: datetime) -> TaskList | None:
+        """The stream's snapshot at ``version`` (or its latest before, if that one has
+        just been thinned away), or None. ``recorded``: when the stream's event at
+        ``version`` was recorded. A kept list must have that as its last change: a
+        store restored from a backup may hold other events, and snapshots, at the
+        same versions."""
+        key = (stream_id, version)
+        with self._lock:
+            entry = self._lists.get(key)
+            if entry is not None and entry[0].modified_on == recorded:
+                self._lists.move_to_end(key)
+                return deepcopy(entry[0])
+        found: list[Any] = list(self._store.get(stream_id, lte=version, desc=True, limit=1))
+        if not found:
+            return None
+        tasks: TaskList = found[0].mutate(None)
+        if tasks.version == version and tasks.modified_on == recorded:
+            self._keep(key, deepcopy(tasks))
+        return tasks
+
+    @property
+    def bytes(self) -> int:
+        """The estimated size of the lists kept."""
+        return self._bytes
+
+    def _keep(self, key: tuple[UUID, int], tasks: TaskList) -> None:
+        size = estimate_bytes(tasks)  # linear in the tasks: not under the lock
+        if size > self._max_bytes:
+            return
+        with self._lock:
+            previous = self._lists.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous[1]
+            self._lists[key] = (tasks, size)
+            self._bytes += size
+            while self._bytes > self._max_bytes:
+                _, (_, evicted) = self._lists.popitem(last=False)
+                self._bytes -= evicted
 
 
 def _pruner_for(recorder: Any) -> _Pruner | None:
@@ -92,32 +235,44 @@ class _SQLitePruner:
         # The recorder's own table name (stored_snapshots), never input: as the
         # library builds its statements.
         table = recorder.events_table_name
-        older = f"DELETE FROM {table} WHERE originator_id = ? AND originator_version < ?"  # noqa: S608
-        superseded = _SUPERSEDED.format(table=table)
-        self._older = older
-        self._any = f"SELECT 1 FROM {table} AS old WHERE {superseded} LIMIT 1"  # noqa: S608
-        self._superseded = f"DELETE FROM {table} AS old WHERE {superseded}"  # noqa: S608
+        where = "WHERE originator_id = ?"
+        order = "ORDER BY originator_version"
+        self._versions = f"SELECT originator_version FROM {table} {where} {order}"  # noqa: S608
+        self._delete = f"DELETE FROM {table} {where} AND originator_version = ?"  # noqa: S608
+        several = f"SELECT originator_id FROM {table} GROUP BY originator_id HAVING count(*) > 1"  # noqa: S608
+        self._several = (
+            f"SELECT originator_id, originator_version FROM {table}"  # noqa: S608
+            f" WHERE originator_id IN ({several}) ORDER BY originator_id, originator_version"
+        )
 
-    def delete_older(self, originator_id: UUID, version: int) -> None:
-        # Stored as the recorder stores it: a UUID as its hex digits.
-        key = originator_id.hex if isinstance(originator_id, UUID) else originator_id
-        with self._recorder.datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._older, (key, version))
-
-    def delete_superseded(self) -> int:
+    def versions(self, originator_id: UUID) -> list[int]:
         with self._recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(self._any)
-            if cursor.fetchone() is None:
-                return 0
-        # A write transaction: two processes starting at once take turns (SQLite's
-        # write lock), and the second finds nothing left to delete.
+            cursor.execute(self._versions, (_key(originator_id),))
+            return [int(row[0]) for row in cursor.fetchall()]
+
+    def delete(self, originator_id: UUID, versions: Sequence[int]) -> None:
+        key = _key(originator_id)
+        # A write transaction: two processes deleting at once take turns (SQLite's write
+        # lock), and a row already deleted by the other is no error.
         with self._recorder.datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._superseded)
-            cursor.execute("SELECT changes()")  # the library's cursor hides rowcount
-            return int(cursor.fetchone()[0])
+            cursor.executemany(self._delete, [(key, version) for version in versions])
+
+    def several(self) -> dict[UUID, list[int]]:
+        with self._recorder.datastore.transaction(commit=False) as cursor:
+            cursor.execute(self._several)
+            rows = cursor.fetchall()
+        versions: dict[UUID, list[int]] = {}
+        for key, version in rows:
+            versions.setdefault(UUID(key), []).append(int(version))
+        return versions
 
     def reclaim_space(self) -> None:
         pass  # SQLite reuses the pages of deleted rows (its free list) by itself
+
+
+def _key(originator_id: UUID) -> str:
+    # Stored as the SQLite recorder stores it: a UUID as its hex digits.
+    return originator_id.hex if isinstance(originator_id, UUID) else str(originator_id)
 
 
 class _PostgresPruner:
@@ -126,39 +281,37 @@ class _PostgresPruner:
         self._name = recorder.events_table_name
         self._schema = recorder.datastore.schema
         table = Identifier(self._schema, self._name)
-        self._older = SQL(
-            "DELETE FROM {table} WHERE originator_id = %s AND originator_version < %s"
+        self._versions = SQL(
+            "SELECT originator_version FROM {table} WHERE originator_id = %s"
+            " ORDER BY originator_version"
         ).format(table=table)
-        superseded = SQL(_SUPERSEDED).format(table=table)
-        self._any = SQL("SELECT 1 FROM {table} AS old WHERE {superseded} LIMIT 1").format(
-            table=table, superseded=superseded
-        )
-        # The lock conflicts with itself (and with inserts, for the moment the delete
-        # takes): two processes starting at once clean up one after the other.
-        self._lock = SQL("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE").format(table=table)
-        self._superseded = SQL("DELETE FROM {table} AS old WHERE {superseded}").format(
-            table=table, superseded=superseded
-        )
+        self._delete = SQL(
+            "DELETE FROM {table} WHERE originator_id = %s AND originator_version = ANY(%s)"
+        ).format(table=table)
+        self._several = SQL(
+            "SELECT originator_id, originator_version FROM {table} WHERE originator_id IN"
+            " (SELECT originator_id FROM {table} GROUP BY originator_id HAVING count(*) > 1)"
+            " ORDER BY originator_id, originator_version"
+        ).format(table=table)
 
-    def delete_older(self, originator_id: UUID, version: int) -> None:
+    def versions(self, originator_id: UUID) -> list[int]:
+        # The pool's connections are in autocommit: one round trip, prepared once.
+        with self._recorder.datastore.get_connection() as conn:
+            rows = conn.execute(self._versions, (originator_id,), prepare=True).fetchall()
+        return [int(row["originator_version"]) for row in rows]
+
+    def delete(self, originator_id: UUID, versions: Sequence[int]) -> None:
         with self._recorder.datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._older, (originator_id, version))
+            cursor.execute(self._delete, (originator_id, list(versions)))
 
-    def delete_superseded(self) -> int:
+    def several(self) -> dict[UUID, list[int]]:
         with self._recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(self._any)
-            if cursor.fetchone() is None:
-                return 0
-        try:
-            with self._recorder.datastore.transaction(commit=True) as cursor:
-                cursor.execute(self._lock)
-                cursor.execute(self._superseded)
-                return int(cursor.rowcount)
-        except OperationalError as error:
-            # Lock timeout behind a long transaction: the next start-up tries again,
-            # and each stream's next snapshot deletes its own older ones meanwhile.
-            log.warning("superseded snapshots not deleted now: %s", type(error).__name__)
-            return 0
+            cursor.execute(self._several)
+            rows = cursor.fetchall()
+        versions: dict[UUID, list[int]] = {}
+        for row in rows:
+            versions.setdefault(row["originator_id"], []).append(int(row["originator_version"]))
+        return versions
 
     def reclaim_space(self) -> None:
         """Vacuum the snapshots table (and its TOAST table, where big snapshots live)
