@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from api.progress import replay_progress
 from api.settings import Settings
 
 if TYPE_CHECKING:
@@ -321,44 +322,166 @@ app.add_typer(projections, name="projections")
 
 
 @projections.command("status")
-def projections_status() -> None:
-    """Show the log's end, the projection's position and the lag between them."""
+def projections_status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per build.")] = False,
+) -> None:
+    """Show every build of the read model against the log: position, lag (events, and
+    the age of the oldest event not yet applied), last applied, the process holding
+    its projection, and its state: live, building (n%), behind and moving, stalled
+    (behind with nothing applied for PROJECTION_STALL_SECONDS). Exits 0 when the live
+    build is projected and moving, 1 when a build is stalled, 2 when no projector
+    holds the live build."""
     from api.services import Services  # noqa: PLC0415 - heavy, only for this command
 
     settings = _settings()
     with _reading():
         services = Services(settings, with_projector=False)
         try:
-            ready = services.readiness()
+            report = services.projection_report()
         finally:
             services.close()
-    table = Table("projection", "log position", "projected", "lag (events)")
-    table.add_row(
-        "tasks",
-        str(ready["log_position"]),
-        str(ready["projected_position"]),
-        str(ready["projection_lag_events"]),
+    table = Table(
+        "build",
+        "version",
+        "state",
+        "position",
+        "log end",
+        "lag (events)",
+        "lag (s)",
+        "last applied",
+        "held by",
+        title="read model builds",
     )
-    Console().print(table)
+    for status, holder in report:
+        applied = status.applied_at.strftime("%Y-%m-%d %H:%M:%S") if status.applied_at else "-"
+        table.add_row(
+            str(status.build.id),
+            str(status.build.version),
+            status.state,
+            str(status.position),
+            str(status.log_position),
+            str(status.lag_events),
+            f"{status.lag_seconds:.1f}",
+            applied,
+            holder or "nobody",
+        )
+    if as_json:
+        rows = [status.fields() | {"held_by": holder} for status, holder in report]
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        out = Console()
+        # Off a terminal (a script, a log) the table keeps every column whole.
+        (out if out.is_terminal else Console(width=160)).print(table)
+    live = [(status, holder) for status, holder in report if status.build.state == "live"]
+    if not live or live[0][1] is None:
+        err.print("no projector holds the live build: start `taskledger project` (or serve)")
+        raise typer.Exit(2)
+    if any(status.stalled for status, _ in report):
+        err.print(
+            "a projection is stalled: behind the log with nothing applied for "
+            f"{settings.projection_stall_seconds:g} s (PROJECTION_STALL_SECONDS)"
+        )
+        raise typer.Exit(1)
+
+
+@projections.command("rebuild")
+def projections_rebuild(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Rebuild the read model blue/green: build this code's version from the start of
+    the log beside the live one (which keeps serving), catch up, switch every process
+    to it (within a second, no restart), then drop the one before. Ctrl-C or a crash
+    before the switch leaves the live build serving; a rebuild already under way makes
+    this one refuse."""
+    from api.services import Services, leadership_for  # noqa: PLC0415
+    from read_side.catalogue import live_build  # noqa: PLC0415
+    from read_side.rebuild import RebuildRefused, rebuild  # noqa: PLC0415
+    from read_side.runtime.engine import create_read_tables  # noqa: PLC0415
+
+    settings = _settings()
+    _logging(settings)
+    services = Services(settings, with_projector=False)
+    try:
+        with _reading():
+            create_read_tables(services.read_engine, services.version)
+            with services.read_engine.connect() as conn:
+                live = live_build(conn)
+            log_end = services.ledger.last_position()
+        live_label = live.label if live is not None else "none"
+        if not yes:
+            typer.confirm(
+                f"Build read model version {services.version} from {log_end} events beside "
+                f"the live {live_label}, then switch to it?",
+                abort=True,
+            )
+        try:
+            with replay_progress(f"building v{services.version}") as advance:
+                result = rebuild(
+                    services.ledger,
+                    services.read_engine,
+                    lambda name: leadership_for(settings, name),
+                    version=services.version,
+                    batch_size=settings.rebuild_batch_size,
+                    on_progress=advance,
+                    on_step=lambda message: err.print(message, highlight=False, markup=False),
+                )
+        except RebuildRefused as refused:
+            err.print(f"[red]Refused:[/red] {refused}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    finally:
+        services.close()
+    rate = result.events / result.seconds if result.seconds > 0 else 0.0
+    typer.echo(
+        f"rebuilt: {result.build.label} live at position {result.position}; "
+        f"{result.events} events in {result.seconds:.1f} s ({rate:,.0f} events/s)"
+    )
 
 
 @projections.command("verify")
-def projections_verify() -> None:
-    """Replay the whole log into scratch tables and list every difference from the live
-    read table. Exits 1 when there is any."""
+def projections_verify(
+    build_id: Annotated[
+        int | None,
+        typer.Option("--build", help="The build to verify (default: the live one)."),
+    ] = None,
+) -> None:
+    """Read a build of the read model (the live one unless --build) and its position
+    at one moment, replay the log up to that position into scratch tables and list
+    every difference. Projectors may keep running. Exits 1 when there is any
+    difference."""
     from api.services import Services  # noqa: PLC0415
+    from read_side import catalogue  # noqa: PLC0415
     from read_side.verify import verify  # noqa: PLC0415
 
     settings = _settings()
     with _reading():
         services = Services(settings, with_projector=False)
         try:
-            result = verify(services.ledger, services.read_engine)
+            with services.read_engine.connect() as conn:
+                builds = catalogue.builds(conn)
+            wanted = [
+                build
+                for build in builds
+                if (build.id == build_id if build_id is not None else build.state == "live")
+            ]
+            if not wanted:
+                err.print(f"[red]No such build:[/red] the builds are {[b.id for b in builds]}")
+                raise typer.Exit(2)
+            build = wanted[0]
+            with replay_progress(f"verifying {build.label}") as advance:
+                result = verify(
+                    services.ledger,
+                    services.read_engine,
+                    tables=build.tables,
+                    name=build.projection,
+                    on_progress=advance,
+                )
         finally:
             services.close()
     out = Console()
     out.print(
-        f"position {result.position}: {result.live_rows} live rows, "
+        f"{build.label} at position {result.position}: {result.live_rows} live rows, "
         f"{result.replayed_rows} replayed rows, {len(result.differences)} differences"
     )
     if result.differences:

@@ -168,10 +168,10 @@ def list_tasks(
     )
     headers: dict[str, str] = {}
     if as_of is None and at_version is None:
-        services.require_read_model()
+        tables = services.require_read_model()
         with services.reading() as conn:
             # Stored documents are the response's items as they are: no row is converted.
-            body, total = services.listings.page(conn, user_id, spec)
+            body, total = services.listings.page(conn, tables, user_id, spec)
     else:
         past = past_tasks(services.ledger, user_id, as_of, at_version)
         body, total = past_page(past, user_id, spec)
@@ -224,9 +224,9 @@ def get_task(
             raise TaskNotFound(task_id)
         headers = {"ETag": f'"{task.version}"', "X-Ledger-Version": str(past.version)}
         return _json_response(task_document(task_fields(task, user_id)), headers=headers)
-    services.require_read_model()
+    tables = services.require_read_model()
     with services.reading() as conn:
-        row = queries.get_task(conn, user_id, task_id)
+        row = queries.get_task(conn, tables, user_id, task_id)
     if row is None:
         raise TaskNotFound(task_id)
     return _json_response(row.doc, headers={"ETag": f'"{row.version}"'})

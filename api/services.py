@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect
 
 from api.auth import TokenVerifier
 from api.keys import JwksKeys
@@ -19,7 +18,9 @@ from api.read_your_writes import ProjectionProgress
 from api.settings import Settings
 from infrastructure.leadership import FileLeadership, Leadership, PostgresLeadership
 from infrastructure.listener import PostgresListener
-from read_side.projector import PROJECTION_CHANNEL, Projector, check_read_model, read_position
+from read_side import catalogue, versions
+from read_side.catalogue import Build
+from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
 from read_side.runtime.engine import (
     create_read_engine,
     create_read_tables,
@@ -29,9 +30,10 @@ from read_side.runtime.engine import (
     sqlite_file,
 )
 from read_side.runtime.health import ReadModelHealth
+from read_side.runtime.keeper import ReadModelKeeper
 from read_side.runtime.listings import CachedListings
-from read_side.runtime.worker import ProjectorWorker
-from read_side.tables import DEFAULT_PROJECTION
+from read_side.status import BuildStatus, build_status
+from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from write_side import TaskLedger
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,16 @@ class ReadModelUnavailable(Exception):
 class Services:
     """Everything a running process shares: one per process, built at start-up."""
 
-    def __init__(self, settings: Settings, *, with_projector: bool | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        with_projector: bool | None = None,
+        read_model_version: int | None = None,
+    ) -> None:
         self.settings = settings
+        # The read model version this code builds and reads (read_side.versions).
+        self.version = read_model_version or versions.READ_MODEL_VERSION
         storage = settings.storage
         self.is_postgres = storage.kind == "postgres"
         # The projector's (transactions, few connections) and the queries' (autocommit).
@@ -67,8 +77,12 @@ class Services:
         self.verifier: TokenVerifier | None = None
         self.listings = CachedListings(max_bytes=settings.listing_cache_bytes)
         self.health = ReadModelHealth()
-        # The rebuild the tables were last seen at (None: not yet looked), and which
-        # SQLite file they are in.
+        # The live build of the read model, followed from the catalogue (None: not
+        # yet looked), and why this code cannot read it (None: it can).
+        self.served: Build | None = None
+        self._unreadable_build: str | None = None
+        # The rebuild the served tables were last seen at (None: not yet looked), and
+        # which SQLite file they are in.
         self._generation: str | None = None
         self._read_file = sqlite_file(self.query_engine)
         self._read_file_identity = file_identity(self._read_file) if self._read_file else None
@@ -78,14 +92,12 @@ class Services:
             target=self._watch_read_model, name="read-model-check", daemon=True
         )
         run_projector = settings.run_projector if with_projector is None else with_projector
-        self.worker = self._projector_worker() if run_projector else None
+        self.worker = self._keeper() if run_projector else None
         # Without a projector here or notifications from one, waiters poll the table.
         live = self.worker is not None or self.is_postgres
         self.progress = ProjectionProgress(
             self.projected_position, poll_interval=0.1 if live else 0.005
         )
-        if self.worker is not None:
-            self.worker.projector.on_projected = self.progress.advance
         self._listeners: list[PostgresListener] = []
 
     def start(self) -> None:
@@ -94,7 +106,7 @@ class Services:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.create_tables()
         try:
-            create_read_tables(self.read_engine)
+            create_read_tables(self.read_engine, self.version)
         except Exception as error:
             # A damaged read file: this process starts without serving it, and the
             # projector's leader sets it aside and rebuilds.
@@ -140,13 +152,22 @@ class Services:
         return self.query_engine.connect()
 
     def projected_position(self) -> int:
+        """How far the served build has got (0 before one is known)."""
+        served = self.served
+        if served is None:
+            return 0
         with self.reading() as conn:
-            return read_position(conn)
+            return read_position(conn, served.projection)
 
-    def require_read_model(self) -> None:
-        """Raises ReadModelUnavailable while the read tables must not be served."""
+    def require_read_model(self) -> ViewTables:
+        """The served build's tables; raises ReadModelUnavailable while they must not
+        be served."""
         if (fault := self.health.fault) is not None:
             raise ReadModelUnavailable(fault)
+        served = self.served
+        if served is None:
+            raise ReadModelUnavailable("no build of the read model is live yet")
+        return served.tables
 
     def read_model_unreadable(self, error: BaseException) -> None:
         """A read of the tables found their storage damaged: stop serving them, and
@@ -170,7 +191,8 @@ class Services:
             self._follow_read_file()
             try:
                 with self.reading() as conn:
-                    found = check_read_model(conn, self.ledger)
+                    served = self._follow_live_build(conn)
+                    found = check_read_model(conn, self.ledger, served.projection, served.tables)
             except Exception as error:
                 if is_unreadable(error):
                     self.read_model_unreadable(error)
@@ -184,54 +206,110 @@ class Services:
                     self.listings.clear()
                     self.progress.reset(found.position)
                 self._generation = found.generation
-            if found.fault is None:
+            fault = self._unreadable_build or found.fault
+            if fault is None:
                 self.health.recovered()
                 return
-            self.health.report(found.fault)
+            self.health.report(fault)
             self.listings.clear()
-            if not found.rebuilding:
+            if found.fault is not None and not found.rebuilding:
                 # Positions read from wrong tables prove nothing about a write.
                 self.progress.reset(0)
         finally:
             self._checking.release()
 
     def readiness(self) -> dict[str, Any]:
-        """``status``: "ready"; "degraded" (projection behind or stalled beyond the
-        bounds, ``reasons``); "unavailable" (the read tables must not be served,
+        """``status``: "ready"; "degraded" (projection behind beyond the bounds,
+        ``reasons``); "stalled" (behind, and applying nothing: writes still work);
+        "building" (this code's read model version is not live yet, ``build`` says how
+        far it has got); "unavailable" (the read tables must not be served,
         ``reason``). Raises when a database is unreachable (answered 503)."""
         self.check_read_model(for_readiness=True)
+        served = self.served
         log_position = self.ledger.last_position()
-        projected = self.projected_position()
-        lag_events = max(log_position - projected, 0)
-        lag_seconds = self._oldest_unprojected_age(projected) if lag_events else 0.0
+        unavailable = {"status": "unavailable", "log_position": log_position}
+        if served is None:
+            reason = self.health.fault or "no build of the read model is live yet"
+            return unavailable | {"reason": reason}
+        try:
+            with self.reading() as conn:
+                status = self._status(conn, served, log_position)
+                own = self._own_build(conn, served, log_position)
+        except Exception:
+            # A damaged read file, found so by the check above: say why, not that a
+            # database is away.
+            if (fault := self.health.fault) is not None:
+                return unavailable | {"reason": fault}
+            raise
         ready: dict[str, Any] = {
             "status": "ready",
             "log_position": log_position,
-            "projected_position": projected,
-            "projection_lag_events": lag_events,
-            "projection_lag_seconds": round(lag_seconds, 3),
-            "projector": (
-                "external"
-                if self.worker is None
-                else ("active" if self.worker.is_leader else "standby")
-            ),
+            "projected_position": status.position,
+            "projection_lag_events": status.lag_events,
+            "projection_lag_seconds": round(status.lag_seconds, 3),
+            "projection_state": status.state,
+            "read_model": status.fields(),
+            "projector": self._projector_part(),
         }
-        if (fault := self.health.fault) is not None:
+        if (fault := self.health.fault) is not None and (own is None or not self._unreadable_build):
             return ready | {"status": "unavailable", "reason": fault}
+        if own is not None:
+            return ready | {
+                "status": "building",
+                "reason": (
+                    f"this process reads version {self.version} of the read model, "
+                    f"which is being built (live: {served.label})"
+                ),
+                "build": (
+                    own.fields()
+                    if isinstance(own, BuildStatus)
+                    else "not started: no projector of this version runs yet"
+                ),
+            }
+        if status.stalled:
+            return ready | {
+                "status": "stalled",
+                "reason": (
+                    f"the projection has applied nothing for "
+                    f"{self.settings.projection_stall_seconds:g} s while "
+                    f"{status.lag_events} events wait (PROJECTION_STALL_SECONDS); writes "
+                    "are still accepted and answer X-Projection-Pending"
+                ),
+            }
         settings, reasons = self.settings, []
-        if lag_events > settings.ready_max_lag_events:
+        if status.lag_events > settings.ready_max_lag_events:
             reasons.append(
-                f"the projection is {lag_events} events behind the log "
+                f"the projection is {status.lag_events} events behind the log "
                 f"(READY_MAX_LAG_EVENTS={settings.ready_max_lag_events})"
             )
-        if lag_seconds > settings.ready_max_lag_seconds:
+        if status.lag_seconds > settings.ready_max_lag_seconds:
             reasons.append(
-                f"the projection has not applied an event saved {lag_seconds:.1f} s ago "
-                f"(READY_MAX_LAG_SECONDS={settings.ready_max_lag_seconds:g})"
+                f"the projection has not applied an event saved {status.lag_seconds:.1f} s "
+                f"ago (READY_MAX_LAG_SECONDS={settings.ready_max_lag_seconds:g})"
             )
         if reasons:
             ready |= {"status": "degraded", "reasons": reasons}
         return ready
+
+    def projection_report(self) -> list[tuple[BuildStatus, str | None]]:
+        """Every build of the read model, how it stands, and which process holds its
+        projection ("host:pid"; None: no projector holds it)."""
+        log_position = self.ledger.last_position()
+        with self.reading() as conn:
+            statuses = [self._status(conn, build, log_position) for build in catalogue.builds(conn)]
+        report = []
+        for status in statuses:
+            build = status.build
+            holder = None
+            if build.state != catalogue.RETIRED:
+                lock = (
+                    catalogue.builder_lock_name()
+                    if build.state == catalogue.BUILDING
+                    else build.projection
+                )
+                holder = leadership_for(self.settings, lock).holder()
+            report.append((status, holder))
+        return report
 
     def metrics(self) -> str:
         """This process's figures in Prometheus' text format."""
@@ -245,11 +323,31 @@ class Services:
             lines += [f"# TYPE taskledger_{name}_total counter", f"taskledger_{name}_total {value}"]
         try:
             ready = self.readiness()
+            with self.reading() as conn:
+                statuses = [
+                    self._status(conn, build, ready["log_position"])
+                    for build in catalogue.builds(conn)
+                ]
         except Exception as error:
             log.warning("metrics without positions: %s", type(error).__name__)
-        else:
-            for name in ("log_position", "projected_position", "projection_lag_events"):
-                lines += [f"# TYPE taskledger_{name} gauge", f"taskledger_{name} {ready[name]}"]
+            return "\n".join(lines) + "\n"
+        for name in ("log_position", "projected_position", "projection_lag_events"):
+            lines += [f"# TYPE taskledger_{name} gauge", f"taskledger_{name} {ready[name]}"]
+        per_build = {
+            "projection_position": "position",
+            "projection_lag_events": "lag_events",
+            "projection_lag_seconds": "lag_seconds",
+        }
+        for metric, field in per_build.items():
+            lines.append(f"# TYPE taskledger_build_{metric} gauge")
+            for status in statuses:
+                value = status.fields()[field]
+                lines.append(f"taskledger_build_{metric}{{{_labels(status)}}} {value}")
+        lines.append("# TYPE taskledger_build_state gauge")
+        for status in statuses:
+            for state in _STATES:
+                now = 1 if status.state.split(" (")[0] == state else 0
+                lines.append(f'taskledger_build_state{{{_labels(status)},state="{state}"}} {now}')
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------------
@@ -273,37 +371,105 @@ class Services:
             if self.worker is None:
                 self.read_engine.dispose()
 
-    def _oldest_unprojected_age(self, projected: int) -> float:
-        """Seconds since the first event the read tables lack was saved."""
-        found = self.ledger.recorder.select_notifications(
-            start=projected, limit=1, inclusive_of_start=False
-        )
-        if not found:
-            return 0.0
-        saved_at = getattr(self.ledger.mapper.to_domain_event(found[0]), "timestamp", None)
-        if not isinstance(saved_at, datetime):
-            return 0.0
-        return max((datetime.now(UTC) - saved_at).total_seconds(), 0.0)
+    def _follow_live_build(self, conn: Connection) -> Build:
+        """The live build, as the catalogue has it now: a switch (a rebuild, a new
+        version made live) is followed here, within a check interval."""
+        live = catalogue.live_build(conn)
+        if live is None:
+            raise ReadModelUnavailable("no build of the read model is live yet")
+        if live != self.served:
+            self._unreadable_build = self._why_unreadable(conn, live)
+            self.listings.clear()
+            self.progress.reset(read_position(conn, live.projection))
+            self._generation = None
+            if self.served is not None or live.version != self.version:
+                log.warning(
+                    "serving read model %s%s",
+                    live.label,
+                    f" ({self._unreadable_build})" if self._unreadable_build else "",
+                )
+            self.served = live
+        return live
 
-    def _projector_worker(self) -> ProjectorWorker:
-        projector = Projector(
-            self.ledger, self.read_engine, batch_size=self.settings.projector_batch_size
+    def _why_unreadable(self, conn: Connection, build: Build) -> str | None:
+        """Why this code cannot read ``build`` (None: it can). Another version's tables
+        are read when they have every column this code reads (an older process
+        following a newer build, or the reverse, while the rolling upgrade lasts)."""
+        if build.version == self.version:
+            return None
+        existing = inspect(conn)
+        for own, theirs in zip(LIVE_TABLES.all(), build.tables.all(), strict=True):
+            present = {column["name"] for column in existing.get_columns(theirs.name)}
+            missing = sorted({column.name for column in own.columns} - present)
+            if missing:
+                return (
+                    f"the live read model {build.label} lacks columns this code's version "
+                    f"{self.version} reads ({', '.join(missing)}); it is served once "
+                    f"version {self.version} is built and live"
+                )
+        return None
+
+    def _status(self, conn: Connection, build: Build, log_position: int) -> BuildStatus:
+        return build_status(
+            conn,
+            self.ledger,
+            build,
+            log_position=log_position,
+            stall_seconds=self.settings.projection_stall_seconds,
         )
-        return ProjectorWorker(
-            projector,
-            leadership_for(self.settings),
-            poll_interval=self.settings.projector_poll_seconds,
-            check_interval=self.settings.read_model_check_seconds,
+
+    def _own_build(
+        self, conn: Connection, served: Build, log_position: int
+    ) -> BuildStatus | bool | None:
+        """While the live build is older than this code's version: the status of this
+        version's build under way (True: none yet). None: this version, or a newer
+        one this code can read, is live (an old process still running after the
+        switch serves it)."""
+        if served.version >= self.version:
+            return None
+        under_way = catalogue.building_build(conn)
+        if under_way is None or under_way.version != self.version:
+            return True
+        return self._status(conn, under_way, log_position)
+
+    def _projector_part(self) -> str:
+        keeper = self.worker
+        if keeper is None:
+            return "external"
+        if keeper.role == "aside":
+            return "aside (a newer version is live)"
+        part = "active" if keeper.is_leader else "standby"
+        return f"{part} (building)" if keeper.role == "building" else part
+
+    def _keeper(self) -> ReadModelKeeper:
+        settings = self.settings
+        return ReadModelKeeper(
+            self.ledger,
+            self.read_engine,
+            lambda name: leadership_for(settings, name),
+            version=self.version,
+            batch_size=settings.projector_batch_size,
+            build_batch_size=settings.rebuild_batch_size,
+            check_interval=settings.read_model_check_seconds,
+            on_projected=self._projected_here,
             on_checked=self.check_read_model,
+            poll_interval=settings.projector_poll_seconds,
         )
 
     def _saved(self, _position: int) -> None:
         if self.worker is not None:
             self.worker.wake()
 
+    def _projected_here(self, projection: str, position: int) -> None:
+        served = self.served
+        if served is not None and served.projection == projection:
+            self.progress.advance(position)
+
     def _projected_elsewhere(self, payload: str) -> None:
-        if payload.isdigit():
-            self.progress.advance(int(payload))
+        # "<projection> <position>"; a bare position from a release before builds.
+        projection, _, position = payload.rpartition(" ")
+        if position.isdigit():
+            self._projected_here(projection or DEFAULT_PROJECTION, int(position))
         else:
             # (Re)connected: catch up on whatever was missed meanwhile.
             try:
@@ -312,11 +478,19 @@ class Services:
                 log.warning("reading the projection position failed: %s", error)
 
 
-def leadership_for(settings: Settings) -> Leadership:
+_STATES = ("live", "building", "behind and moving", "stalled", "retired")
+
+
+def _labels(status: BuildStatus) -> str:
+    return f'version="{status.build.version}",build="{status.build.id}"'
+
+
+def leadership_for(settings: Settings, name: str = DEFAULT_PROJECTION) -> Leadership:
+    """The lock one projector of ``name`` holds while it is the active one."""
     storage = settings.storage
     if storage.kind == "postgres":
-        return PostgresLeadership(storage.conninfo, DEFAULT_PROJECTION)
-    return FileLeadership(settings.data_dir / f"projector-{DEFAULT_PROJECTION}.lock")
+        return PostgresLeadership(storage.conninfo, name)
+    return FileLeadership(settings.data_dir / f"projector-{name.replace(':', '-')}.lock")
 
 
 def build_verifier(settings: Settings) -> TokenVerifier:

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     # Its status code then: 200 keeps every replica in rotation (they share the one
     # projection; writes are durable and say X-Projection-Pending), 503 drains them.
     ready_degraded_status: Literal[200, 503] = 200
+    # A projection behind the log that has applied nothing for this long, while an
+    # event has waited as long, is "stalled": /readyz answers 503 (writes still work),
+    # `projections status` exits 1.
+    projection_stall_seconds: float = Field(default=30, gt=0)
+    # Events per transaction when a build of the read model replays the log (a
+    # rebuild, or a new version built beside the live one).
+    rebuild_batch_size: int = Field(default=10_000, ge=1, le=100_000)
     aggregate_cache_size: int = Field(default=1000, ge=0)
     # Most bytes of task lists each process keeps in memory between commands, as
     # estimated from their tasks (0: none kept). With AGGREGATE_CACHE_SIZE, both hold.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import socket
 import zlib
 from pathlib import Path
 from typing import IO, Protocol
@@ -25,6 +27,15 @@ class Leadership(Protocol):
 
     def release(self) -> None: ...
 
+    def holder(self) -> str | None:
+        """Who holds the lock now ("host:pid"), None when nobody does; read without
+        taking it."""
+        ...
+
+
+def whoami() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
 
 class PostgresLeadership:
     def __init__(self, conninfo: str, name: str) -> None:
@@ -35,7 +46,13 @@ class PostgresLeadership:
     def acquire(self) -> bool:
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+                # Named after this process, so that ``holder`` can say who leads.
+                self._conn = psycopg.connect(
+                    self._conninfo,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name=f"taskledger-projector {whoami()}"[:63],
+                )
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
             return bool(row and row[0])
         except psycopg.Error as error:
@@ -59,6 +76,20 @@ class PostgresLeadership:
             self._conn.close()
             self._conn = None
 
+    def holder(self) -> str | None:
+        # An advisory lock on one 64-bit key shows in pg_locks as classid (high
+        # half) and objid (low half), objsubid 1.
+        query = (
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 "
+            "AND l.objid::bigint = %s AND l.objsubid = 1"
+        )
+        with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(query, (self._key,)).fetchone()
+        if row is None:
+            return None
+        return str(row[0]).removeprefix("taskledger-projector ") or "unknown"
+
 
 class FileLeadership:
     def __init__(self, path: Path) -> None:
@@ -75,6 +106,10 @@ class FileLeadership:
             file.close()
             return False
         self._file = file
+        # Who leads, for ``holder`` (read by other processes while the lock is held).
+        file.truncate(0)
+        file.write(whoami().encode())
+        file.flush()
         return True
 
     def holds(self) -> bool:
@@ -84,3 +119,18 @@ class FileLeadership:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def holder(self) -> str | None:
+        if self._file is not None:
+            return whoami()
+        try:
+            file = open(self._path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return None
+        with file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return file.read(256).decode(errors="replace") or "unknown"
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return None

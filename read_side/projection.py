@@ -12,13 +12,23 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from read_side.folding import fold, fold_or_none
+from read_side.folding import fold
 from write_side.domain import TaskList
 
 Row = dict[str, Any]
 
 # Events that change a task's row in place.
 _CHANGES = (TaskList.TaskEdited, TaskList.TaskCompleted, TaskList.TaskReopened)
+
+
+def _fold(text: str) -> str:
+    # ASCII text has nothing to decompose, no dot to drop, and case-folds as it lower-
+    # cases: the same as fold(), several times faster, for most titles of a replay.
+    return text.lower() if text.isascii() else fold(text)
+
+
+def _fold_or_none(text: str | None) -> str | None:
+    return None if text is None else _fold(text)
 
 
 @dataclass
@@ -65,8 +75,8 @@ class RowChanges:
                     "user_id": user_id,
                     "title": event.title,
                     "description": event.description,
-                    "title_folded": fold(event.title),
-                    "description_folded": fold_or_none(event.description),
+                    "title_folded": _fold(event.title),
+                    "description_folded": _fold_or_none(event.description),
                     "completed": False,
                     "created_at": event.timestamp,
                     "updated_at": event.timestamp,
@@ -79,8 +89,8 @@ class RowChanges:
                     rows,
                     title=event.title,
                     description=event.description,
-                    title_folded=fold(event.title),
-                    description_folded=fold_or_none(event.description),
+                    title_folded=_fold(event.title),
+                    description_folded=_fold_or_none(event.description),
                 )
             case TaskList.TaskCompleted():
                 self._change(event, rows, completed=True)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Literal
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Connection, Row, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, Connection, Row, Select, bindparam, func, or_, select
 
 from read_side.folding import fold
-from read_side.tables import task_list_owner
-from read_side.tables import task_view as _task
+from read_side.tables import ViewTables
 from write_side.domain import TaskList
 
 Status = Literal["all", "pending", "completed"]
@@ -29,9 +29,12 @@ class TaskFilter:
     offset: int = 0
 
 
-def list_tasks(conn: Connection, user_id: str, spec: TaskFilter) -> tuple[list[str], int]:
+def list_tasks(
+    conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter
+) -> tuple[list[str], int]:
     """One page of a user's tasks, as their JSON documents, and the number of tasks that
-    match in all."""
+    match in all, from the read model build whose ``tables`` are served."""
+    _task = tables.task
     conditions = [_task.c.user_id == user_id]
     if spec.status != "all":
         conditions.append(_task.c.completed == (spec.status == "completed"))
@@ -90,9 +93,12 @@ def page_of(
     return matching[spec.offset : spec.offset + spec.limit], len(matching)
 
 
-def get_task(conn: Connection, user_id: str, task_id: UUID) -> Row[Any, Any] | None:
+def get_task(
+    conn: Connection, tables: ViewTables, user_id: str, task_id: UUID
+) -> Row[Any, Any] | None:
     """The user's task (``doc``, ``version``), or None: another user's task id is as
     good as unknown."""
+    _task = tables.task
     return conn.execute(
         select(_task.c.doc, _task.c.version).where(
             _task.c.id == task_id, _task.c.user_id == user_id
@@ -100,18 +106,19 @@ def get_task(conn: Connection, user_id: str, task_id: UUID) -> Row[Any, Any] | N
     ).first()
 
 
-# Built once: this runs on every listing, and building a statement costs more than
-# the primary-key lookup it makes.
-_USER_POSITION = select(task_list_owner.c.last_position).where(
-    task_list_owner.c.list_id == bindparam("list_id")
-)
+@cache
+def _user_position(tables: ViewTables) -> Select[Any]:
+    # Built once per build: this runs on every listing, and building a statement costs
+    # more than the primary-key lookup it makes.
+    owner = tables.owner
+    return select(owner.c.last_position).where(owner.c.list_id == bindparam("list_id"))
 
 
-def user_position(conn: Connection, user_id: str) -> int:
+def user_position(conn: Connection, tables: ViewTables, user_id: str) -> int:
     """The log position of the user's last change in the tables (0: none yet)."""
     list_id = TaskList.create_id(user_id)
-    position = conn.execute(_USER_POSITION, {"list_id": list_id}).scalar_one_or_none()
-    return int(position or 0)
+    found = conn.execute(_user_position(tables), {"list_id": list_id}).scalar_one_or_none()
+    return int(found or 0)
 
 
 def _escape_like(value: str) -> str:

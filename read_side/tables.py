@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from uuid import UUID
 
 from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Table, Text
@@ -86,6 +87,20 @@ class ViewTables:
             owner=_renamed(task_list_owner, prefix, metadata),
         )
 
+    @classmethod
+    @cache
+    def of_build(cls, suffix: str) -> ViewTables:
+        """The tables of a build of the read model (``read_side.catalogue``): the
+        models' tables with ``suffix`` after their names. One object per suffix, so
+        that statements built for it can be kept."""
+        if not suffix:
+            return LIVE_TABLES
+        metadata = MetaData()
+        return cls(
+            task=_renamed(task_view, "", metadata, suffix),
+            owner=_renamed(task_list_owner, "", metadata, suffix),
+        )
+
     def all(self) -> tuple[Table, Table]:
         return (self.task, self.owner)
 
@@ -98,11 +113,11 @@ class ViewTables:
             table.drop(engine, checkfirst=True)
 
 
-def _renamed(table: Table, prefix: str, metadata: MetaData) -> Table:
-    copy = table.to_metadata(metadata, name=prefix + table.name)
+def _renamed(table: Table, prefix: str, metadata: MetaData, suffix: str = "") -> Table:
+    copy = table.to_metadata(metadata, name=prefix + table.name + suffix)
     # Index names are schema-wide in PostgreSQL: give the copies their own.
     for index in copy.indexes:
-        index.name = quoted_name(f"{prefix}{index.name}", quote=None)
+        index.name = quoted_name(f"{prefix}{index.name}{suffix}", quote=None)
     return copy
 
 

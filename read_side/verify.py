@@ -1,19 +1,21 @@
-"""Checking a read table against the log: replay everything into scratch tables and
-compare, row by row and field by field."""
+"""Checking a read table against the log: read the table and its projection's position
+at one moment, replay the log up to that position into scratch tables and compare, row
+by row and field by field."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import Application
-from sqlalchemy import Connection, Engine, Table, delete, inspect, select
+from sqlalchemy import Connection, Engine, Table, delete, func, inspect, select, true
 
 from read_side.documents import DOCUMENT_FIELDS
-from read_side.projector import Projector, read_position
+from read_side.projector import Projector
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables, projection_position
 
 # Every field of the task's document but its id (the key), the text as searched, and
@@ -47,18 +49,49 @@ class Verification:
 
 
 def verify(
-    ledger: Application[UUID], engine: Engine, name: str = DEFAULT_PROJECTION
+    ledger: Application[UUID],
+    engine: Engine,
+    *,
+    tables: ViewTables = LIVE_TABLES,
+    name: str = DEFAULT_PROJECTION,
+    on_progress: Callable[[int, int], None] | None = None,
+    batch_size: int = 10_000,
 ) -> Verification:
-    """Replay the log up to the live projection's position into scratch tables and
-    list every difference from the live table. The live projection keeps running."""
+    """Read ``tables`` and the position of projection ``name`` (its row in
+    projection_position) as of one moment, replay the log up to that position into
+    scratch tables and list every difference. The projection keeps running meanwhile.
+    ``on_progress(position replayed, position verified)`` follows each replayed batch."""
     scratch_name = f"verify_{uuid.uuid4().hex[:8]}"
     scratch = ViewTables.copy(scratch_name + "_")
     scratch.create(engine)
     try:
-        position, live = _consistent_snapshot(engine, name)
-        Projector(ledger, engine, name=scratch_name, tables=scratch).catch_up(stop=position)
         with engine.connect() as conn:
-            replayed = _rows(conn, scratch.task)
+            position, live = _snapshot(conn, tables.task, name)
+        replayed_to: int | None = None
+
+        def replayed(done: int) -> None:
+            nonlocal replayed_to
+            replayed_to = done
+            if on_progress is not None:
+                on_progress(done, position)
+
+        replay = Projector(
+            ledger,
+            engine,
+            name=scratch_name,
+            tables=scratch,
+            on_projected=replayed,
+            # Scratch tables nobody reads: the replay's bulk statements, big batches.
+            replaying=True,
+            batch_size=batch_size,
+        )
+        replay.catch_up(stop=position)
+        if on_progress is not None and replayed_to != position:
+            # Nothing to replay, or the log ends short of the position (the replay
+            # then misses rows, which the comparison lists): the replay is over.
+            on_progress(position, position)
+        with engine.connect() as conn:
+            _, rebuilt = _snapshot(conn, scratch.task, scratch_name)
     finally:
         scratch.drop(engine)
         # (Never set up: there is no position row to remove, and no error to hide.)
@@ -67,23 +100,38 @@ def verify(
                 conn.execute(
                     delete(projection_position).where(projection_position.c.name == scratch_name)
                 )
-    return Verification(position, len(live), len(replayed), _differences(live, replayed))
+    return Verification(position, len(live), len(rebuilt), _differences(live, rebuilt))
 
 
-def _consistent_snapshot(engine: Engine, name: str) -> tuple[int, dict[str, dict[str, Any]]]:
-    # The projector may commit between two reads; retry until the position held still
-    # around the read of the rows, so rows and position describe the same moment.
-    while True:
-        with engine.connect() as conn:
-            before = read_position(conn, name)
-            rows = _rows(conn, LIVE_TABLES.task)
-            if read_position(conn, name) == before:
-                return before, rows
+def _snapshot(conn: Connection, table: Table, name: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The projection's position and the table's rows, as of one moment.
 
-
-def _rows(conn: Connection, table: Table) -> dict[str, dict[str, Any]]:
-    result = conn.execute(select(table)).mappings()
-    return {str(row["id"]): {key: _normal(row[key]) for key in COMPARED} for row in result}
+    One statement reads both, and a statement sees one snapshot: on PostgreSQL (even
+    at READ COMMITTED) its subqueries and joins share it, and on SQLite the read
+    transaction the statement opens lasts until its last row is read. The projector
+    commits rows and position together, so the two agree whatever it commits
+    meanwhile. (Two SELECTs would not do on SQLite: pysqlite opens no transaction
+    around them.) The position is the left side of an outer join, so an empty table
+    still yields it, in one row of NULLs.
+    """
+    at = projection_position.c
+    position = (
+        select(
+            func.coalesce(select(at.position).where(at.name == name).scalar_subquery(), 0).label(
+                "verified_position"
+            )
+        )
+    ).subquery("verified")
+    statement = select(position.c.verified_position, *table.c).select_from(
+        position.outerjoin(table, true())
+    )
+    found = 0
+    rows: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(statement).mappings():
+        found = int(row["verified_position"])
+        if row["id"] is not None:
+            rows[str(row["id"])] = {key: _normal(row[key]) for key in COMPARED}
+    return found, rows
 
 
 def _normal(value: Any) -> Any:

@@ -115,8 +115,11 @@ def start_process(tmp_path: Path) -> Iterator[StartProcess]:
     """Start `taskledger ARGS…` as real processes; all are stopped at teardown."""
     started: list[LiveProcess] = []
 
-    def start(args: list[str], env: dict[str, str], name: str = "proc") -> LiveProcess:
-        proc = LiveProcess(args, env, tmp_path / f"{name}-{len(started)}.log").start()
+    def start(
+        args: list[str], env: dict[str, str], name: str = "proc", module: str = "api"
+    ) -> LiveProcess:
+        log_path = tmp_path / f"{name}-{len(started)}.log"
+        proc = LiveProcess(args, env, log_path, module).start()
         started.append(proc)
         return proc
 

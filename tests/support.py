@@ -262,7 +262,12 @@ def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
 class LiveProcess:
     """A `taskledger` command running as a real process, stopped at teardown."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], log_path: Path, module: str = "api"
+    ) -> None:
+        # ``module``: what runs as ``python -m`` (tests.api.next_release: the next
+        # release's read model version).
+        self.module = module
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -271,7 +276,7 @@ class LiveProcess:
     def start(self) -> LiveProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "api", *self.args],
+            [sys.executable, "-m", self.module, *self.args],
             env=self.env,
             cwd=ROOT,
             stdout=log,
@@ -290,6 +295,21 @@ class LiveProcess:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def taskledger(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run one `taskledger` command to its end; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "api", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def wait_until_ready(base_url: str, proc: LiveProcess, timeout: float = 30) -> None:

@@ -10,13 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, inspect, select
+from sqlalchemy import Engine, Table, create_engine, event, inspect, text
 from sqlalchemy.exc import DBAPIError, DisconnectionError
-from sqlmodel import SQLModel
 
 from infrastructure.liveness import check_if_spoke
-from read_side.projector import mark_rebuilding
-from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, projection_position
+from read_side.catalogue import Build, ensure_live_build, read_model_build
+from read_side.projector import mark_rebuilding, projection_check
+from read_side.tables import projection_position
+from read_side.versions import READ_MODEL_VERSION, UNVERSIONED
 
 log = logging.getLogger(__name__)
 
@@ -135,47 +136,40 @@ def set_aside(engine: Engine) -> Path | None:
 
 
 def create_read_tables(
-    engine: Engine, projection: str = DEFAULT_PROJECTION, *, rebuilding: str | None = None
-) -> None:
-    """Create missing tables and the projection's position row. Safe to run from
-    several processes at once: a lost creation race is retried. ``rebuilding``
-    (why) marks new tables as a rebuild under way, so that no process serves them
-    before they have caught up."""
+    engine: Engine, version: int = READ_MODEL_VERSION, *, rebuilding: str | None = None
+) -> Build:
+    """Create the catalogue, position and check tables, and at first start-up the first
+    build's tables; return the live build. Safe to run from several processes at once:
+    a lost creation race is retried. ``rebuilding`` (why) marks the live build as a
+    rebuild under way, so that no process serves it before it has caught up.
+
+    Nothing here drops or changes a build's tables: a process whose code needs another
+    version builds it beside the live one (``read_side.runtime.keeper``)."""
     for attempt in range(5):
         try:
-            _drop_outdated_views(engine)
-            SQLModel.metadata.create_all(engine)
+            for table in (read_model_build, projection_position, projection_check):
+                table.create(engine, checkfirst=True)
+            _add_missing_columns(engine, projection_check)
             with engine.begin() as conn:
-                row = projection_position.c
-                exists = conn.execute(select(row.position).where(row.name == projection)).first()
-                if exists is None:
-                    conn.execute(insert(projection_position).values(name=projection, position=0))
+                live = ensure_live_build(conn, version, unversioned=UNVERSIONED)
                 if rebuilding is not None:
-                    mark_rebuilding(conn, projection, rebuilding)
-            return
+                    mark_rebuilding(conn, live.projection, rebuilding)
+            return live
         except DBAPIError as error:
             if attempt == 4 or is_unreadable(error):
                 raise
             time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
-def _drop_outdated_views(engine: Engine) -> None:
-    """Read tables are disposable: when a table's columns are not the model's (an older
-    version made it), drop the views and their positions; the projector rebuilds them
-    from the log."""
-    existing = inspect(engine)
-    outdated = [
-        table.name
-        for table in LIVE_TABLES.all()
-        if existing.has_table(table.name)
-        and {column["name"] for column in existing.get_columns(table.name)}
-        != {column.name for column in table.columns}
-    ]
-    if not outdated:
+def _add_missing_columns(engine: Engine, table: Table) -> None:
+    """Columns added to a shared table since a database was made (nullable ones: the
+    rows already there have no value for them)."""
+    present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    if not missing:
         return
-    log.warning("read tables %s are outdated: rebuilding them from the log", outdated)
     with engine.begin() as conn:
-        for table in LIVE_TABLES.all():
-            table.drop(conn, checkfirst=True)
-        if existing.has_table(projection_position.name):
-            conn.execute(delete(projection_position))
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from read_side import queries
 from read_side.queries import TaskFilter
+from read_side.tables import ViewTables
 
 Page = tuple[str, int]  # the JSON array of task documents, and the total that match
 
@@ -28,8 +29,8 @@ class CachedListings:
     A page larger than the whole bound is served and not kept."""
 
     def __init__(self, max_pages: int = 512, max_bytes: int = 32 * 2**20) -> None:
-        # (user, filter) -> (the user's position, the page, the page's size in bytes)
-        self._pages: OrderedDict[tuple[str, TaskFilter], tuple[int, Page, int]] = OrderedDict()
+        # (build's table, user, filter) -> (the user's position, the page, the page's size in bytes)
+        self._pages: OrderedDict[tuple[str, str, TaskFilter], tuple[int, Page, int]] = OrderedDict()
         self._max_pages = max_pages
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -46,15 +47,17 @@ class CachedListings:
             self._pages.clear()
             self._bytes = 0
 
-    def page(self, conn: Connection, user_id: str, spec: TaskFilter) -> Page:
-        position = queries.user_position(conn, user_id)
-        key = (user_id, spec)
+    def page(self, conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter) -> Page:
+        """A page from the build whose ``tables`` are served. Pages are filed by build:
+        two versions of the read model may show the same position differently."""
+        position = queries.user_position(conn, tables, user_id)
+        key = (tables.task.name, user_id, spec)
         with self._lock:
             stored = self._pages.get(key)
             if stored is not None and stored[0] == position:
                 self._pages.move_to_end(key)
                 return stored[1]
-        documents, total = queries.list_tasks(conn, user_id, spec)
+        documents, total = queries.list_tasks(conn, tables, user_id, spec)
         page = (f"[{','.join(documents)}]", total)
         size = sys.getsizeof(page[0])
         if size > self._max_bytes:

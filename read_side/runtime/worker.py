@@ -16,6 +16,7 @@ from collections.abc import Callable
 from infrastructure.leadership import Leadership
 from read_side.projector import Projector, ReadModelFault
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
+from read_side.versions import READ_MODEL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class ProjectorWorker:
         watch_interval: float | None = None,
         check_interval: float = 1.0,
         on_checked: Callable[[], None] | None = None,
+        after_round: Callable[[], None] | None = None,
+        version: int = READ_MODEL_VERSION,
     ) -> None:
         self.projector = projector
         self.leadership = leadership
@@ -51,6 +54,10 @@ class ProjectorWorker:
         self.check_interval = check_interval
         # Told when a rebuild starts or ends, so that this process's view follows at once.
         self.on_checked = on_checked
+        # Run after each round that caught up (a build's switch, dropping retired ones).
+        self.after_round = after_round
+        # The read model version this code builds (a damaged file is made again as it).
+        self.version = version
         self.is_leader = False
         self._rebuilding = False
         self._wake = threading.Event()
@@ -62,6 +69,11 @@ class ProjectorWorker:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """False once stopped, or once its build is no longer in the tables."""
+        return self._thread.is_alive() and not self._stop.is_set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -97,6 +109,12 @@ class ProjectorWorker:
                 self._catch_up()
                 if self._rebuilding:
                     self._finish_rebuild()
+                if self.after_round is not None:
+                    self.after_round()
+            except BuildGone as gone:
+                log.warning("projector %s: %s; this worker ends", self.projector.name, gone)
+                self._stop.set()
+                return
             except Exception as error:
                 # The database may be away. The next round starts again from the
                 # committed position, so nothing is lost or applied twice; it checks
@@ -143,7 +161,12 @@ class ProjectorWorker:
         # the tables are dropped and made again.
         kept = set_aside(engine) if unreadable else None
         if kept is not None:
-            create_read_tables(engine, name, rebuilding=fault)
+            live = create_read_tables(engine, self.version, rebuilding=fault)
+            if live.projection != name:
+                # The new file starts with a build of its own: whoever keeps the read
+                # model (read_side.runtime.keeper) projects that one.
+                self._checked()
+                raise BuildGone(f"the damaged file was set aside (kept as {kept})")
         self.projector.reset(fault)
         log.error(
             "projection %s: %s; rebuilding it from the log%s",
@@ -187,6 +210,10 @@ class ProjectorWorker:
                 log.warning("watching the log failed (%s)", type(error).__name__)
                 return False
         return False
+
+
+class BuildGone(Exception):
+    """The build this worker projects is no longer the one to project."""
 
 
 class _Failures:

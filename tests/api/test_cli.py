@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,19 +11,14 @@ from pathlib import Path
 import httpx
 import jwt
 
-from tests.support import ROOT, SECRET, LiveServer, make_settings, open_ledger, service_env
-
-
-def taskledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "api", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.support import (
+    SECRET,
+    LiveServer,
+    make_settings,
+    open_ledger,
+    service_env,
+    taskledger,
+)
 
 
 def test_token_is_signed_with_the_secret_and_carries_claims(tmp_path: Path) -> None:
@@ -82,10 +75,14 @@ def test_projections_status_and_verify(tmp_path: Path, live_server: LiveServer) 
     headers = {"Authorization": f"Bearer {taskledger('token', 'alice', env=env).stdout.strip()}"}
     for title in ("a", "b"):
         httpx.post(f"{base_url}/api/alice/tasks", json={"title": title}, headers=headers)
-    server.stop()
     status = taskledger("projections", "status", env=env)
-    assert status.returncode == 0, status.stderr
-    assert "tasks" in status.stdout
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "live" in status.stdout and f":{server.proc.pid}" in status.stdout  # type: ignore[union-attr]
+    server.stop()
+    # Nobody projects any more: an operator's script tells it from the exit status.
+    stopped = taskledger("projections", "status", env=env)
+    assert stopped.returncode == 2, stopped.stdout + stopped.stderr
+    assert "no projector holds the live build" in stopped.stderr
     verified = taskledger("projections", "verify", env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "2 live rows, 2 replayed rows, 0 differences" in verified.stdout

@@ -7,14 +7,12 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, delete, insert, select, update
 
-from api.settings import Settings
 from read_side.projector import Projector, read_position
 from read_side.queries import TaskFilter
-from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.runtime.listings import CachedListings
-from read_side.tables import projection_position, task_view
+from read_side.tables import LIVE_TABLES, projection_position, task_view
 from read_side.verify import verify
 from tests.support import in_threads
 from write_side import Task, TaskLedger
@@ -170,23 +168,6 @@ def test_verify_lists_every_difference(ledger: TaskLedger, engine: Engine) -> No
     assert names == {"tasks"}
 
 
-def test_outdated_read_tables_are_dropped_and_rebuilt_from_the_log(
-    ledger: TaskLedger, fresh_settings: Settings
-) -> None:
-    add(ledger, "alice", "kept in the log")
-    engine = create_read_engine(fresh_settings.storage.read_url)
-    with engine.begin() as conn:  # as an older version left them: no doc column
-        conn.execute(text("CREATE TABLE task_view (id VARCHAR(36) PRIMARY KEY, title TEXT)"))
-        conn.execute(text("CREATE TABLE projection_position (name VARCHAR(64), position BIGINT)"))
-        conn.execute(text("INSERT INTO projection_position VALUES ('tasks', 2)"))
-    create_read_tables(engine)
-    with engine.connect() as conn:
-        assert read_position(conn) == 0
-    assert Projector(ledger, engine).catch_up() == 2
-    assert [row["title"] for row in rows(engine).values()] == ["kept in the log"]
-    engine.dispose()
-
-
 def test_listings_are_served_again_until_the_users_tasks_change(
     ledger: TaskLedger, engine: Engine
 ) -> None:
@@ -197,17 +178,17 @@ def test_listings_are_served_again_until_the_users_tasks_change(
     projector.catch_up()
     spec = TaskFilter()
     with engine.connect() as conn:
-        page, total = listings.page(conn, "alice", spec)
+        page, total = listings.page(conn, LIVE_TABLES, "alice", spec)
     assert (total, json.loads(page)[0]["title"]) == (1, "first")
     # Behind the projector's back: the position stands still, so the page is reused.
     with engine.begin() as conn:
         conn.execute(update(task_view).values(doc='{"tampered": true}'))
     with engine.connect() as conn:
-        assert listings.page(conn, "alice", spec)[0] == page
+        assert listings.page(conn, LIVE_TABLES, "alice", spec)[0] == page
     # Another user's change leaves alice's page alone; her own change shows at once.
     add(ledger, "bob", "more")
     ledger.toggle_task("alice", first.id)
     projector.catch_up()
     with engine.connect() as conn:
-        page, total = listings.page(conn, "alice", spec)
+        page, total = listings.page(conn, LIVE_TABLES, "alice", spec)
     assert json.loads(page)[0]["completed"] is True

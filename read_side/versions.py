@@ -1,0 +1,43 @@
+"""Which version of the read model this code builds and reads.
+
+The version changes whenever the read tables *or the projection's logic* change: a
+process whose code declares a version that is not live builds it beside the live one
+(``read_side.catalogue``) instead of touching the tables others serve. A change of
+tables is caught by a test (tests/unit/test_read_model_version.py): the tables' shape
+must be the one recorded for the declared version. A change of logic alone (what an
+event does to a row) has no shape to catch: bump the version by hand then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from read_side.tables import LIVE_TABLES, ViewTables
+
+READ_MODEL_VERSION = 1
+
+# The shape of the tables each version was released with. Never edit a recorded
+# shape: a changed table is a new version, with its shape added here.
+SHAPES = {
+    1: "7d1aa6864bc7d9c4",
+}
+
+# Tables made before versions existed (their shape and logic are whatever the release
+# that made them had): adopted as this version, and rebuilt in the background.
+UNVERSIONED = 0
+
+
+def shape_of(tables: ViewTables = LIVE_TABLES) -> str:
+    """A digest of the tables' columns (name, type, nullability, key) and indexes: what
+    a version's tables are, whatever a build names them."""
+    parts = []
+    for table in tables.all():
+        parts.append("table")
+        for column in table.columns:
+            parts.append(
+                f"  {column.name} {column.type!r} null={column.nullable} key={column.primary_key}"
+            )
+        for index in sorted(table.indexes, key=lambda index: [c.name for c in index.columns]):
+            columns = ",".join(column.name for column in index.columns)
+            parts.append(f"  index ({columns}) unique={index.unique}")
+    return hashlib.blake2b("\n".join(parts).encode(), digest_size=8).hexdigest()
