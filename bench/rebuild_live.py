@@ -5,8 +5,9 @@ projections rebuild --yes` builds the read model beside the live one and switche
 
     .venv/bin/python -m bench.rebuild_live [--events 1000000] [--connections 8]
 
-Printed: the rebuild's events, time and events/s (from its own summary line), and the
-listing's req/s, p50 and p99 before, during (each 5 s window, and the worst) and after.
+Printed: a first rebuild with no readers, then a second under the readers: each one's
+events, time and events/s (from the command's own summary line); the listing's req/s,
+p50 and p99 before, during the second (each 5 s window, and the worst) and after.
 Every answer during the rebuild must be a 200 (wrk counts any other status).
 """
 
@@ -17,6 +18,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from bench import harness as h
@@ -44,35 +46,21 @@ def main() -> None:
         h.wrk("list.lua", server.url, connections=opts.connections, duration=3, args=args)
         before = h.wrk("list.lua", server.url, connections=opts.connections, duration=10, args=args)
         _listing("list before the rebuild", before)
-        rebuild_log = workdir / "rebuild.log"
-        with rebuild_log.open("wb") as out:
-            rebuilding = subprocess.Popen(
-                [h.TASKLEDGER, "projections", "rebuild", "--yes"],
-                env=h.base_env(storage, {"LOG_LEVEL": "warning"}),
-                cwd=workdir,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            windows = []
-            while rebuilding.poll() is None:
-                windows.append(
-                    h.wrk(
-                        "list.lua",
-                        server.url,
-                        connections=opts.connections,
-                        duration=WINDOW,
-                        args=args,
-                    )
+        # First alone (the command's own speed, the server idle), then under readers.
+        _report("rebuild, no readers", _rebuild(storage, workdir).wait_for_summary())
+        rebuilding = _rebuild(storage, workdir)
+        windows = []
+        while rebuilding.proc.poll() is None:
+            windows.append(
+                h.wrk(
+                    "list.lua",
+                    server.url,
+                    connections=opts.connections,
+                    duration=WINDOW,
+                    args=args,
                 )
-            rebuilding.wait()
-        text = rebuild_log.read_text(errors="replace")
-        if rebuilding.returncode != 0:
-            raise SystemExit(f"the rebuild failed ({rebuilding.returncode}):\n{text[-3000:]}")
-        found = re.search(r"(\d+) events in ([\d.]+) s \(([\d,]+) events/s\)", text)
-        if found:
-            figure("rebuild: events replayed", int(found.group(1)))
-            figure("rebuild: time", float(found.group(2)), "s")
-            figure("rebuild: throughput", int(found.group(3).replace(",", "")), "events/s")
+            )
+        _report("rebuild under readers", rebuilding.wait_for_summary())
         requests = sum(window.requests for window in windows)
         errors = sum(sum(window.errors.values()) for window in windows)
         figure("list during the rebuild: requests", requests)
@@ -89,6 +77,41 @@ def main() -> None:
             )
         after = h.wrk("list.lua", server.url, connections=opts.connections, duration=10, args=args)
         _listing("list after the switch", after)
+
+
+class _Rebuild:
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.proc, self.log_path = proc, log_path
+
+    def wait_for_summary(self) -> str:
+        self.proc.wait()
+        text = self.log_path.read_text(errors="replace")
+        if self.proc.returncode != 0:
+            raise SystemExit(f"the rebuild failed ({self.proc.returncode}):\n{text[-3000:]}")
+        return text
+
+
+def _rebuild(storage: h.Storage, workdir: Path) -> _Rebuild:
+    """`taskledger projections rebuild --yes`, started."""
+    log_path = workdir / f"rebuild-{time.monotonic_ns()}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [h.TASKLEDGER, "projections", "rebuild", "--yes"],
+            env=h.base_env(storage, {"LOG_LEVEL": "warning"}),
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return _Rebuild(proc, log_path)
+
+
+def _report(what: str, output: str) -> None:
+    found = re.search(r"(\d+) events in ([\d.]+) s \(([\d,]+) events/s\)", output)
+    if found is None:
+        raise SystemExit(f"no summary line from the rebuild:\n{output[-2000:]}")
+    figure(f"{what}: events replayed", int(found.group(1)))
+    figure(f"{what}: time", float(found.group(2)), "s")
+    figure(f"{what}: throughput", int(found.group(3).replace(",", "")), "events/s")
 
 
 def _listing(what: str, result: h.WrkResult) -> None:
