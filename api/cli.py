@@ -393,7 +393,7 @@ def projections_rebuild(
     to it (within a second, no restart), then drop the one before. Ctrl-C or a crash
     before the switch leaves the live build serving; a rebuild already under way makes
     this one refuse."""
-    from api.services import Services, leadership_for  # noqa: PLC0415
+    from api.services import Services, leadership_for, retired_grace  # noqa: PLC0415
     from read_side.catalogue import live_build  # noqa: PLC0415
     from read_side.rebuild import RebuildRefused, rebuild  # noqa: PLC0415
     from read_side.runtime.engine import create_read_tables  # noqa: PLC0415
@@ -424,6 +424,10 @@ def projections_rebuild(
                     batch_size=settings.rebuild_batch_size,
                     on_progress=advance,
                     on_step=lambda message: err.print(message, highlight=False, markup=False),
+                    grace_seconds=retired_grace(settings).total_seconds(),
+                    still_projected=lambda build: (
+                        leadership_for(settings, build.projection).holder() is not None
+                    ),
                 )
         except RebuildRefused as refused:
             err.print(f"[red]Refused:[/red] {refused}")

@@ -168,10 +168,8 @@ def list_tasks(
     )
     headers: dict[str, str] = {}
     if as_of is None and at_version is None:
-        tables = services.require_read_model()
-        with services.reading() as conn:
-            # Stored documents are the response's items as they are: no row is converted.
-            body, total = services.listings.page(conn, tables, user_id, spec)
+        # Stored documents are the response's items as they are: no row is converted.
+        body, total = services.list_page(user_id, spec)
     else:
         past = past_tasks(services.ledger, user_id, as_of, at_version)
         body, total = past_page(past, user_id, spec)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, inspect
@@ -21,6 +23,7 @@ from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
 from read_side.catalogue import Build
 from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
+from read_side.queries import TaskFilter
 from read_side.runtime.engine import (
     create_read_engine,
     create_read_tables,
@@ -31,7 +34,7 @@ from read_side.runtime.engine import (
 )
 from read_side.runtime.health import ReadModelHealth
 from read_side.runtime.keeper import ReadModelKeeper
-from read_side.runtime.listings import CachedListings
+from read_side.runtime.listings import BuildSwitched, CachedListings
 from read_side.status import BuildStatus, build_status
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from write_side import TaskLedger
@@ -88,6 +91,7 @@ class Services:
         self._read_file_identity = file_identity(self._read_file) if self._read_file else None
         self._checking = threading.Lock()
         self._stopping = threading.Event()
+        self._check_now = threading.Event()
         self._watcher = threading.Thread(
             target=self._watch_read_model, name="read-model-check", daemon=True
         )
@@ -136,6 +140,7 @@ class Services:
 
     def close(self) -> None:
         self._stopping.set()
+        self._check_now.set()
         if self._watcher.ident is not None:
             self._watcher.join(timeout=10)
         if self.worker is not None:
@@ -168,6 +173,21 @@ class Services:
         if served is None:
             raise ReadModelUnavailable("no build of the read model is live yet")
         return served.tables
+
+    def list_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int]:
+        """A page of the user's tasks from the live build: should a switch made by
+        another process show in the listing's first query, this process follows it
+        at once and lists from the new build."""
+        for _ in range(3):
+            tables, served = self.require_read_model(), self.served
+            try:
+                with self.reading() as conn:
+                    return self.listings.page(
+                        conn, tables, user_id, spec, build_id=served.id if served else None
+                    )
+            except BuildSwitched:
+                self.check_read_model()
+        raise ReadModelUnavailable("the read model is switching builds")
 
     def read_model_unreadable(self, error: BaseException) -> None:
         """A read of the tables found their storage damaged: stop serving them, and
@@ -297,7 +317,7 @@ class Services:
         log_position = self.ledger.last_position()
         with self.reading() as conn:
             statuses = [self._status(conn, build, log_position) for build in catalogue.builds(conn)]
-        report = []
+        report: list[tuple[BuildStatus, str | None]] = []
         for status in statuses:
             build = status.build
             holder = None
@@ -308,6 +328,10 @@ class Services:
                     else build.projection
                 )
                 holder = leadership_for(self.settings, lock).holder()
+                if holder is None and build.state == catalogue.BUILDING:
+                    # Its maker was killed: not stalled, left for the next rebuild.
+                    report.append((replace(status, state=ABANDONED), None))
+                    continue
             report.append((status, holder))
         return report
 
@@ -353,7 +377,12 @@ class Services:
     # ------------------------------------------------------------------------
 
     def _watch_read_model(self) -> None:
-        while not self._stopping.wait(self.settings.read_model_check_seconds):
+        while not self._stopping.is_set():
+            # Woken early by a switch announced on the projection channel.
+            self._check_now.wait(self.settings.read_model_check_seconds)
+            self._check_now.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self.check_read_model()
             except Exception as error:
@@ -379,16 +408,19 @@ class Services:
             raise ReadModelUnavailable("no build of the read model is live yet")
         if live != self.served:
             self._unreadable_build = self._why_unreadable(conn, live)
+            # Served first, so that its projector's news counts from here on; then its
+            # position, which the switch made at least the old build's (and the old
+            # build is fenced: no write acknowledged from it lies beyond).
+            previous, self.served = self.served, live
             self.listings.clear()
             self.progress.reset(read_position(conn, live.projection))
             self._generation = None
-            if self.served is not None or live.version != self.version:
+            if previous is not None or live.version != self.version:
                 log.warning(
                     "serving read model %s%s",
                     live.label,
                     f" ({self._unreadable_build})" if self._unreadable_build else "",
                 )
-            self.served = live
         return live
 
     def _why_unreadable(self, conn: Connection, build: Build) -> str | None:
@@ -451,6 +483,7 @@ class Services:
             batch_size=settings.projector_batch_size,
             build_batch_size=settings.rebuild_batch_size,
             check_interval=settings.read_model_check_seconds,
+            retired_grace=retired_grace(settings),
             on_projected=self._projected_here,
             on_checked=self.check_read_model,
             poll_interval=settings.projector_poll_seconds,
@@ -466,9 +499,12 @@ class Services:
             self.progress.advance(position)
 
     def _projected_elsewhere(self, payload: str) -> None:
-        # "<projection> <position>"; a bare position from a release before builds.
+        # "<projection> <position>"; a bare position from a release before builds;
+        # "switched <build>" when a build is made live.
         projection, _, position = payload.rpartition(" ")
-        if position.isdigit():
+        if projection == catalogue.SWITCHED:
+            self._check_now.set()
+        elif position.isdigit():
             self._projected_here(projection or DEFAULT_PROJECTION, int(position))
         else:
             # (Re)connected: catch up on whatever was missed meanwhile.
@@ -478,11 +514,18 @@ class Services:
                 log.warning("reading the projection position failed: %s", error)
 
 
+ABANDONED = "abandoned (its builder is gone: the next rebuild drops it)"
 _STATES = ("live", "building", "behind and moving", "stalled", "retired")
 
 
 def _labels(status: BuildStatus) -> str:
     return f'version="{status.build.version}",build="{status.build.id}"'
+
+
+def retired_grace(settings: Settings) -> timedelta:
+    """How long a retired build outlives its switch: every process must have followed
+    (each checks every READ_MODEL_CHECK_SECONDS; set it alike everywhere)."""
+    return max(catalogue.RETIRED_GRACE, timedelta(seconds=3 * settings.read_model_check_seconds))
 
 
 def leadership_for(settings: Settings, name: str = DEFAULT_PROJECTION) -> Leadership:

@@ -15,6 +15,7 @@ the tables of a deployment that never rebuilt, or that predates versions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel
 
-from read_side.projector import projection_check
+from read_side.projector import PROJECTION_CHANNEL, projection_check
 from read_side.tables import DEFAULT_PROJECTION, ViewTables, projection_position
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ read_model_build = Table(
 )
 
 BUILDING, LIVE, RETIRED, DROPPED = "building", "live", "retired", "dropped"
+
+# What the projection channel carries when a build is made live ("switched <id>").
+SWITCHED = "switched"
+# How long a switch waits for the live projection's position row (PostgreSQL).
+SWITCH_LOCK_TIMEOUT = "2s"
 
 # How long a retired build's tables outlive the switch: every process follows the
 # catalogue within a second (its read-model check), and queries under way finish.
@@ -116,6 +122,10 @@ def ensure_live_build(conn: Connection, version: int, *, unversioned: int) -> Bu
     catalogue (made before versions existed) become build 0 of version ``unversioned``,
     served while this code's version is built beside them; otherwise build 0 is this
     code's version, its tables made empty."""
+    live = live_build(conn)
+    if live is not None:
+        # (Without the lock: a switch under way must not hold a start-up.)
+        return live
     lock_catalogue(conn)
     live = live_build(conn)
     if live is not None:
@@ -165,6 +175,11 @@ def switch(conn: Connection, build: Build) -> bool:
     """Make ``build`` live, if it has caught up with the live build: False when it is
     behind (catch up and try again). Both positions are locked for the comparison, so
     the live one cannot move past the new one before readers are sent to it."""
+    is_postgres = conn.dialect.name == "postgresql"
+    if is_postgres:
+        # A live projection stuck holding its row (a stalled transaction) must not
+        # hold the catalogue, and every process starting meanwhile, with it.
+        conn.execute(select(func.set_config("lock_timeout", SWITCH_LOCK_TIMEOUT, True)))
     lock_catalogue(conn)
     live = live_build(conn)
     if live is not None and live.id == build.id:
@@ -172,7 +187,7 @@ def switch(conn: Connection, build: Build) -> bool:
     names = [build.projection] + ([live.projection] if live is not None else [])
     at = projection_position.c
     locking = select(at.name, at.position).where(at.name.in_(names))
-    if conn.dialect.name == "postgresql":
+    if is_postgres:
         locking = locking.order_by(at.name).with_for_update()
     positions = {row.name: int(row.position) for row in conn.execute(locking)}
     if live is not None and positions.get(build.projection, 0) < positions.get(live.projection, 0):
@@ -188,6 +203,10 @@ def switch(conn: Connection, build: Build) -> bool:
     conn.execute(
         update(read_model_build).where(at_build.id == build.id).values(state=LIVE, switched_at=now)
     )
+    if is_postgres:
+        # Every process listening follows at once, not at its next check (delivered
+        # on commit).
+        conn.execute(select(func.pg_notify(PROJECTION_CHANNEL, f"{SWITCHED} {build.id}")))
     return True
 
 
@@ -213,8 +232,15 @@ def drop(engine: Engine, build: Build) -> None:
         )
 
 
-def drop_retired(engine: Engine, *, grace: timedelta = RETIRED_GRACE) -> list[Build]:
-    """Drop the builds retired more than ``grace`` ago; return them."""
+def drop_retired(
+    engine: Engine,
+    *,
+    grace: timedelta = RETIRED_GRACE,
+    projected: Callable[[Build], bool] = lambda _: False,
+) -> list[Build]:
+    """Drop the builds retired more than ``grace`` ago; return them. A build that a
+    projector still ``projected`` (one of a release from before versions, which knows
+    nothing of the switch, and whose processes still serve it) is kept until it stops."""
     with engine.connect() as conn:
         cutoff = datetime.now(UTC) - grace
         due = [
@@ -224,10 +250,26 @@ def drop_retired(engine: Engine, *, grace: timedelta = RETIRED_GRACE) -> list[Bu
             and build.switched_at is not None
             and _aware(build.switched_at) <= cutoff
         ]
+    due = [build for build in due if not projected(build)]
     for build in due:
         drop(engine, build)
         log.warning("read model %s dropped: retired by a switch %s ago", build.label, grace)
     return due
+
+
+def retired(build: Build) -> Callable[[Connection], str | None]:
+    """A projector's fence (``Projector(fence=...)``): why ``build`` may no longer be
+    written, once a switch has retired or dropped it."""
+    at = read_model_build.c
+    query = select(at.state).where(at.id == build.id)
+
+    def fence(conn: Connection) -> str | None:
+        state = conn.execute(query).scalar_one_or_none()
+        if state in (BUILDING, LIVE):
+            return None
+        return f"{build.label} is {state or 'gone'}: another build is live"
+
+    return fence
 
 
 def builder_lock_name() -> str:

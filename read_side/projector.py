@@ -118,6 +118,10 @@ class ReadModelFault(Exception):
         self.fault = fault
 
 
+class ProjectionFenced(Exception):
+    """The tables this projector writes may no longer be written (a retired build)."""
+
+
 class Projector:
     """Keeps the read tables in step with ``ledger``'s notification log.
 
@@ -141,6 +145,7 @@ class Projector:
         tables: ViewTables = LIVE_TABLES,
         anchored: bool | None = None,
         replaying: bool = False,
+        fence: Callable[[Connection], str | None] | None = None,
     ) -> None:
         self.ledger, self.engine, self.tables = ledger, engine, tables
         self.name, self.batch_size, self.on_projected = name, batch_size, on_projected
@@ -152,6 +157,8 @@ class Projector:
         # A build of the read model is checked against the log (by default, the tables
         # of build 0); a scratch replay (verify) is thrown away and leaves no check row.
         self.anchored = tables is LIVE_TABLES if anchored is None else anchored
+        # Why the tables may no longer be written, asked in each batch's transaction.
+        self.fence = fence
 
     def project_batch(self, stop: int | None = None) -> int:
         """Apply the next batch of events (up to ``stop``); return how many there were.
@@ -159,6 +166,10 @@ class Projector:
         the one applied last (one indexed read of the log per batch)."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
+            # Asked with the position row locked: a switch that retires these tables
+            # locks it too, so no batch lands on them after it (read_side.catalogue).
+            if self.fence is not None and (reason := self.fence(conn)):
+                raise ProjectionFenced(reason)
             if self.anchored and (fault := _log_disagrees(conn, self.ledger, self.name, position)):
                 raise ReadModelFault(fault)
             notifications = self.ledger.recorder.select_notifications(

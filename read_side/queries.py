@@ -10,6 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import ColumnElement, Connection, Row, Select, bindparam, func, or_, select
 
+from read_side.catalogue import LIVE, read_model_build
 from read_side.folding import fold
 from read_side.tables import ViewTables
 from write_side.domain import TaskList
@@ -109,16 +110,21 @@ def get_task(
 @cache
 def _user_position(tables: ViewTables) -> Select[Any]:
     # Built once per build: this runs on every listing, and building a statement costs
-    # more than the primary-key lookup it makes.
-    owner = tables.owner
-    return select(owner.c.last_position).where(owner.c.list_id == bindparam("list_id"))
+    # more than the primary-key lookup it makes. The live build rides along (a
+    # lookup in a table of a few rows): a process that has not yet followed a switch
+    # made elsewhere learns of it here, before serving a retired build's rows.
+    owner, build = tables.owner, read_model_build.c
+    position = select(owner.c.last_position).where(owner.c.list_id == bindparam("list_id"))
+    live = select(build.id).where(build.state == LIVE)
+    return select(position.scalar_subquery(), live.scalar_subquery())
 
 
-def user_position(conn: Connection, tables: ViewTables, user_id: str) -> int:
-    """The log position of the user's last change in the tables (0: none yet)."""
+def user_position(conn: Connection, tables: ViewTables, user_id: str) -> tuple[int, int | None]:
+    """The log position of the user's last change in the tables (0: none yet), and
+    which build is live now."""
     list_id = TaskList.create_id(user_id)
-    found = conn.execute(_user_position(tables), {"list_id": list_id}).scalar_one_or_none()
-    return int(found or 0)
+    position, live = conn.execute(_user_position(tables), {"list_id": list_id}).one()
+    return int(position or 0), live
 
 
 def _escape_like(value: str) -> str:

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from infrastructure.leadership import Leadership
 from read_side import catalogue
@@ -52,6 +53,7 @@ def rebuild(
     grace_seconds: float = RETIRED_GRACE.total_seconds(),
     on_progress: Callable[[int, int], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    still_projected: Callable[[Build], bool] = lambda _: False,
 ) -> Rebuilt:
     """Build ``version`` beside the live build, switch to it, drop the one before.
     ``on_progress(position, log_end)`` after each batch; ``on_step`` for each step
@@ -85,11 +87,12 @@ def rebuild(
             anchored=True,
             batch_size=batch_size,
             replaying=True,
+            fence=catalogue.retired(build),
         )
         started = time.monotonic()
         try:
             events = _replay(projector, ledger, on_progress)
-            events += _switch(engine, projector, build)
+            events += _switch(engine, projector, build, step)
         except BaseException:
             # Nothing was switched: the live build serves on, as if this never ran.
             catalogue.drop(engine, build)
@@ -97,13 +100,19 @@ def rebuild(
             raise
         position = projector.position()
         seconds = time.monotonic() - started
-        step(f"{build.label} is live at position {position}; every process follows within 1 s")
+        step(f"{build.label} is live at position {position}; every process follows it")
         # Kept projected while processes still reading the one before move over.
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline:
             projector.catch_up()
             time.sleep(0.2)
-        if previous is not None:
+        if previous is not None and still_projected(previous):
+            # A release from before versions, still running: its processes serve it.
+            step(
+                f"kept {previous.label}: a projector still holds it; it is dropped once "
+                "that projector stops"
+            )
+        elif previous is not None:
             catalogue.drop(engine, previous)
             step(f"dropped {previous.label}")
         return Rebuilt(replace(build, state=catalogue.LIVE), previous, position, events, seconds)
@@ -128,12 +137,28 @@ def _replay(
             return events
 
 
-def _switch(engine: Engine, projector: Projector, build: Build) -> int:
+def _switch(engine: Engine, projector: Projector, build: Build, step: Callable[[str], None]) -> int:
     """Catch up and switch, until the live build has not moved past this one in
-    between (under a heavy write load, a few rounds)."""
-    events = 0
+    between (under a heavy write load, a few rounds), waiting out a live projection
+    whose position row a stuck transaction holds."""
+    events, said = 0, False
     while True:
         events += projector.catch_up()
-        with engine.begin() as conn:
-            if catalogue.switch(conn, build):
-                return events
+        try:
+            with engine.begin() as conn:
+                if catalogue.switch(conn, build):
+                    return events
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            if not said:
+                step(
+                    "waiting to switch: the live build's position is held by another "
+                    "transaction (a stalled projection?); Ctrl-C leaves it serving"
+                )
+                said = True
+            time.sleep(1)
+
+
+# PostgreSQL's SQLSTATE for a lock not granted within lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -58,6 +59,7 @@ class ReadModelKeeper:
         batch_size: int = 500,
         build_batch_size: int = 10_000,
         check_interval: float = 1.0,
+        retired_grace: timedelta = catalogue.RETIRED_GRACE,
         on_projected: Callable[[str, int], None] | None = None,
         on_checked: Callable[[], None] | None = None,
         **worker_options: Any,
@@ -68,6 +70,7 @@ class ReadModelKeeper:
         # one from the start of the log (larger: nobody reads it yet).
         self.batch_size, self.build_batch_size = batch_size, build_batch_size
         self.check_interval = check_interval
+        self.retired_grace = retired_grace
         self.on_projected = on_projected
         self.on_checked = on_checked
         self._worker_options = worker_options
@@ -210,6 +213,9 @@ class ReadModelKeeper:
             batch_size=batch_size,
             # A build from the start of the log, which nobody reads yet.
             replaying=replaying,
+            # Once a switch retires it, not one more batch (read-your-writes: no
+            # process may have seen an event that the new live build lacks).
+            fence=catalogue.retired(build),
             on_projected=self._projected(build),
         )
         return ProjectorWorker(
@@ -255,7 +261,11 @@ class ReadModelKeeper:
             if time.monotonic() - last[0] < self.check_interval:
                 return
             last[0] = time.monotonic()
-            catalogue.drop_retired(self.engine)
+            catalogue.drop_retired(
+                self.engine,
+                grace=self.retired_grace,
+                projected=lambda build: self._leadership(build.projection).holder() is not None,
+            )
 
         return after_round
 

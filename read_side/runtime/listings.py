@@ -23,6 +23,10 @@ from read_side.tables import ViewTables
 Page = tuple[str, int]  # the JSON array of task documents, and the total that match
 
 
+class BuildSwitched(Exception):
+    """Another build of the read model was made live since this process looked."""
+
+
 class CachedListings:
     """At most ``max_pages`` pages and ``max_bytes`` of their text (the least recently
     used go first): a flood of distinct big pages costs this process no more than that.
@@ -47,10 +51,21 @@ class CachedListings:
             self._pages.clear()
             self._bytes = 0
 
-    def page(self, conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter) -> Page:
-        """A page from the build whose ``tables`` are served. Pages are filed by build:
-        two versions of the read model may show the same position differently."""
-        position = queries.user_position(conn, tables, user_id)
+    def page(
+        self,
+        conn: Connection,
+        tables: ViewTables,
+        user_id: str,
+        spec: TaskFilter,
+        *,
+        build_id: int | None = None,
+    ) -> Page:
+        """A page from the build whose ``tables`` are served (``build_id``). Pages are
+        filed by build: two versions of the read model may show the same position
+        differently. Raises BuildSwitched when another build is live now."""
+        position, live = queries.user_position(conn, tables, user_id)
+        if build_id is not None and live is not None and live != build_id:
+            raise BuildSwitched(live)
         key = (tables.task.name, user_id, spec)
         with self._lock:
             stored = self._pages.get(key)

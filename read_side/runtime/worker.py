@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from infrastructure.leadership import Leadership
-from read_side.projector import Projector, ReadModelFault
+from read_side.projector import ProjectionFenced, Projector, ReadModelFault
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 from read_side.versions import READ_MODEL_VERSION
 
@@ -111,7 +111,7 @@ class ProjectorWorker:
                     self._finish_rebuild()
                 if self.after_round is not None:
                     self.after_round()
-            except BuildGone as gone:
+            except (BuildGone, ProjectionFenced) as gone:
                 log.warning("projector %s: %s; this worker ends", self.projector.name, gone)
                 self._stop.set()
                 return

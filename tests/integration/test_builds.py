@@ -16,7 +16,7 @@ from api.services import ReadModelUnavailable, Services, leadership_for
 from api.settings import Settings
 from infrastructure.leadership import Leadership
 from read_side import catalogue
-from read_side.projector import Projector, read_position
+from read_side.projector import ProjectionFenced, Projector, read_position
 from read_side.queries import TaskFilter
 from read_side.rebuild import RebuildRefused, rebuild
 from read_side.tables import LIVE_TABLES, projection_position
@@ -182,7 +182,9 @@ def test_a_rolling_upgrade_builds_the_new_version_beside_the_old_one_which_serve
             wait_for(lambda: old.served == _live(old.read_engine), 5, "the old one to follow")
             wait_for(lambda: _listed(old, "alice") == 201, 5, "the old one to list it all")
             assert _listed(new, "alice") == 201
-            assert old.worker is not None and old.worker.role == "aside"
+            keeper = old.worker
+            assert keeper is not None
+            wait_for(lambda: keeper.role == "aside", 5, "the old projector to stand aside")
             # The build before is dropped once every process has had time to follow.
             wait_for(
                 lambda: not inspect(old.read_engine).has_table("task_view"),
@@ -340,3 +342,31 @@ def test_a_build_under_way_fails_over_to_a_standby_which_carries_it_on(
         finally:
             first.close()
             second.close()
+
+
+def test_a_switch_waits_for_the_new_build_and_fences_the_old_one(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    ledger.add_task("alice", "one", None)
+    live = _live(engine)
+    old = Projector(
+        ledger, engine, name=live.projection, tables=live.tables, fence=catalogue.retired(live)
+    )
+    old.catch_up()
+    with engine.begin() as conn:
+        build = catalogue.start_build(conn, READ_MODEL_VERSION)
+    new = Projector(ledger, engine, name=build.projection, tables=build.tables, anchored=True)
+    with engine.begin() as conn:
+        # Behind the live build: readers moved to it would miss acknowledged writes.
+        assert not catalogue.switch(conn, build)
+    new.catch_up()
+    with engine.begin() as conn:
+        assert catalogue.switch(conn, build)
+    switched_at = old.position()
+    ledger.add_task("alice", "two", None)
+    # Not one more batch on the retired build: nobody can have seen "two" from it.
+    with pytest.raises(ProjectionFenced, match="retired"):
+        old.project_batch()
+    assert old.position() == switched_at
+    new.catch_up()
+    assert _titles(engine, build, "alice") == ["one", "two"]
