@@ -40,6 +40,7 @@ from sqlmodel import SQLModel
 
 from read_side.projector import PROJECTION_CHANNEL, projection_check
 from read_side.tables import DEFAULT_PROJECTION, ViewTables, projection_position
+from read_side.versions import UNVERSIONED
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,10 @@ def drop_retired(
     grace: timedelta = RETIRED_GRACE,
     projected: Callable[[Build], bool] = lambda _: False,
 ) -> list[Build]:
-    """Drop the builds retired more than ``grace`` ago; return them. A build that a
-    projector still ``projected`` (one of a release from before versions, which knows
-    nothing of the switch, and whose processes still serve it) is kept until it stops."""
+    """Drop the builds retired more than ``grace`` ago; return them. A build made
+    before versions that a projector still ``projected`` (an older release's, which
+    knows nothing of the switch, and whose processes still serve it) is kept until
+    that projector stops."""
     with engine.connect() as conn:
         cutoff = datetime.now(UTC) - grace
         due = [
@@ -250,7 +252,9 @@ def drop_retired(
             and build.switched_at is not None
             and _aware(build.switched_at) <= cutoff
         ]
-    due = [build for build in due if not projected(build)]
+    # Processes of this code stop projecting a retired build at once (its fence);
+    # only a release from before versions knows nothing of the switch.
+    due = [b for b in due if b.version != UNVERSIONED or not projected(b)]
     for build in due:
         drop(engine, build)
         log.warning("read model %s dropped: retired by a switch %s ago", build.label, grace)

@@ -26,6 +26,7 @@ from infrastructure.leadership import Leadership
 from read_side import catalogue
 from read_side.catalogue import RETIRED_GRACE, Build
 from read_side.projector import Projector
+from read_side.versions import UNVERSIONED
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def rebuild(
         while time.monotonic() < deadline:
             projector.catch_up()
             time.sleep(0.2)
-        if previous is not None and still_projected(previous):
+        if previous is not None and previous.version == UNVERSIONED and still_projected(previous):
             # A release from before versions, still running: its processes serve it.
             step(
                 f"kept {previous.label}: a projector still holds it; it is dropped once "
