@@ -222,9 +222,9 @@ def get_task(
             raise TaskNotFound(task_id)
         headers = {"ETag": f'"{task.version}"', "X-Ledger-Version": str(past.version)}
         return _json_response(task_document(task_fields(task, user_id)), headers=headers)
-    tables = services.require_read_model()
+    served = services.require_read_model()
     with services.reading() as conn:
-        row = queries.get_task(conn, tables, user_id, task_id)
+        row = queries.get_task(conn, served.tables, user_id, task_id)
     if row is None:
         raise TaskNotFound(task_id)
     return _json_response(row.doc, headers={"ETag": f'"{row.version}"'})

@@ -36,7 +36,7 @@ from read_side.runtime.health import ReadModelHealth
 from read_side.runtime.keeper import ReadModelKeeper
 from read_side.runtime.listings import BuildSwitched, CachedListings
 from read_side.status import BuildStatus, build_status
-from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
+from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES
 from write_side import TaskLedger
 
 log = logging.getLogger(__name__)
@@ -164,26 +164,26 @@ class Services:
         with self.reading() as conn:
             return read_position(conn, served.projection)
 
-    def require_read_model(self) -> ViewTables:
-        """The served build's tables; raises ReadModelUnavailable while they must not
-        be served."""
+    def require_read_model(self) -> Build:
+        """The served build (its ``tables``); raises ReadModelUnavailable while it must
+        not be served."""
         if (fault := self.health.fault) is not None:
             raise ReadModelUnavailable(fault)
         served = self.served
         if served is None:
             raise ReadModelUnavailable("no build of the read model is live yet")
-        return served.tables
+        return served
 
     def list_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int]:
         """A page of the user's tasks from the live build: should a switch made by
         another process show in the listing's first query, this process follows it
         at once and lists from the new build."""
         for _ in range(3):
-            tables, served = self.require_read_model(), self.served
+            served = self.require_read_model()
             try:
                 with self.reading() as conn:
                     return self.listings.page(
-                        conn, tables, user_id, spec, build_id=served.id if served else None
+                        conn, served.tables, user_id, spec, build_id=served.id
                     )
             except BuildSwitched:
                 self.check_read_model()

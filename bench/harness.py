@@ -84,6 +84,14 @@ def _last_resort() -> None:
             cleanup()
 
 
+def set_niceness(nice: int) -> None:
+    """``--nice``: this process's niceness, and that of everything it starts."""
+    global NICE  # noqa: PLW0603 - the one setting niced() reads
+    if nice:
+        NICE = nice
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 def niced(args: list[str]) -> list[str]:
     # nice(1) execs the command in the same process, before it starts any thread, so
     # every thread inherits the niceness.

@@ -236,9 +236,7 @@ def main() -> None:
     )
     opts = parser.parse_args()
     h.install_signal_handlers()
-    if opts.nice:
-        h.NICE = opts.nice
-        os.setpriority(os.PRIO_PROCESS, 0, opts.nice)
+    h.set_niceness(opts.nice)
     url = fill(opts.events, refill=opts.refill)
     figure("machine: cores", os.cpu_count() or 0)
     figure("machine: load average before", h.loadavg())

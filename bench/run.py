@@ -484,9 +484,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the raw results here")
     opts = parser.parse_args()
     h.install_signal_handlers()
-    if opts.nice:
-        h.NICE = opts.nice
-        os.setpriority(os.PRIO_PROCESS, 0, opts.nice)
+    h.set_niceness(opts.nice)
     if opts.code_ref:
         h.use_code_ref(opts.code_ref)
     h.drop_stale_databases()

@@ -19,7 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from uuid import UUID
 
+from eventsourcing.application import Application
 from sqlalchemy import (
     Column,
     Connection,
@@ -38,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel
 
-from read_side.projector import PROJECTION_CHANNEL, projection_check
+from read_side.projector import PROJECTION_CHANNEL, Projector, projection_check
 from read_side.tables import DEFAULT_PROJECTION, ViewTables, projection_position
 from read_side.versions import UNVERSIONED
 
@@ -259,6 +261,32 @@ def drop_retired(
         drop(engine, build)
         log.warning("read model %s dropped: retired by a switch %s ago", build.label, grace)
     return due
+
+
+def projector(
+    build: Build,
+    ledger: Application[UUID],
+    engine: Engine,
+    *,
+    batch_size: int,
+    replaying: bool = False,
+    on_projected: Callable[[int], None] | None = None,
+) -> Projector:
+    """The projector of ``build``: checked against the log, and fenced off it once a
+    switch retires it (not one more batch: no process may have seen an event from it
+    that the new live build lacks). ``replaying``: a build from the start of the log,
+    which nobody reads yet."""
+    return Projector(
+        ledger,
+        engine,
+        name=build.projection,
+        tables=build.tables,
+        anchored=True,
+        batch_size=batch_size,
+        replaying=replaying,
+        on_projected=on_projected,
+        fence=retired(build),
+    )
 
 
 def retired(build: Build) -> Callable[[Connection], str | None]:

@@ -119,7 +119,8 @@ class ReadModelFault(Exception):
 
 
 class ProjectionFenced(Exception):
-    """The tables this projector writes may no longer be written (a retired build)."""
+    """The tables this projector writes may no longer be written: a switch retired
+    their build, or their damaged file was set aside for a new one."""
 
 
 class Projector:

@@ -80,15 +80,8 @@ def rebuild(
             build = catalogue.start_build(conn, version)
         live = previous.label if previous is not None else "none"
         step(f"building {build.label} beside the live {live}")
-        projector = Projector(
-            ledger,
-            engine,
-            name=build.projection,
-            tables=build.tables,
-            anchored=True,
-            batch_size=batch_size,
-            replaying=True,
-            fence=catalogue.retired(build),
+        projector = catalogue.projector(
+            build, ledger, engine, batch_size=batch_size, replaying=True
         )
         started = time.monotonic()
         try:

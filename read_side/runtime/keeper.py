@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from infrastructure.leadership import Leadership
 from read_side import catalogue
 from read_side.catalogue import Build
-from read_side.projector import Projector, read_position
+from read_side.projector import read_position
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 from read_side.runtime.worker import ProjectorWorker
 
@@ -204,18 +204,12 @@ class ReadModelKeeper:
         batch_size: int,
         replaying: bool,
     ) -> ProjectorWorker:
-        projector = Projector(
+        projector = catalogue.projector(
+            build,
             self.ledger,
             self.engine,
-            name=build.projection,
-            tables=build.tables,
-            anchored=True,
             batch_size=batch_size,
-            # A build from the start of the log, which nobody reads yet.
             replaying=replaying,
-            # Once a switch retires it, not one more batch (read-your-writes: no
-            # process may have seen an event that the new live build lacks).
-            fence=catalogue.retired(build),
             on_projected=self._projected(build),
         )
         return ProjectorWorker(

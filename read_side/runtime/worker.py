@@ -111,7 +111,7 @@ class ProjectorWorker:
                     self._finish_rebuild()
                 if self.after_round is not None:
                     self.after_round()
-            except (BuildGone, ProjectionFenced) as gone:
+            except ProjectionFenced as gone:
                 log.warning("projector %s: %s; this worker ends", self.projector.name, gone)
                 self._stop.set()
                 return
@@ -166,7 +166,7 @@ class ProjectorWorker:
                 # The new file starts with a build of its own: whoever keeps the read
                 # model (read_side.runtime.keeper) projects that one.
                 self._checked()
-                raise BuildGone(f"the damaged file was set aside (kept as {kept})")
+                raise ProjectionFenced(f"the damaged file was set aside (kept as {kept})")
         self.projector.reset(fault)
         log.error(
             "projection %s: %s; rebuilding it from the log%s",
@@ -210,10 +210,6 @@ class ProjectorWorker:
                 log.warning("watching the log failed (%s)", type(error).__name__)
                 return False
         return False
-
-
-class BuildGone(Exception):
-    """The build this worker projects is no longer the one to project."""
 
 
 class _Failures:

@@ -146,7 +146,7 @@ def _running(settings: Settings, version: int | None = None) -> Iterator[Service
 
 
 def _listed(services: Services, user: str) -> int:
-    tables = services.require_read_model()
+    tables = services.require_read_model().tables
     with services.reading() as conn:
         return services.listings.page(conn, tables, user, _all())[1]
 
