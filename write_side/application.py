@@ -14,7 +14,7 @@ from eventsourcing.persistence import JSONTranscoder
 from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Decide
-from write_side.domain import UNSET, Task, TaskList, Unset
+from write_side.domain import NO_PLAN, UNSET, Plan, Task, TaskList, Unset
 from write_side.history import (
     History,
     HistoryPage,
@@ -116,9 +116,12 @@ class TaskLedger(Application[UUID]):
         title: str,
         description: str | None,
         *,
+        plan: Plan = NO_PLAN,
         request: RequestKey | None = None,
     ) -> Change:
-        return self._run(user_id, lambda tasks: tasks.add(title, description), request=request)
+        return self._run(
+            user_id, lambda tasks: tasks.add(title, description, plan), request=request
+        )
 
     def update_task(
         self,
@@ -128,10 +131,15 @@ class TaskLedger(Application[UUID]):
         title: str | Unset = UNSET,
         description: str | Unset | None = UNSET,
         completed: bool | Unset = UNSET,
+        plan: dict[str, Any] | None = None,
         **options: Unpack[Guards],
     ) -> Change:
+        """Change the fields given (``plan``: the plan's fields sent, by name)."""
+
         def decide(tasks: TaskList) -> Task:
-            return tasks.update(task_id, title=title, description=description, completed=completed)
+            return tasks.update(
+                task_id, title=title, description=description, completed=completed, plan=plan
+            )
 
         return self._run(user_id, decide, task_id, **options)
 

@@ -49,6 +49,8 @@ class Change:
     conflicts_retried: int = 0
     # True when an idempotency key's recorded outcome was answered again.
     replayed: bool = False
+    # The occurrence that completing a recurring task added (then or before).
+    next_task: UUID | None = None
 
 
 class ConcurrencyExhausted(Exception):
@@ -111,7 +113,7 @@ class CommandRunner:
         task = record.outcome_for(request)
         self._count("idempotent_replays")
         position = self._streams.position(TaskList.create_id(command.user_id))
-        return Change(task, position, attempt, replayed=True)
+        return Change(task, position, attempt, replayed=True, next_task=record.next_task)
 
     def _attempt(
         self, command: Command, record: RequestRecord | None, attempt: int
@@ -127,18 +129,20 @@ class CommandRunner:
             # first, the save conflicts and the check runs again.
             tasks.require_version(command.task_id, command.if_version)
         task = command.decide(tasks)
+        next_task = None if task is None else tasks.next_of(task.id)
         if command.request is not None:
-            record = _recorded(record, command.user_id, command.request, task)
+            record = _recorded(record, command.user_id, command.request, task, next_task)
         if not tasks.pending_events and record is None:
             # Nothing changed: the answer is the state at the user's own last event.
-            return Change(task, self._streams.position(tasks.id, tasks.version), attempt)
+            unchanged = self._streams.position(tasks.id, tasks.version)
+            return Change(task, unchanged, attempt, next_task=next_task)
         position = self._streams.save_outcome(tasks, record)
         if position is None:
             return None
         self._count("commands_saved")
         if self._on_saved is not None:
             self._on_saved(position)
-        return Change(task, position, attempt)
+        return Change(task, position, attempt, next_task=next_task)
 
     def _count(self, name: str) -> None:
         with self._counts_lock:
@@ -146,10 +150,14 @@ class CommandRunner:
 
 
 def _recorded(
-    record: RequestRecord | None, user_id: str, request: RequestKey, task: Task | None
+    record: RequestRecord | None,
+    user_id: str,
+    request: RequestKey,
+    task: Task | None,
+    next_task: UUID | None,
 ) -> RequestRecord:
     """The request's record, holding its outcome (a new one, or an expired one reused)."""
     if record is None:
-        return RequestRecord.record(user_id, request, task)
-    record.rerecord(request, task)
+        return RequestRecord.record(user_id, request, task, next_task)
+    record.rerecord(request, task, next_task)
     return record

@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from write_side.domain import Task, TaskLedgerError, TaskList
+from write_side.domain import Task, TaskList
+from write_side.errors import TaskLedgerError
 
 _BASE_FIELDS = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 

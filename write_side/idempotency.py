@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from write_side.domain import Task, TaskLedgerError
+from write_side.domain import Task
+from write_side.errors import TaskLedgerError
 
 KEY_LIFETIME = timedelta(hours=24)
 _REQUEST_NAMESPACE = uuid5(NAMESPACE_URL, "https://taskledger.dev/idempotency-keys")
@@ -32,35 +34,56 @@ class IdempotencyKeyReused(TaskLedgerError):
     """The key was already used, within its lifetime, for a different request."""
 
 
+def _no_next_task(state: dict[str, Any]) -> None:
+    # Version 1 was recorded before recurring tasks: no request added a next one.
+    state["next_task"] = None
+
+
 class RequestRecord(Aggregate):
+    # Version 2 (with recurring tasks) also records the next occurrence a completion
+    # added, so that a repeat answers it too.
     class Recorded(Aggregate.Created):
+        class_version = 2
+        upcast_v1_v2 = staticmethod(_no_next_task)
+
         user_id: str
         key: str
         fingerprint: str
         task: Task | None
+        next_task: UUID | None
 
     class Rerecorded(Aggregate.Event):
         """The key came back after it expired, with a new request."""
 
+        class_version = 2
+        upcast_v1_v2 = staticmethod(_no_next_task)
+
         fingerprint: str
         task: Task | None
+        next_task: UUID | None
 
         def apply(self, aggregate: RequestRecord) -> None:
             aggregate.fingerprint = self.fingerprint
             aggregate.task = self.task
+            aggregate.next_task = self.next_task
 
-    def __init__(self, user_id: str, key: str, fingerprint: str, task: Task | None) -> None:
+    def __init__(
+        self, user_id: str, key: str, fingerprint: str, task: Task | None, next_task: UUID | None
+    ) -> None:
         self.user_id = user_id
         self.key = key
         self.fingerprint = fingerprint
         self.task = task
+        self.next_task = next_task
 
     @staticmethod
     def create_id(user_id: str, key: str) -> UUID:
         return uuid5(_REQUEST_NAMESPACE, f"{user_id}\n{key}")
 
     @classmethod
-    def record(cls, user_id: str, request: RequestKey, task: Task | None) -> RequestRecord:
+    def record(
+        cls, user_id: str, request: RequestKey, task: Task | None, next_task: UUID | None = None
+    ) -> RequestRecord:
         return cls._create(
             cls.Recorded,
             id=cls.create_id(user_id, request.key),
@@ -68,10 +91,15 @@ class RequestRecord(Aggregate):
             key=request.key,
             fingerprint=request.fingerprint,
             task=task,
+            next_task=next_task,
         )
 
-    def rerecord(self, request: RequestKey, task: Task | None) -> None:
-        self.trigger_event(self.Rerecorded, fingerprint=request.fingerprint, task=task)
+    def rerecord(
+        self, request: RequestKey, task: Task | None, next_task: UUID | None = None
+    ) -> None:
+        self.trigger_event(
+            self.Rerecorded, fingerprint=request.fingerprint, task=task, next_task=next_task
+        )
 
     def is_live(self, now: datetime) -> bool:
         return now - self.modified_on < KEY_LIFETIME

@@ -147,7 +147,7 @@ def test_replacing_and_evicting_keep_the_count_of_bytes() -> None:
 def test_growth_in_place_is_counted_until_measured_again() -> None:
     """The repository fast-forwards a cached list in place: the cache counts the
     allowance for the new events, and measures again once it passes an eighth."""
-    tasks = task_list("a", 100)
+    tasks = task_list("a", 200)
     cache = ByteBoundedCache(max_bytes=2**30)
     cache.put(tasks.id, tasks)
     measured = estimate_bytes(tasks)

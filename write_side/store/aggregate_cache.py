@@ -20,38 +20,62 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Cache, Repository
 
-from write_side.domain import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH, Task, TaskList
+from write_side.domain import (
+    DESCRIPTION_MAX_LENGTH,
+    MAX_TAGS,
+    TAG_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    Task,
+    TaskList,
+)
 from write_side.idempotency import RequestRecord
+from write_side.recurrence import RULE_MAX_LENGTH
 
 DEFAULT_MAX_BYTES = 64 * 2**20
 
-# Bytes a cached task holds beyond its title and description: the Task, its UUID,
-# two datetimes, the dict key (the id as text) and its share of the dict. Measured
-# with tracemalloc on lists of 1 to 21,846 tasks loaded through a snapshot (as a cache
-# miss loads them; replayed from events they share a datetime and take ~360): at most
-# 413 bytes, reached just before the dict doubles.
-TASK_OVERHEAD = 420
+# Bytes a cached task holds beyond its title, description and plan: the Task, its
+# UUID, two datetimes, the dict key (the id as text) and its share of the dict.
+# Measured with tracemalloc on lists of 1 to 21,846 tasks loaded through a snapshot
+# (as a cache miss loads them; replayed from events they share a datetime and take
+# less): at most 413 bytes before plans, reached just before the dict doubles, and
+# about 510 since the Task gained the plan's six slots (tests/unit/test_aggregate_cache).
+TASK_OVERHEAD = 520
 # An aggregate beside its tasks: its object and attributes, the ids and timestamps,
 # the dict's own table (a request record: its key and fingerprint, ~1,000). Measured
-# up to 2,300 bytes with a one-character user id, which may hold 127 more.
-AGGREGATE_OVERHEAD = 2560
+# up to 2,300 bytes with a one-character user id, which may hold 127 more; the
+# recurring tasks' next occurrences (an empty dict) add about 300.
+AGGREGATE_OVERHEAD = 2880
+# Each recurring task's next occurrence: a UUID, its key (the task id as text) and
+# its share of the dict.
+NEXT_OCCURRENCE_OVERHEAD = 240
 # The most one event can add: a task of full-length texts in the widest characters
 # (4 bytes each). Editing, completing, deleting, recording a request add no more.
 _WIDEST = "\U0001f600"
+# A plan's moments (due, reminder), each a datetime of its own.
+_MOMENT = sys.getsizeof(datetime.now(UTC))
+_WIDEST_TAGS = (_WIDEST * TAG_MAX_LENGTH,) * MAX_TAGS
 MAX_EVENT_GROWTH = (
     TASK_OVERHEAD
     + sys.getsizeof(_WIDEST * TITLE_MAX_LENGTH)
     + sys.getsizeof(_WIDEST * DESCRIPTION_MAX_LENGTH)
+    + sys.getsizeof(_WIDEST_TAGS)
+    + MAX_TAGS * sys.getsizeof(_WIDEST_TAGS[0])
+    + 2 * _MOMENT
+    + sys.getsizeof("x" * RULE_MAX_LENGTH)
 )
 
 _titles = attrgetter("title")
 _descriptions = attrgetter("description")
+_tags = attrgetter("tags")
+_rules = attrgetter("recurrence")
+_moments = attrgetter("due_at", "remind_at")
 
 
 def estimate_bytes(aggregate: Any) -> int:
@@ -59,7 +83,8 @@ def estimate_bytes(aggregate: Any) -> int:
     of tasks, but in C loops (a few milliseconds for 50,000 tasks)."""
     if isinstance(aggregate, TaskList):
         tasks = aggregate.tasks()
-        return AGGREGATE_OVERHEAD + len(tasks) * TASK_OVERHEAD + _text_bytes(tasks)
+        series = len(aggregate._next_of) * NEXT_OCCURRENCE_OVERHEAD
+        return AGGREGATE_OVERHEAD + len(tasks) * TASK_OVERHEAD + _text_bytes(tasks) + series
     if isinstance(aggregate, RequestRecord) and aggregate.task is not None:
         return AGGREGATE_OVERHEAD + TASK_OVERHEAD + _text_bytes([aggregate.task])
     return AGGREGATE_OVERHEAD
@@ -69,7 +94,24 @@ def _text_bytes(tasks: list[Task]) -> int:
     # sys.getsizeof is exact for a str, whatever its characters' width.
     titles = sum(map(sys.getsizeof, map(_titles, tasks)))
     # None (no description) and "" are shared objects: nothing of the task's own.
-    return titles + sum(map(sys.getsizeof, filter(None, map(_descriptions, tasks))))
+    texts = titles + sum(map(sys.getsizeof, filter(None, map(_descriptions, tasks))))
+    # A task without a plan shares the empty tuple and None: nothing of its own.
+    return texts + _plan_bytes(tasks)
+
+
+def _plan_bytes(tasks: list[Task]) -> int:
+    tags = sum(map(_tag_bytes, filter(None, map(_tags, tasks))))
+    rules = sum(map(sys.getsizeof, filter(None, map(_rules, tasks))))
+    moments = sum(map(_moment_count, map(_moments, tasks)))
+    return tags + rules + moments * _MOMENT
+
+
+def _tag_bytes(tags: tuple[str, ...]) -> int:
+    return sys.getsizeof(tags) + sum(map(sys.getsizeof, tags))
+
+
+def _moment_count(moments: tuple[Any, Any]) -> int:
+    return (moments[0] is not None) + (moments[1] is not None)
 
 
 @dataclass(slots=True)

@@ -1,4 +1,7 @@
-"""How a Task is stored inside snapshots and idempotency records (as a JSON object)."""
+"""How a Task is stored inside snapshots and idempotency records (as a JSON object).
+
+Tasks stored before plans existed (read model 1) hold none of the plan's fields: they
+are read with the plan's defaults, which is what those tasks had."""
 
 from __future__ import annotations
 
@@ -22,7 +25,15 @@ class TaskAsDict(Transcoding):
             "created_at": obj.created_at,
             "updated_at": obj.updated_at,
             "version": obj.version,
+            "priority": obj.priority,
+            "tags": list(obj.tags),
+            "due_at": obj.due_at,
+            "remind_at": obj.remind_at,
+            "recurrence": obj.recurrence,
+            "recurs_from": obj.recurs_from,
         }
 
     def decode(self, data: dict[str, Any]) -> Task:
+        if "tags" in data:
+            data["tags"] = tuple(data["tags"])
         return Task(**data)

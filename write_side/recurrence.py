@@ -1,0 +1,213 @@
+"""Recurrence rules: RFC 5545 RRULEs, checked when set and stepped when a task is done.
+
+A rule is stored as its canonical text (``FREQ=WEEKLY;BYDAY=MO,WE``). The parts that
+are understood are FREQ (DAILY, WEEKLY, MONTHLY, YEARLY), INTERVAL, BYDAY, BYMONTHDAY,
+COUNT, UNTIL and WKST, and one of our own: ``TZID=<IANA zone>``, the zone whose wall
+clock the rule steps in (a task due at 09:00 in Paris stays at 09:00 across a change
+of daylight-saving time); without it the rule steps in UTC. Parsing and stepping are
+python-dateutil's ``rrule``; this module only checks what dateutil lets through (it
+takes ``INTERVAL=0``, and then never returns, or ``BYMONTHDAY=32``) and names the
+part at fault.
+
+A series is carried from task to task: each occurrence holds the rule, and completing
+it adds the next one. ``COUNT=n`` counts the task that holds it and the n-1 after it:
+the next occurrence's rule holds ``COUNT=n-1``, and a task holding ``COUNT=1`` is the
+last. ``UNTIL`` ends the series at the last occurrence not after it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta, tzinfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from dateutil import parser as dateparser
+from dateutil.rrule import rrule, rrulestr
+
+from write_side.errors import InvalidTask
+
+FREQUENCIES = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+RULE_MAX_LENGTH = 500
+MAX_INTERVAL = 1000
+MAX_COUNT = 10_000
+# How far ahead a next occurrence is looked for: a rule whose parts rarely meet
+# (BYMONTHDAY=31 with BYDAY=MO) still finds one, and one that never does stops.
+_HORIZON = timedelta(days=366 * 30)
+
+_DAYS = {"MON": "MO", "TUE": "TU", "WED": "WE", "THU": "TH", "FRI": "FR", "SAT": "SA", "SUN": "SU"}
+_SIMPLE = re.compile(r"^(DAILY|WEEKLY|MONTHLY|YEARLY)(?::(.*))?$")
+_WEEKDAY = re.compile(r"^([+-]?\d{1,2})?(MO|TU|WE|TH|FR|SA|SU)$")
+_PARTS = ("FREQ", "INTERVAL", "BYDAY", "BYMONTHDAY", "COUNT", "UNTIL", "WKST", "TZID")
+
+
+class InvalidRecurrence(InvalidTask):
+    """A rule that cannot be used; the message names the part at fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"recurrence: {message}", field="recurrence")
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """The next occurrence of a series: when it is due, and the rule it carries on."""
+
+    due_at: datetime
+    rule: str
+
+
+def _simple_form(text: str) -> str | None:
+    """The RRULE meant by the short forms frontends send: ``DAILY``, ``WEEKLY``,
+    ``WEEKLY:MON,WED``, ``MONTHLY``, ``MONTHLY:15``, ``YEARLY``; else None."""
+    match = _SIMPLE.match(text)
+    if match is None:
+        return None
+    freq, argument = match.groups()
+    if argument is None:
+        return f"FREQ={freq}"
+    if freq == "WEEKLY":
+        days = [day.strip() for day in argument.split(",")]
+        codes = [_DAYS.get(day, day) for day in days]
+        return f"FREQ=WEEKLY;BYDAY={','.join(codes)}"
+    if freq == "MONTHLY":
+        return f"FREQ=MONTHLY;BYMONTHDAY={argument.strip()}"
+    raise InvalidRecurrence(f"{freq} takes no argument (got {argument!r})")
+
+
+def parse_rule(text: str) -> str:
+    """The canonical text of a rule (upper case, parts in the order given), or
+    InvalidRecurrence naming the part at fault."""
+    if len(text) > RULE_MAX_LENGTH:
+        raise InvalidRecurrence(f"must be at most {RULE_MAX_LENGTH} characters")
+    cleaned = text.strip().upper()
+    if cleaned.startswith("RRULE:"):
+        cleaned = cleaned[len("RRULE:") :]
+    cleaned = _simple_form(cleaned) or cleaned
+    parts: dict[str, str] = {}
+    for part in filter(None, cleaned.split(";")):
+        name, sep, value = part.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not value:
+            raise InvalidRecurrence(f"{part!r} is not NAME=VALUE")
+        if name not in _PARTS:
+            raise InvalidRecurrence(f"{name} is not supported (use {', '.join(_PARTS)})")
+        if name in parts:
+            raise InvalidRecurrence(f"{name} is given twice")
+        parts[name] = value
+    if "FREQ" not in parts:
+        raise InvalidRecurrence("FREQ is required (DAILY, WEEKLY, MONTHLY or YEARLY)")
+    _check_parts(parts)
+    rule = ";".join(f"{name}={value}" for name, value in parts.items())
+    # dateutil has the last word on what it can step.
+    _stepper(rule, datetime(2000, 1, 1, tzinfo=UTC))
+    return rule
+
+
+def _check_parts(parts: dict[str, str]) -> None:
+    if parts["FREQ"] not in FREQUENCIES:
+        raise InvalidRecurrence(f"FREQ must be one of {', '.join(FREQUENCIES)}")
+    if "INTERVAL" in parts:
+        _bounded(parts["INTERVAL"], "INTERVAL", 1, MAX_INTERVAL)
+    if "COUNT" in parts:
+        _bounded(parts["COUNT"], "COUNT", 1, MAX_COUNT)
+        if "UNTIL" in parts:
+            raise InvalidRecurrence("COUNT and UNTIL cannot both be given")
+    if "BYMONTHDAY" in parts:
+        for day in parts["BYMONTHDAY"].split(","):
+            if _bounded(day, "BYMONTHDAY", -31, 31) == 0:
+                raise InvalidRecurrence("BYMONTHDAY: 0 is not a day of the month")
+    if "BYDAY" in parts:
+        _check_days(parts["BYDAY"], parts["FREQ"])
+    if "WKST" in parts and parts["WKST"] not in _DAYS.values():
+        raise InvalidRecurrence(f"WKST: {parts['WKST']!r} is not a day")
+    if "TZID" in parts:
+        _zone(parts["TZID"])
+    if "UNTIL" in parts:
+        _until(parts["UNTIL"], UTC)
+
+
+def _check_days(days: str, freq: str) -> None:
+    for day in days.split(","):
+        match = _WEEKDAY.match(day.strip())
+        if match is None:
+            raise InvalidRecurrence(f"BYDAY: {day!r} is not a day (MO, TU, … or 1MO, -1FR)")
+        if match.group(1) and freq not in ("MONTHLY", "YEARLY"):
+            raise InvalidRecurrence(f"BYDAY: {day!r} has a position: only MONTHLY or YEARLY")
+
+
+def _bounded(value: str, name: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidRecurrence(f"{name}: {value!r} is not a whole number") from None
+    if not low <= number <= high:
+        raise InvalidRecurrence(f"{name} must be from {low} to {high}")
+    return number
+
+
+def _zone(name: str) -> tzinfo:
+    # Zone names are case-sensitive on disk; the rule was upper-cased.
+    for candidate in (name, _zone_spelling(name)):
+        try:
+            return ZoneInfo(candidate)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+    raise InvalidRecurrence(f"TZID: {name!r} is not an IANA time zone")
+
+
+def _zone_spelling(upper: str) -> str:
+    """``EUROPE/PARIS`` as the zone database spells it (``Europe/Paris``)."""
+    lookup = {zone.upper(): zone for zone in available_timezones()}
+    return lookup.get(upper, upper)
+
+
+def _until(value: str, zone: tzinfo) -> datetime:
+    """UNTIL as a UTC moment: a date means the end of that day in the rule's zone, a
+    local time (no Z) is read in the rule's zone."""
+    try:
+        parsed = dateparser.isoparse(value)
+    except ValueError:
+        raise InvalidRecurrence(f"UNTIL: {value!r} is not a date or date-time") from None
+    if re.fullmatch(r"\d{8}", value):
+        parsed = datetime.combine(parsed.date(), time(23, 59, 59))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(UTC)
+
+
+def _stepper(rule: str, due_at: datetime) -> tuple[rrule, datetime]:
+    """The dateutil rule for ``rule`` from ``due_at`` in the rule's zone, ending at its
+    UNTIL or the horizon, and ``due_at`` in that zone. COUNT is the caller's (see the
+    module's docstring)."""
+    parts = dict(part.split("=", 1) for part in rule.split(";"))
+    zone = _zone(parts.pop("TZID")) if "TZID" in parts else UTC
+    parts.pop("COUNT", None)
+    start = due_at.astimezone(zone)
+    until = start + _HORIZON
+    if "UNTIL" in parts:
+        until = min(until, _until(parts["UNTIL"], zone))
+    parts["UNTIL"] = until.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    text = ";".join(f"{name}={value}" for name, value in parts.items())
+    try:
+        stepped = rrulestr(text, dtstart=start)
+    except ValueError as error:
+        raise InvalidRecurrence(str(error)) from None
+    if not isinstance(stepped, rrule):  # a set: only from parts this module refuses
+        raise InvalidRecurrence("one RRULE only")
+    return stepped, start
+
+
+def next_occurrence(rule: str, due_at: datetime) -> Occurrence | None:
+    """The occurrence after the one due at ``due_at``, or None when the series ends."""
+    parts = dict(part.split("=", 1) for part in rule.split(";"))
+    count = int(parts.get("COUNT", "0"))
+    if count == 1:
+        return None
+    stepped, start = _stepper(rule, due_at)
+    following = stepped.after(start)
+    if following is None:
+        return None
+    if count:
+        parts["COUNT"] = str(count - 1)
+    carried = ";".join(f"{name}={value}" for name, value in parts.items())
+    return Occurrence(following.astimezone(UTC), carried)
