@@ -35,6 +35,7 @@ EXPOSED_HEADERS = [
     "Link",
     "X-Projection-Pending",
     "Idempotent-Replayed",
+    "X-Next-Task",
 ]
 
 

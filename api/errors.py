@@ -67,7 +67,11 @@ def invalid_query(field: str, value: object, message: str) -> RequestValidationE
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    # ("body", "title") -> "title"; ("query", "limit") -> "limit"
+    # ("body", "title") -> "title"; ("query", "limit") -> "limit"; ("body", "tags", 0)
+    # -> "tags.0". A repeated parameter is one name to its sender: ("query", "tag", 1)
+    # -> "tag".
+    if len(loc) > 1 and loc[0] in ("query", "header", "path"):
+        return str(loc[1])
     parts = [str(part) for part in loc[1:]] or [str(part) for part in loc]
     return ".".join(parts)
 
@@ -148,7 +152,9 @@ async def _version_not_reached(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _invalid_task(_: Request, exc: Exception) -> JSONResponse:
-    return problem(422, str(exc), errors=[{"field": "body", "message": str(exc)}])
+    # The domain names the field at fault when it is one ("body": several, or the whole).
+    field = cast(InvalidTask, exc).field
+    return problem(422, str(exc), errors=[{"field": field, "message": str(exc)}])
 
 
 async def _unavailable(_: Request, exc: Exception) -> JSONResponse:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from typing import Annotated, Any, Literal, cast
+from uuid import UUID
+from zoneinfo import ZoneInfo, available_timezones
 
+import orjson
 from fastapi import APIRouter, Body, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.aliases import STATUS_ALIASES, either
 from api.deps import IdempotencyKey, ReadableUser, ServicesDep, TaskId, WritableUser, WriteGuards
-from api.errors import problem_responses
+from api.errors import invalid_query, problem_responses
 from api.history import (
     MAX_VERSION,
     HistoryPageOut,
@@ -20,11 +23,30 @@ from api.history import (
     past_tasks,
     task_fields,
 )
-from api.schemas import CompletionSet, Rfc3339, SearchText, TaskCreate, TaskUpdate
+from api.schemas import (
+    TITLE_PATTERN,
+    CompletionSet,
+    Moment,
+    Rfc3339,
+    SearchText,
+    StatsOut,
+    TagCount,
+    TaskCreate,
+    TaskUpdate,
+)
 from api.services import Services
 from read_side import queries
 from read_side.documents import TaskOut, task_document
-from write_side import UNSET, Change, TaskNotFound
+from write_side import (
+    MAX_TAGS,
+    TAG_MAX_LENGTH,
+    UNSET,
+    Change,
+    InvalidTask,
+    Priority,
+    TaskNotFound,
+)
+from write_side.domain import clean_tags
 
 router = APIRouter(prefix="/api", tags=["tasks"])
 
@@ -59,6 +81,19 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
+# Sent with a recurring task once completing it has added its next occurrence.
+_NEXT_OCCURRENCE: dict[str, dict[str, Any]] = {
+    "X-Next-Task": {
+        "description": "The id of the next occurrence that completing this recurring task added",
+        "required": False,
+        "schema": {"type": "string", "format": "uuid"},
+    },
+    "Link": {
+        "description": 'The next occurrence, as </api/{user_id}/tasks/{id}>; rel="next-occurrence"',
+        "required": False,
+        "schema": {"type": "string"},
+    },
+}
 
 
 def _success(
@@ -73,8 +108,14 @@ def _success(
     return {status: {"headers": headers}}
 
 
-# The answer of a write that leaves the task in place (PUT, PATCH …/complete).
-_TASK_CHANGED = {**_success(200, "ETag", "X-Ledger-Position", write=True), **_WRITE_PROBLEMS}
+def _task_changed() -> dict[int | str, dict[str, Any]]:
+    """The answer of a write that leaves the task in place (PUT, PATCH …/complete)."""
+    answer = _success(200, "ETag", "X-Ledger-Position", write=True)
+    answer[200]["headers"].update(_NEXT_OCCURRENCE)
+    return {**answer, **_WRITE_PROBLEMS}
+
+
+_TASK_CHANGED = _task_changed()
 
 
 def _json_response(
@@ -99,9 +140,18 @@ async def _written(services: Services, user_id: str, change: Change, status: int
     if change.task is None:
         return Response(status_code=204, headers=headers)
     headers["ETag"] = f'"{change.task.version}"'
+    if change.next_task is not None:
+        headers.update(_next_occurrence(user_id, change.next_task))
     if status == 201:
         headers["Location"] = f"/api/{user_id}/tasks/{change.task.id}"
     return _json_response(task_document(task_fields(change.task, user_id)), status, headers)
+
+
+def _next_occurrence(user_id: str, task_id: UUID) -> dict[str, str]:
+    return {
+        "X-Next-Task": str(task_id),
+        "Link": f'</api/{user_id}/tasks/{task_id}>; rel="next-occurrence"',
+    }
 
 
 _ALIAS = "Another name for {}, as some frontends send it"
@@ -128,6 +178,32 @@ After = Annotated[
     int, Query(ge=0, le=MAX_VERSION, description="Events after this stream version (the cursor)")
 ]
 HistoryLimit = Annotated[int, Query(ge=1, le=1000, description="Events per page")]
+PriorityQuery = Annotated[
+    list[Priority] | None, Query(description="Any of these priorities (repeat the parameter)")
+]
+_TAG_LABEL = Annotated[
+    str,
+    Query(
+        json_schema_extra={"minLength": 1, "maxLength": TAG_MAX_LENGTH, "pattern": TITLE_PATTERN}
+    ),
+]
+TagQuery = Annotated[
+    list[_TAG_LABEL] | None,
+    Query(
+        description="Tasks carrying all of these tags, case aside (repeat the parameter)",
+        json_schema_extra={"maxItems": MAX_TAGS},
+    ),
+]
+DueQuery = Annotated[Moment, Query(description="RFC 3339 with its offset")]
+
+
+def _tag_labels(tags: list[str] | None) -> tuple[str, ...]:
+    # The labels as tasks store them (trimmed, NFC), by the tag rules: no more than a
+    # task can carry, none blank or longer than a tag can be.
+    try:
+        return clean_tags(tags or [])
+    except InvalidTask as error:
+        raise invalid_query("tag", tags, str(error)) from None
 
 
 @router.get(
@@ -153,11 +229,22 @@ def list_tasks(
     search: Annotated[SearchQuery, Query(description=_ALIAS.format("q"))] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    priority: PriorityQuery = None,
+    tag: TagQuery = None,
+    due_before: Annotated[DueQuery, Query(description="Due before this moment")] = None,
+    due_after: Annotated[DueQuery, Query(description="Due at or after this moment")] = None,
+    overdue: Annotated[
+        bool | None,
+        Query(description="true: due in the past and not completed; false: every other task"),
+    ] = None,
+    has_due: Annotated[bool | None, Query(description="With (true) or without a due date")] = None,
     as_of: AsOf = None,
     at_version: AtVersion = None,
 ) -> Response:
     """The user's tasks from the read tables; with ``as_of`` or ``at_version``, as they
-    stood then, rebuilt from the log, with ``X-Ledger-Version``."""
+    stood then, rebuilt from the log, with ``X-Ledger-Version``. The filters combine
+    (all must hold); ``sort=due_at`` puts tasks without a due date last either way,
+    ``sort=priority`` with ``order=desc`` puts urgent first."""
     spec = queries.TaskFilter(
         status=cast(queries.Status, STATUS_ALIASES.get(status, status) if status else "all"),
         sort=either("sort", sort, "sort_by", sort_by) or "created_at",
@@ -165,6 +252,14 @@ def list_tasks(
         q=either("q", q, "search", search),
         limit=limit,
         offset=offset,
+        priorities=tuple(dict.fromkeys(priority or ())),
+        tags=_tag_labels(tag),
+        due_before=due_before,
+        due_after=due_after,
+        overdue=overdue,
+        has_due=has_due,
+        # To the second: listings asked for within one are one page in the cache.
+        now=None if overdue is None else services.now().replace(microsecond=0),
     )
     headers: dict[str, str] = {}
     if as_of is None and at_version is None:
@@ -193,7 +288,7 @@ async def create_task(
     user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
 ) -> Response:
     change = await run_in_threadpool(
-        partial(services.ledger.add_task, request=request_key),
+        partial(services.ledger.add_task, plan=body.plan(), request=request_key),
         user_id,
         body.title,
         body.description,
@@ -253,6 +348,7 @@ async def update_task(
         title=body.title if "title" in sent and body.title is not None else UNSET,
         description=body.description if "description" in sent else UNSET,
         completed=body.completed if "completed" in sent and body.completed is not None else UNSET,
+        plan=body.plan_sent(),
         **guards,
     )
     return await _written(services, user_id, await run_in_threadpool(command))
@@ -295,6 +391,72 @@ async def complete_task(
             services.ledger.set_task_completed, user_id, task_id, body.completed, **guards
         )
     return await _written(services, user_id, await run_in_threadpool(command))
+
+
+@router.get(
+    "/{user_id}/tags",
+    response_model=list[TagCount],
+    responses=_READ_PROBLEMS,
+    tags=["summaries"],
+)
+def list_tags(user_id: ReadableUser, services: ServicesDep) -> Response:
+    """Each of the user's tags with its number of tasks, most first, then by name."""
+    counts = services.from_read_model(
+        lambda conn, tables: queries.tag_counts(conn, tables, user_id)
+    )
+    return _json_response(orjson.dumps(_tag_counts(counts)).decode())
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _zone(name: str) -> ZoneInfo:
+    # Looked up in the zone database's names first: ZoneInfo would also read a path.
+    if name not in _zones():
+        raise invalid_query("tz", name, "tz must be an IANA time zone, e.g. Europe/Paris")
+    return ZoneInfo(name)
+
+
+@router.get(
+    "/{user_id}/stats",
+    response_model=StatsOut,
+    responses=_READ_PROBLEMS,
+    tags=["summaries"],
+)
+def task_stats(
+    user_id: ReadableUser,
+    services: ServicesDep,
+    tz: Annotated[
+        str,
+        Query(
+            description="The IANA time zone whose calendar says what today and this week are",
+            json_schema_extra={"enum": sorted(_zones())},
+        ),
+    ] = "UTC",
+) -> Response:
+    """The user's tasks counted, from the read tables."""
+    zone, now = _zone(tz), services.now()
+    stats = services.from_read_model(
+        lambda conn, tables: queries.stats(conn, tables, user_id, now, zone)
+    )
+    document = {
+        "total": stats.total,
+        "completed": stats.completed,
+        "pending": stats.pending,
+        "overdue": stats.overdue,
+        "due_today": stats.due_today,
+        "due_this_week": stats.due_this_week,
+        "completion_rate": stats.completion_rate,
+        "by_priority": stats.by_priority,
+        "top_tags": _tag_counts(stats.top_tags),
+    }
+    return _json_response(orjson.dumps(document).decode())
+
+
+def _tag_counts(counts: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [{"name": name, "count": count} for name, count in counts]
 
 
 @router.get(

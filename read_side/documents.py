@@ -12,11 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 from uuid import UUID
 
 import orjson
 from pydantic import BaseModel, Field
+
+# The priorities events carry, lowest first: a priority's index is its rank (what
+# sort=priority orders by). The write side's own list, which the read side may not
+# import (tests/unit/test_architecture.py); tests/unit/test_documents.py holds the two
+# equal.
+Priority = Literal["none", "low", "medium", "high", "urgent"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+PRIORITY_RANKS = {priority: rank for rank, priority in enumerate(PRIORITIES)}
 
 
 class TaskOut(BaseModel):
@@ -30,10 +38,19 @@ class TaskOut(BaseModel):
     created_at: datetime = Field(description="RFC 3339, UTC")
     updated_at: datetime = Field(description="RFC 3339, UTC")
     version: int
+    priority: Priority
+    tags: list[str]
+    due_at: datetime | None = Field(description="RFC 3339, UTC")
+    remind_at: datetime | None = Field(description="RFC 3339, UTC")
+    recurrence: str | None = Field(description="An RFC 5545 RRULE, e.g. FREQ=WEEKLY;BYDAY=MO,WE")
+    recurs_from: UUID | None = Field(
+        description="The recurring task whose completion added this one"
+    )
 
 
 DOCUMENT_FIELDS = tuple(TaskOut.model_fields)
 _TIMES = ("created_at", "updated_at")
+_TIMES_OR_NONE = ("due_at", "remind_at")
 
 
 def task_document(values: Mapping[str, Any]) -> str:
@@ -42,6 +59,9 @@ def task_document(values: Mapping[str, Any]) -> str:
     document = {name: values[name] for name in DOCUMENT_FIELDS}
     for name in _TIMES:
         document[name] = _utc(document[name])
+    for name in _TIMES_OR_NONE:
+        if document[name] is not None:
+            document[name] = _utc(document[name])
     return orjson.dumps(document, option=orjson.OPT_UTC_Z).decode()
 
 

@@ -12,13 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from read_side.documents import PRIORITY_RANKS
 from read_side.folding import fold
 from write_side.domain import TaskList
 
+# A task's row as it is kept between events: its columns but the document, and its
+# tags (kept in task_tag, and in the document in their order).
 Row = dict[str, Any]
 
 # Events that change a task's row in place.
-_CHANGES = (TaskList.TaskEdited, TaskList.TaskCompleted, TaskList.TaskReopened)
+_CHANGES = (
+    TaskList.TaskEdited,
+    TaskList.TaskPlanned,
+    TaskList.TaskCompleted,
+    TaskList.TaskReopened,
+)
 
 
 def _fold(text: str) -> str:
@@ -39,6 +47,8 @@ class RowChanges:
     added: dict[UUID, Row] = field(default_factory=dict)
     changed: dict[UUID, Row] = field(default_factory=dict)
     deleted: set[UUID] = field(default_factory=set)
+    # Tasks from before the batch whose tags changed: their old tag rows go.
+    retagged: set[UUID] = field(default_factory=set)
     # The position of each stream's last event in the batch.
     last_positions: dict[UUID, int] = field(default_factory=dict)
 
@@ -82,6 +92,9 @@ class RowChanges:
                     "updated_at": event.timestamp,
                     "version": 1,
                     "created_seq": position,
+                    "tags": list(event.tags),
+                    "recurs_from": event.recurs_from,
+                    **_plan(event),
                 }
             case TaskList.TaskEdited():
                 self._change(
@@ -92,6 +105,10 @@ class RowChanges:
                     title_folded=_fold(event.title),
                     description_folded=_fold_or_none(event.description),
                 )
+            case TaskList.TaskPlanned():
+                self._change(event, rows, tags=list(event.tags), **_plan(event))
+                if event.task_id not in self.added:
+                    self.retagged.add(event.task_id)
             case TaskList.TaskCompleted():
                 self._change(event, rows, completed=True)
             case TaskList.TaskReopened():
@@ -99,6 +116,7 @@ class RowChanges:
             case TaskList.TaskDeleted():
                 if self.added.pop(event.task_id, None) is None:
                     self.changed.pop(event.task_id, None)
+                    self.retagged.discard(event.task_id)
                     self.deleted.add(event.task_id)
             case _:
                 # Events this projection has no use for (e.g. added by a later
@@ -116,3 +134,43 @@ class RowChanges:
             except KeyError:
                 raise LookupError(f"event on task {task_id}, which has no row") from None
         row.update(values, updated_at=event.timestamp, version=row["version"] + 1)
+
+    def tag_rows(self) -> list[Row]:
+        """The task_tag rows of the tasks added, and of those retagged, as they end."""
+        rows = list(self.added.values())
+        rows += [self.changed[task_id] for task_id in self.retagged]
+        return [tag for row in rows for tag in _tags_of(row)]
+
+    def untagged(self) -> set[UUID]:
+        """Tasks whose tag rows before the batch are to go."""
+        return self.retagged | self.deleted
+
+
+def _tags_of(row: Row) -> list[Row]:
+    # Tags are unique by str.casefold (write_side.domain.clean_tags), and folding
+    # makes one more pair alike ("İx", "ix"): the first of them stands for both.
+    tags: dict[str, Row] = {}
+    for name in row["tags"]:
+        folded = _fold(name)
+        tags.setdefault(
+            folded,
+            {
+                "task_id": row["id"],
+                "tag_folded": folded,
+                "user_id": row["user_id"],
+                "name": name,
+                "created_seq": row["created_seq"],
+            },
+        )
+    return list(tags.values())
+
+
+def _plan(event: Any) -> Row:
+    # The plan's columns, as TaskAdded and TaskPlanned carry them.
+    return {
+        "priority": event.priority,
+        "priority_rank": PRIORITY_RANKS[event.priority],
+        "due_at": event.due_at,
+        "remind_at": event.remind_at,
+        "recurrence": event.recurrence,
+    }

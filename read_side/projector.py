@@ -63,7 +63,7 @@ from sqlalchemy.engine import Row as SQLRow
 from sqlalchemy.sql import Executable
 from sqlmodel import SQLModel
 
-from read_side.documents import DOCUMENT_FIELDS, task_document
+from read_side.documents import task_document
 from read_side.projection import Row, RowChanges
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from read_side.tables import projection_position as _position
@@ -296,19 +296,20 @@ class Projector:
                 ],
             )
         if changes.added:
-            added = [row | {"doc": task_document(row)} for row in changes.added.values()]
+            added = [_task_row(row) for row in changes.added.values()]
             conn.execute(sql.add_task, added)
         if changes.changed:
-            conn.execute(
-                sql.change_task,
-                [
-                    {name: row[name] for name in _CHANGING}
-                    | {"task_id": task_id, "doc": task_document(row)}
-                    for task_id, row in changes.changed.items()
-                ],
-            )
+            changed = []
+            for task_id, row in changes.changed.items():
+                whole = _task_row(row)
+                changed.append({name: whole[name] for name in _CHANGED} | {"task_id": task_id})
+            conn.execute(sql.change_task, changed)
         if changes.deleted:
             conn.execute(sql.delete_tasks, {"ids": list(changes.deleted)})
+        if untagged := changes.untagged():
+            conn.execute(sql.delete_tags, {"ids": list(untagged)})
+        if tags := changes.tag_rows():
+            conn.execute(sql.add_tags, tags)
         moved = [
             {"row_list_id": list_id, "last_position": position}
             for list_id, position in positions.items()
@@ -324,7 +325,7 @@ class Projector:
             with _driver_cursor(conn) as cursor:
                 return self._sql.bulk.take(cursor, task_ids)
         result = conn.execute(self._sql.task_rows, {"ids": list(task_ids)})
-        return {row.id: dict(row._mapping) for row in result}
+        return {row.id: _kept(dict(row._mapping)) for row in result}
 
     def _owner_of(self, conn: Connection, list_id: UUID) -> str:
         try:
@@ -337,8 +338,21 @@ class Projector:
 
 # Beside the document's fields, a task row holds its text as searches compare it.
 _FOLDED = ("title_folded", "description_folded")
+_PLAN = ("priority", "priority_rank", "tags", "due_at", "remind_at", "recurrence")
 # The columns an event on an existing task may change.
-_CHANGING = ("title", "description", *_FOLDED, "completed", "updated_at", "version")
+_CHANGING = ("title", "description", *_FOLDED, "completed", "updated_at", "version", *_PLAN)
+_CHANGED = (*_CHANGING, "doc")
+
+
+def _task_row(row: Row) -> Row:
+    # A kept row as task_view holds it: with its document, and its tags as JSON.
+    return row | {"tags": orjson.dumps(row["tags"]).decode(), "doc": task_document(row)}
+
+
+def _kept(row: Row) -> Row:
+    # A task_view row (but its document) as the projection keeps it.
+    row["tags"] = orjson.loads(row["tags"])
+    return row
 
 
 class _Statements:
@@ -346,18 +360,20 @@ class _Statements:
     more CPU than running them."""
 
     def __init__(self, tables: ViewTables, is_postgres: bool, *, replaying: bool = False) -> None:
-        task, owner, at = tables.task, tables.owner, _position.c
+        task, owner, tag, at = tables.task, tables.owner, tables.tag, _position.c
         self.bulk = _Bulk(tables) if replaying and is_postgres else None
         self.owner = select(owner.c.user_id).where(owner.c.list_id == bindparam("list_id"))
-        self.task_rows = select(*(task.c[name] for name in (*DOCUMENT_FIELDS, *_FOLDED))).where(
+        self.task_rows = select(*(column for column in task.c if column.name != "doc")).where(
             task.c.id.in_(bindparam("ids", expanding=True))
         )
+        self.add_tags = insert(tag)
+        self.delete_tags = delete(tag).where(tag.c.task_id.in_(bindparam("ids", expanding=True)))
         self.add_owner = insert(owner)
         self.add_task = insert(task)
         self.change_task = (
             update(task)
             .where(task.c.id == bindparam("task_id"))
-            .values({name: bindparam(name) for name in (*_CHANGING, "doc")})
+            .values({name: bindparam(name) for name in _CHANGED})
         )
         self.delete_tasks = delete(task).where(task.c.id.in_(bindparam("ids", expanding=True)))
         self.move_owner = (
@@ -405,18 +421,22 @@ class _Bulk:
 
     def __init__(self, tables: ViewTables) -> None:
         dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-        task, owner = tables.task, tables.owner
+        task, owner, tag = tables.task, tables.owner, tables.tag
 
         def names(columns: Sequence[str]) -> Composable:
             return SQL(", ").join(map(Identifier, columns))
 
         def statement(template: str, **parts: Composable) -> Composed:
             return SQL(template).format(
-                task=Identifier(task.name), owner=Identifier(owner.name), **parts
+                task=Identifier(task.name),
+                owner=Identifier(owner.name),
+                tag=Identifier(tag.name),
+                **parts,
             )
 
         self.task_columns = tuple(column.name for column in task.columns)
         self.owner_columns = tuple(column.name for column in owner.columns)
+        self.tag_columns = tuple(column.name for column in tag.columns)
         # A row as it is kept between events: every column but the document.
         self.taken = tuple(name for name in self.task_columns if name != "doc")
         self._id = self.taken.index("id")
@@ -427,10 +447,13 @@ class _Bulk:
         self.copy_owner = statement(
             copy, table=Identifier(owner.name), columns=names(self.owner_columns)
         )
+        self.copy_tag = statement(copy, table=Identifier(tag.name), columns=names(self.tag_columns))
         self.take_tasks = statement(
-            "DELETE FROM {task} WHERE id = ANY(%s) RETURNING {columns}", columns=names(self.taken)
+            "DELETE FROM {task} WHERE id = ANY(%s) RETURNING {columns}",
+            columns=names(self.taken),
         )
         self.delete_tasks = statement("DELETE FROM {task} WHERE id = ANY(%s)")
+        self.delete_tags = statement("DELETE FROM {tag} WHERE task_id = ANY(%s)")
         moving = ("list_id", "last_position")
         arrays = (owner.c[name].type.compile(dialect=dialect) + "[]" for name in moving)
         self.move_owner = statement(
@@ -443,7 +466,7 @@ class _Bulk:
             "SELECT attname, atttypid FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
         )
-        self._tables = {"task": task, "owner": owner}
+        self._tables = {"task": task, "owner": owner, "tag": tag}
         # Each column's type as the database has it (binary COPY sends exactly that).
         self._types: dict[str, list[int]] = {}
 
@@ -451,7 +474,7 @@ class _Bulk:
         """The rows of ``task_ids``, deleted: ``write`` puts them back as they end."""
         cursor.execute(self.take_tasks, [list(task_ids)])
         taken, key = self.taken, self._id
-        return {row[key]: dict(zip(taken, row, strict=True)) for row in cursor}
+        return {row[key]: _kept(dict(zip(taken, row, strict=True))) for row in cursor}
 
     def write(self, cursor: Cursor[Any], changes: RowChanges) -> None:
         """The tables as ``Projector._write``'s statements leave them, given the rows
@@ -474,10 +497,18 @@ class _Bulk:
             with cursor.copy(self.copy_task) as copy:
                 copy.set_types(types)
                 for row in rows:
-                    whole = row | {"doc": task_document(row)}
+                    whole = _task_row(row)
                     copy.write_row([whole[name] for name in columns])
         if changes.deleted:
             cursor.execute(self.delete_tasks, [list(changes.deleted)])
+        if untagged := changes.untagged():
+            cursor.execute(self.delete_tags, [list(untagged)])
+        if tags := changes.tag_rows():
+            types = self._column_types(cursor, "tag", self.tag_columns)
+            with cursor.copy(self.copy_tag) as copy:
+                copy.set_types(types)
+                for tag in tags:
+                    copy.write_row([tag[name] for name in self.tag_columns])
         moved = [list_id for list_id in positions if list_id not in changes.owners]
         if moved:
             cursor.execute(self.move_owner, [moved, [positions[list_id] for list_id in moved]])
@@ -510,8 +541,9 @@ class _Decoder:
     standard json module and a hook per object), and the transcoder's own transcodings
     turn the values it tagged back into objects, innermost first, as its hook does.
     Records whose decoding this would not reproduce exactly are left to the mapper: a
-    cipher or a compressor, a class version to upcast, a number orjson reads as a
-    float (a float, or an integer beyond 64 bits), JSON that orjson refuses (NaN)."""
+    cipher or a compressor, a number orjson reads as a
+    float (a float, or an integer beyond 64 bits), JSON that orjson refuses (NaN).
+    A record of an older class version is upcast here as the mapper does it."""
 
     def __init__(self, mapper: Mapper[UUID]) -> None:
         self._mapper = mapper
@@ -543,16 +575,15 @@ class _Decoder:
             cls, convert_id = self._classes[notification.topic, id_type]
         except KeyError:
             cls = resolve_topic(notification.topic)
-            if getattr(cls, "class_version", 1) != 1:
-                raise _NotPlain from None
             convert_id = find_id_convertor(cls, id_type)
             self._classes[notification.topic, id_type] = (cls, convert_id)
         state = orjson.loads(notification.state)
-        if type(state) is not dict or "class_version" in state or _tagged(state):
+        if type(state) is not dict or _tagged(state):
             raise _NotPlain
         self._revive(state)
         state["originator_id"] = convert_id(notification.originator_id)
         state["originator_version"] = notification.originator_version
+        _upcast(cls, state)
         event: Any = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return event
@@ -581,6 +612,16 @@ class _Decoder:
         return value
 
 
+def _upcast(cls: type[Any], state: dict[str, Any]) -> None:
+    """``state`` of a record of an older version of ``cls`` made the current version's,
+    in the steps and the order of eventsourcing's ``Mapper.to_domain_event``."""
+    version = getattr(cls, "class_version", 1)
+    from_version = state.pop("class_version", 1)
+    while from_version < version:
+        getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+        from_version += 1
+
+
 def _tagged(value: dict[str, Any]) -> bool:
     return len(value) == 2 and "_type_" in value and "_data_" in value
 
@@ -589,16 +630,18 @@ def check_read_model(
     conn: Connection,
     ledger: Application[UUID],
     name: str = DEFAULT_PROJECTION,
-    tables: ViewTables = LIVE_TABLES,
+    tables: ViewTables | None = LIVE_TABLES,
 ) -> ReadModelCheck:
     """Compare the projection's position and last applied event with the log: three
-    primary-key or index lookups, and a row of each table read (a damaged table
-    answers an error then, not at the next listing). Raises when the read tables
+    primary-key or index lookups, and a row of each of ``tables`` read (a damaged
+    table answers an error then, not at the next listing; None: a build of another
+    version, whose tables this code does not read). Raises when the read tables
     cannot be read."""
     position = read_position(conn, name)
     at = projection_check.c
     recorded = conn.execute(select(projection_check).where(at.name == name)).first()
-    for column in (tables.task.c.doc, tables.owner.c.user_id):
+    read = () if tables is None else (tables.task.c.doc, tables.owner.c.user_id, tables.tag.c.name)
+    for column in read:
         # A column no index covers: the table's own pages are read.
         conn.execute(select(column).limit(1)).first()
     generation = recorded.generation if recorded is not None else ""

@@ -7,7 +7,19 @@ from datetime import datetime
 from functools import cache
 from uuid import UUID
 
-from sqlalchemy import BigInteger, Column, DateTime, Engine, Index, MetaData, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    MetaData,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+    text,
+)
 from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
@@ -23,6 +35,9 @@ class TaskView(SQLModel, table=True):
         # Every listing filters on user_id, then sorts; ties keep creation order.
         Index("ix_task_view_user_created", "user_id", "created_at", "created_seq"),
         Index("ix_task_view_user_updated", "user_id", "updated_at", "created_seq"),
+        # The plan's sorts, and their filters (due before/after, overdue, a priority).
+        Index("ix_task_view_user_due", "user_id", "due_at", "created_seq"),
+        Index("ix_task_view_user_priority", "user_id", "priority_rank", "created_seq"),
     )
 
     id: UUID = Field(primary_key=True)
@@ -40,6 +55,37 @@ class TaskView(SQLModel, table=True):
     created_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     # The task as JSON, exactly as responses show it (read_side.documents).
     doc: str = Field(sa_column=Column(Text, nullable=False))
+    # The plan (read model 2). The tags as a JSON array, in their order: the document's
+    # (task_tag has a row per tag, for filters and counts, and no order).
+    tags: str = Field(sa_column=Column(Text, nullable=False, server_default="[]"))
+    # (The defaults are a task's with no plan, for rows written by hand.)
+    priority: str = Field(sa_column=Column(Text, nullable=False, server_default="none"))
+    # The priority's index in read_side.documents.PRIORITIES: what sort=priority orders by.
+    priority_rank: int = Field(
+        sa_column=Column(SmallInteger, nullable=False, server_default=text("0"))
+    )
+    due_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    remind_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    recurrence: str | None = Field(default=None, sa_column=Column(Text))
+    recurs_from: UUID | None = Field(default=None, sa_column=Column(Uuid))
+
+
+class TaskTag(SQLModel, table=True):
+    """One row per tag of a live task: what tag filters and tag counts read. (The
+    task's row holds its tags in their order; these rows have none.)"""
+
+    __tablename__ = "task_tag"
+    __table_args__ = (Index("ix_task_tag_user_tag", "user_id", "tag_folded"),)
+
+    task_id: UUID = Field(primary_key=True)
+    # The tag as filters compare it (read_side.folding): one per task, case aside.
+    tag_folded: str = Field(primary_key=True)
+    user_id: str = Field(max_length=128)
+    # The tag as the task spells it.
+    name: str
+    # The task's created_seq: the spelling of the first task created with it shows
+    # when two spellings of a tag are used as often.
+    created_seq: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class TaskListOwner(SQLModel, table=True):
@@ -68,6 +114,7 @@ class ProjectionPosition(SQLModel, table=True):
 # The Core tables behind the models, for the projector's and queries' SQL statements.
 task_view: Table = TaskView.__table__  # type: ignore[attr-defined]
 task_list_owner: Table = TaskListOwner.__table__  # type: ignore[attr-defined]
+task_tag: Table = TaskTag.__table__  # type: ignore[attr-defined]
 projection_position: Table = ProjectionPosition.__table__  # type: ignore[attr-defined]
 
 
@@ -78,6 +125,7 @@ class ViewTables:
 
     task: Table
     owner: Table
+    tag: Table
 
     @classmethod
     def copy(cls, prefix: str) -> ViewTables:
@@ -85,6 +133,7 @@ class ViewTables:
         return cls(
             task=_renamed(task_view, prefix, metadata),
             owner=_renamed(task_list_owner, prefix, metadata),
+            tag=_renamed(task_tag, prefix, metadata),
         )
 
     @classmethod
@@ -99,10 +148,11 @@ class ViewTables:
         return cls(
             task=_renamed(task_view, "", metadata, suffix),
             owner=_renamed(task_list_owner, "", metadata, suffix),
+            tag=_renamed(task_tag, "", metadata, suffix),
         )
 
-    def all(self) -> tuple[Table, Table]:
-        return (self.task, self.owner)
+    def all(self) -> tuple[Table, ...]:
+        return (self.task, self.owner, self.tag)
 
     def create(self, engine: Engine) -> None:
         for table in self.all():
@@ -121,4 +171,4 @@ def _renamed(table: Table, prefix: str, metadata: MetaData, suffix: str = "") ->
     return copy
 
 
-LIVE_TABLES = ViewTables(task=task_view, owner=task_list_owner)
+LIVE_TABLES = ViewTables(task=task_view, owner=task_list_owner, tag=task_tag)

@@ -12,20 +12,25 @@ from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import Application
-from sqlalchemy import Connection, Engine, Table, delete, func, inspect, select, true
+from sqlalchemy import Connection, Engine, delete, func, inspect, select, true
 
 from read_side.documents import DOCUMENT_FIELDS
 from read_side.projector import Projector
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables, projection_position
 
-# Every field of the task's document but its id (the key), the text as searched, and
-# the document itself.
+# Every field of the task's document but its id (the key), the text as searched, the
+# priority's rank and the document itself; and, as one more field, its tag rows.
 COMPARED = (
     *(name for name in DOCUMENT_FIELDS if name != "id"),
     "title_folded",
     "description_folded",
+    "priority_rank",
     "doc",
 )
+# The task's task_tag rows, compared as one field: (tag_folded, name, user_id, created_seq)
+# each, sorted.
+TAG_ROWS = "tag_rows"
+_TAG_FIELDS = ("tag_folded", "name", "user_id", "created_seq")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def verify(
     scratch.create(engine)
     try:
         with engine.connect() as conn:
-            position, live = _snapshot(conn, tables.task, name)
+            position, live = _snapshot(conn, tables, name)
         replayed_to: int | None = None
 
         def replayed(done: int) -> None:
@@ -91,7 +96,7 @@ def verify(
             # then misses rows, which the comparison lists): the replay is over.
             on_progress(position, position)
         with engine.connect() as conn:
-            _, rebuilt = _snapshot(conn, scratch.task, scratch_name)
+            _, rebuilt = _snapshot(conn, scratch, scratch_name)
     finally:
         scratch.drop(engine)
         # (Never set up: there is no position row to remove, and no error to hide.)
@@ -103,8 +108,12 @@ def verify(
     return Verification(position, len(live), len(rebuilt), _differences(live, rebuilt))
 
 
-def _snapshot(conn: Connection, table: Table, name: str) -> tuple[int, dict[str, dict[str, Any]]]:
-    """The projection's position and the table's rows, as of one moment.
+def _snapshot(
+    conn: Connection, tables: ViewTables, name: str
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """The projection's position and the tasks' rows with their tag rows, as of one
+    moment. A tag row without its task row is a task of its own, with no fields but
+    its tag rows (unexpected, or different from its replayed self).
 
     One statement reads both, and a statement sees one snapshot: on PostgreSQL (even
     at READ COMMITTED) its subqueries and joins share it, and on SQLite the read
@@ -112,7 +121,8 @@ def _snapshot(conn: Connection, table: Table, name: str) -> tuple[int, dict[str,
     commits rows and position together, so the two agree whatever it commits
     meanwhile. (Two SELECTs would not do on SQLite: pysqlite opens no transaction
     around them.) The position is the left side of an outer join, so an empty table
-    still yields it, in one row of NULLs.
+    still yields it, in one row of NULLs; the tag rows are the task rows' full outer
+    join, a row each (a task without tags in one row of NULL tag columns).
     """
     at = projection_position.c
     position = (
@@ -122,15 +132,28 @@ def _snapshot(conn: Connection, table: Table, name: str) -> tuple[int, dict[str,
             )
         )
     ).subquery("verified")
-    statement = select(position.c.verified_position, *table.c).select_from(
-        position.outerjoin(table, true())
-    )
+    task, tag = tables.task, tables.tag
+    tagged = task.outerjoin(tag, tag.c.task_id == task.c.id, full=True)
+    statement = select(
+        position.c.verified_position,
+        *task.c,
+        tag.c.task_id.label("tag_task_id"),
+        *(tag.c[key].label("tag_" + key) for key in _TAG_FIELDS),
+    ).select_from(position.outerjoin(tagged, true()))
     found = 0
     rows: dict[str, dict[str, Any]] = {}
+    tags: dict[str, list[tuple[Any, ...]]] = {}
     for row in conn.execute(statement).mappings():
         found = int(row["verified_position"])
-        if row["id"] is not None:
+        if row["id"] is not None and str(row["id"]) not in rows:
             rows[str(row["id"])] = {key: _normal(row[key]) for key in COMPARED}
+        if row["tag_task_id"] is not None:
+            tag_row = tuple(row["tag_" + key] for key in _TAG_FIELDS)
+            tags.setdefault(str(row["tag_task_id"]), []).append(tag_row)
+    for task_id in tags:
+        rows.setdefault(task_id, dict.fromkeys(COMPARED))
+    for task_id, fields in rows.items():
+        fields[TAG_ROWS] = sorted(tags.get(task_id, ()))
     return found, rows
 
 
@@ -149,7 +172,7 @@ def _differences(
     for task_id in live.keys() & replayed.keys():
         changed = {
             key: (live[task_id][key], replayed[task_id][key])
-            for key in COMPARED
+            for key in (*COMPARED, TAG_ROWS)
             if live[task_id][key] != replayed[task_id][key]
         }
         if changed:

@@ -14,12 +14,14 @@ import hashlib
 
 from read_side.tables import LIVE_TABLES, ViewTables
 
-READ_MODEL_VERSION = 1
+READ_MODEL_VERSION = 2
 
 # The shape of the tables each version was released with. Never edit a recorded
 # shape: a changed table is a new version, with its shape added here.
 SHAPES = {
     1: "7d1aa6864bc7d9c4",
+    # The plan: priority, due and reminder moments, recurrence; tags in task_tag.
+    2: "f0408a782a5fa67d",
 }
 
 # Tables made before versions existed (their shape and logic are whatever the release

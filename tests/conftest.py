@@ -18,6 +18,7 @@ from api.settings import Settings
 from tests.support import (
     PG_ADMIN,
     REQUIRE_POSTGRES,
+    ROOT,
     LiveProcess,
     LiveServer,
     StartProcess,
@@ -116,10 +117,14 @@ def start_process(tmp_path: Path) -> Iterator[StartProcess]:
     started: list[LiveProcess] = []
 
     def start(
-        args: list[str], env: dict[str, str], name: str = "proc", module: str = "api"
+        args: list[str],
+        env: dict[str, str],
+        name: str = "proc",
+        module: str = "api",
+        cwd: Path = ROOT,
     ) -> LiveProcess:
         log_path = tmp_path / f"{name}-{len(started)}.log"
-        proc = LiveProcess(args, env, log_path, module).start()
+        proc = LiveProcess(args, env, log_path, module, cwd).start()
         started.append(proc)
         return proc
 

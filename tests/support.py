@@ -263,11 +263,18 @@ class LiveProcess:
     """A `taskledger` command running as a real process, stopped at teardown."""
 
     def __init__(
-        self, args: list[str], env: dict[str, str], log_path: Path, module: str = "api"
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log_path: Path,
+        module: str = "api",
+        cwd: Path = ROOT,
     ) -> None:
         # ``module``: what runs as ``python -m`` (tests.api.next_release: the next
-        # release's read model version).
+        # release's read model version); ``cwd``: where it is found first (a tree of
+        # an earlier release, for an upgrade from it).
         self.module = module
+        self.cwd = cwd
         self.args = args
         self.env = env
         self.log_path = log_path
@@ -278,7 +285,7 @@ class LiveProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

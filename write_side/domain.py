@@ -12,7 +12,7 @@ import copy
 import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
@@ -197,6 +197,15 @@ def check_description(description: str | None) -> str | None:
             f"description must be at most {DESCRIPTION_MAX_LENGTH} characters", field="description"
         )
     return description
+
+
+def _shifted(moment: datetime, by: timedelta) -> datetime | None:
+    """``moment`` moved ``by``; None past the year 9999 (a reminder set thousands of
+    years after its task is due), so that the series still goes on."""
+    try:
+        return moment + by
+    except OverflowError:
+        return None
 
 
 def _composed(*texts: str | None) -> tuple[str | None, ...]:
@@ -415,7 +424,7 @@ class TaskList(Aggregate):
         # The reminder keeps its distance from the due moment.
         remind_at = None
         if task.remind_at is not None:
-            remind_at = following.due_at - (task.due_at - task.remind_at)
+            remind_at = _shifted(task.remind_at, following.due_at - task.due_at)
         plan = Plan(task.priority, task.tags, following.due_at, remind_at, following.rule)
         self._add(task.title, task.description, plan, recurs_from=task.id)
 

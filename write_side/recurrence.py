@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
+from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from dateutil import parser as dateparser
@@ -34,6 +35,8 @@ MAX_COUNT = 10_000
 # How far ahead a next occurrence is looked for: a rule whose parts rarely meet
 # (BYMONTHDAY=31 with BYDAY=MO) still finds one, and one that never does stops.
 _HORIZON = timedelta(days=366 * 30)
+# The last moment a datetime holds: a series ends there (a task may be due in 9999).
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 _DAYS = {"MON": "MO", "TUE": "TU", "WED": "WE", "THU": "TH", "FRI": "FR", "SAT": "SA", "SUN": "SU"}
 _SIMPLE = re.compile(r"^(DAILY|WEEKLY|MONTHLY|YEARLY)(?::(.*))?$")
@@ -97,6 +100,10 @@ def parse_rule(text: str) -> str:
     if "FREQ" not in parts:
         raise InvalidRecurrence("FREQ is required (DAILY, WEEKLY, MONTHLY or YEARLY)")
     _check_parts(parts)
+    if "TZID" in parts:
+        # As the zone database spells it (the rule was upper-cased): shown so, and
+        # found at once each time the series steps.
+        parts["TZID"] = _zone(parts["TZID"]).key
     rule = ";".join(f"{name}={value}" for name, value in parts.items())
     # dateutil has the last word on what it can step.
     _stepper(rule, datetime(2000, 1, 1, tzinfo=UTC))
@@ -145,9 +152,9 @@ def _bounded(value: str, name: str, low: int, high: int) -> int:
     return number
 
 
-def _zone(name: str) -> tzinfo:
+def _zone(name: str) -> ZoneInfo:
     # Zone names are case-sensitive on disk; the rule was upper-cased.
-    for candidate in (name, _zone_spelling(name)):
+    for candidate in (_zone_spellings().get(name.upper(), name), name):
         try:
             return ZoneInfo(candidate)
         except (ZoneInfoNotFoundError, ValueError):
@@ -155,10 +162,11 @@ def _zone(name: str) -> tzinfo:
     raise InvalidRecurrence(f"TZID: {name!r} is not an IANA time zone")
 
 
-def _zone_spelling(upper: str) -> str:
-    """``EUROPE/PARIS`` as the zone database spells it (``Europe/Paris``)."""
-    lookup = {zone.upper(): zone for zone in available_timezones()}
-    return lookup.get(upper, upper)
+@cache
+def _zone_spellings() -> dict[str, str]:
+    """Each zone as the zone database spells it (``Europe/Paris``), by its name in
+    upper case. Read once: it lists the zone files on disk (milliseconds)."""
+    return {zone.upper(): zone for zone in available_timezones()}
 
 
 def _until(value: str, zone: tzinfo) -> datetime:
@@ -183,10 +191,10 @@ def _stepper(rule: str, due_at: datetime) -> tuple[rrule, datetime]:
     zone = _zone(parts.pop("TZID")) if "TZID" in parts else UTC
     parts.pop("COUNT", None)
     start = due_at.astimezone(zone)
-    until = start + _HORIZON
+    until = _END_OF_TIME if _END_OF_TIME - start < _HORIZON else start + _HORIZON
     if "UNTIL" in parts:
         until = min(until, _until(parts["UNTIL"], zone))
-    parts["UNTIL"] = until.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    parts["UNTIL"] = _utc_text(until)
     text = ";".join(f"{name}={value}" for name, value in parts.items())
     try:
         stepped = rrulestr(text, dtstart=start)
@@ -197,17 +205,30 @@ def _stepper(rule: str, due_at: datetime) -> tuple[rrule, datetime]:
     return stepped, start
 
 
+def _utc_text(moment: datetime) -> str:
+    """``moment`` as RFC 5545 writes a UTC date-time (the year in four digits, which
+    strftime's %Y does not give before the year 1000)."""
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}{utc:%m%dT%H%M%S}Z"
+
+
 def next_occurrence(rule: str, due_at: datetime) -> Occurrence | None:
-    """The occurrence after the one due at ``due_at``, or None when the series ends."""
+    """The occurrence after the one due at ``due_at``, or None when the series ends
+    (at its COUNT or UNTIL, or at the end of the calendar a datetime holds)."""
     parts = dict(part.split("=", 1) for part in rule.split(";"))
     count = int(parts.get("COUNT", "0"))
     if count == 1:
         return None
-    stepped, start = _stepper(rule, due_at)
-    following = stepped.after(start)
-    if following is None:
+    try:
+        stepped, start = _stepper(rule, due_at)
+        following = stepped.after(start)
+        if following is None:
+            return None
+        following = following.astimezone(UTC)
+    except OverflowError:
+        # Past the year 9999, or before the year 1 in the rule's zone.
         return None
     if count:
         parts["COUNT"] = str(count - 1)
     carried = ";".join(f"{name}={value}" for name, value in parts.items())
-    return Occurrence(following.astimezone(UTC), carried)
+    return Occurrence(following, carried)

@@ -6,6 +6,10 @@ primary-key lookup), and only on a change runs the listing query. The position i
 before the rows, so a stored page is never newer than the position it is filed under,
 and a change always shows: across processes too, since the position comes from the
 shared tables, not from this process's memory.
+
+A listing judged at a moment (``overdue``: its ``now``, a new one each second) is not
+kept: it would file a page per second that no later request asks for again, and push
+out the pages that are.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class CachedListings:
         position, live = queries.user_position(conn, tables, user_id)
         if build_id is not None and live is not None and live != build_id:
             raise BuildSwitched(live)
+        if not _keepable(spec):
+            documents, total = queries.list_tasks(conn, tables, user_id, spec)
+            return f"[{','.join(documents)}]", total
         key = (tables.task.name, user_id, spec)
         with self._lock:
             stored = self._pages.get(key)
@@ -86,3 +93,9 @@ class CachedListings:
             while len(self._pages) > self._max_pages or self._bytes > self._max_bytes:
                 self._bytes -= self._pages.popitem(last=False)[1][2]
         return page
+
+
+def _keepable(spec: TaskFilter) -> bool:
+    # The same spec asked again gets the same page while the user's tasks stand still,
+    # unless it depends on the clock too.
+    return spec.now is None and spec.overdue is None

@@ -3,6 +3,7 @@ waited for, and the check that the read table equals a full replay of the event 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +67,18 @@ def normal(task: dict[str, Any]) -> dict[str, Any]:
         "version": int(task["version"]),
         "created_at": utc(task["created_at"]),
         "updated_at": utc(task["updated_at"]),
+        "priority": task["priority"],
+        # A row holds its tags as JSON text, a Task as a tuple.
+        "tags": json.loads(tags) if isinstance(tags := task["tags"], str) else list(tags),
+        "due_at": _utc_or_none(task["due_at"]),
+        "remind_at": _utc_or_none(task["remind_at"]),
+        "recurrence": task["recurrence"],
+        "recurs_from": None if task["recurs_from"] is None else UUID(str(task["recurs_from"])),
     }
+
+
+def _utc_or_none(value: datetime | str | None) -> datetime | None:
+    return None if value is None else utc(value)
 
 
 @dataclass

@@ -102,7 +102,17 @@ def test_the_users_history_pages_oldest_first_with_a_cursor(
         assert event["recorded_at"].endswith("Z")
     added, edited = whole["events"][1], whole["events"][2]
     assert added["task_id"] == script.first
-    assert added["data"] == {"title": "write report", "description": None}
+    # Since plans, an added task's event carries its plan too (the defaults, here).
+    assert added["data"] == {
+        "title": "write report",
+        "description": None,
+        "priority": "none",
+        "tags": [],
+        "due_at": None,
+        "remind_at": None,
+        "recurrence": None,
+        "recurs_from": None,
+    }
     assert edited["data"] == {"title": "write the report", "description": None}
     assert whole["events"][0]["task_id"] is None
     assert whole["events"][0]["data"] == {"user_id": user.id}

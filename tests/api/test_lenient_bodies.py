@@ -75,7 +75,7 @@ def test_a_put_of_only_unknown_or_read_only_fields_changes_nothing_and_is_refuse
     client: TestClient, user: User
 ) -> None:
     created = client.post(user.tasks_url(), json={"title": "t"}, headers=user.headers).json()
-    for body in ({"priority": "high"}, READ_ONLY, {}):
+    for body in ({"colour": "red"}, {"recurs_from": READ_ONLY["id"]}, READ_ONLY, {}):
         response = client.put(user.tasks_url(created["id"]), json=body, headers=user.headers)
         assert_problem(response, 422)
     assert _listing(client, user) == [created]

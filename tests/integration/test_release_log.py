@@ -1,27 +1,32 @@
-"""Compatibility: the log written by release 092178a replays with the current code.
+"""Compatibility: the logs written by releases 092178a and ab762a8 replay with the
+current code.
 
-``tests/fixtures/release_092178a/events.sqlite3`` holds events and a snapshot written
-by that release (see ``make_log.py`` there), and ``expected.json`` what the release
-itself read back from them. Every event is stored under the topic of its class
+``tests/fixtures/release_<commit>/events.sqlite3`` holds events and snapshots written by
+that release (see ``make_log.py`` there), and ``expected.json`` what the release itself
+read back from them. Every event is stored under the topic of its class
 (``write_side.domain:TaskList.TaskAdded``), and a snapshot under its aggregate's topic
 with the aggregate's attributes and the ``task`` transcoding: renaming or moving any of
 these, or changing how a Task is encoded, makes the old log unreadable, and this test
-fails. On PostgreSQL the stored events and snapshots are copied, byte for byte, into a
-fresh event store first.
+fails. Both releases wrote before plans existed: their TaskAdded events, TaskList
+snapshots and idempotency records are version 1, read through the upcasters with the
+plan's defaults. On PostgreSQL the stored events and snapshots are copied, byte for
+byte, into a fresh event store first.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
+from eventsourcing.domain import Snapshot
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteFactory
 from sqlalchemy import Engine, select
@@ -31,33 +36,77 @@ from sqlalchemy import Engine, select
 from read_side.projector import Projector
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import task_view
-from tests.fixtures.release_092178a.make_log import task_json
 from tests.support import make_settings
-from write_side import TaskLedger, TaskList
+from write_side import Plan, Task, TaskLedger, TaskList
 from write_side.history import replay
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "release_092178a"
-EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
-USERS: dict[str, dict[str, Any]] = EXPECTED["users"]
-REQUESTS: list[dict[str, Any]] = EXPECTED["requests"]
-SNAPSHOTTED = [user_id for user_id, user in USERS.items() if user["snapshot_versions"]]
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+RELEASES = ["release_092178a", "release_ab762a8"]
+# What every task recorded before plans has.
+DEFAULTS: dict[str, Any] = {
+    "priority": "none",
+    "tags": (),
+    "due_at": None,
+    "remind_at": None,
+    "recurrence": None,
+    "recurs_from": None,
+}
+# The fields a history entry shows of a TaskAdded: its texts and the plan (as stored).
+ADDED_DETAILS = ("title", "description", *DEFAULTS)
+
+
+@dataclass(frozen=True)
+class Release:
+    """One fixture: the log a release wrote and what that release read back from it."""
+
+    name: str
+    path: Path
+    expected: dict[str, Any]
+    # The release's own encoding of a Task (its make_log.py): the fields of its time.
+    task_json: Callable[[Task | None], dict[str, Any] | None]
+
+    @classmethod
+    def load(cls, name: str) -> Release:
+        path = FIXTURES / name
+        expected = json.loads((path / "expected.json").read_text(encoding="utf-8"))
+        make_log = importlib.import_module(f"tests.fixtures.{name}.make_log")
+        return cls(name, path, expected, make_log.task_json)
+
+    @property
+    def users(self) -> dict[str, dict[str, Any]]:
+        users: dict[str, dict[str, Any]] = self.expected["users"]
+        return users
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        requests: list[dict[str, Any]] = self.expected["requests"]
+        return requests
+
+    @property
+    def snapshotted(self) -> list[str]:
+        return [user_id for user_id, user in self.users.items() if user["snapshot_versions"]]
 
 
 @dataclass
 class Store:
+    release: Release
     ledger: TaskLedger
     read_url: str
 
 
+def plan_of(task: Task) -> dict[str, Any]:
+    return {name: getattr(task, name) for name in DEFAULTS}
+
+
 def open_ledger(env: dict[str, str]) -> TaskLedger:
     ledger = TaskLedger(env=env)
-    # Event-store tables: the release's TaskLedger created them on construction; now
-    # creating them is an explicit step.
+    # Event-store tables: the releases' TaskLedger created them on construction (092178a)
+    # or at start-up (ab762a8); either way an explicit step now.
     ledger.create_tables()
     return ledger
 
 
-def copy_log(source: Path, target: TaskLedger) -> None:
+def copy_log(release: Release, source: Path, target: TaskLedger) -> None:
     """Copy the stored events (in log order) and snapshots of the SQLite store at
     ``source`` into ``target``'s store, as stored: the old bytes, not re-encoded."""
     factory = SQLiteFactory({"SQLITE_DBNAME": str(source), "CREATE_TABLE": "no"})
@@ -65,7 +114,7 @@ def copy_log(source: Path, target: TaskLedger) -> None:
         events = factory.application_recorder()
         snapshots = factory.aggregate_recorder(purpose="snapshots")
         notifications = events.select_notifications(start=None, limit=1_000_000)
-        assert len(notifications) == EXPECTED["stored_events"]
+        assert len(notifications) == release.expected["stored_events"]
         stored = [
             StoredEvent(n.originator_id, n.originator_version, n.topic, n.state)
             for n in notifications
@@ -83,29 +132,36 @@ def copy_log(source: Path, target: TaskLedger) -> None:
             assert list(target.recorder.select_events(originator_id)) == list(
                 events.select_events(originator_id)
             )
-        assert copied == EXPECTED["stored_snapshots"]
+        assert copied == release.expected["stored_snapshots"]
     finally:
         factory.close()
 
 
+@pytest.fixture(scope="module", params=RELEASES)
+def release(request: pytest.FixtureRequest) -> Release:
+    return Release.load(str(request.param))
+
+
 @pytest.fixture
-def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+def store(
+    backend: str, release: Release, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Store]:
     """A ledger on the release's log: a copy of the SQLite file, or the same events and
     snapshots in a fresh PostgreSQL event store."""
     # The committed file is never opened by the library (which would write to it).
-    shutil.copyfile(FIXTURE / "events.sqlite3", tmp_path / "events.sqlite3")
+    shutil.copyfile(release.path / "events.sqlite3", tmp_path / "events.sqlite3")
     url = None if backend == "sqlite" else str(request.getfixturevalue("fresh_postgres_url"))
     # No aggregate cache: every read in these tests comes from the store.
     storage = make_settings(url, tmp_path, aggregate_cache_size=0).storage
     if backend == "postgres":
         loader = open_ledger(storage.event_store_env)
         try:
-            copy_log(tmp_path / "events.sqlite3", loader)
+            copy_log(release, tmp_path / "events.sqlite3", loader)
         finally:
             loader.close()
     ledger = open_ledger(storage.event_store_env)
-    assert ledger.last_position() == EXPECTED["notifications"]
-    yield Store(ledger, storage.read_url)
+    assert ledger.last_position() == release.expected["notifications"]
+    yield Store(release, ledger, storage.read_url)
     ledger.close()
 
 
@@ -118,23 +174,25 @@ def engine(store: Store) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_the_fixture_has_what_it_claims() -> None:
-    topics = EXPECTED["topics"]
+def test_the_fixture_has_what_it_claims(release: Release) -> None:
+    topics = release.expected["topics"]
     for name in ("Started", "TaskAdded", "TaskEdited", "TaskCompleted", "TaskReopened"):
         assert topics.get(f"write_side.domain:TaskList.{name}", 0) > 0, name
     assert topics.get("write_side.domain:TaskList.TaskDeleted", 0) > 0
     assert topics.get("write_side.idempotency:RequestRecord.Recorded", 0) > 0
     assert topics.get("write_side.idempotency:RequestRecord.Rerecorded", 0) > 0
-    assert SNAPSHOTTED, "no user with a snapshot"
-    assert any(r["task"] is None for r in REQUESTS)
-    descriptions = [t["description"] for u in USERS.values() for t in u["tasks"]]
+    # Written before plans: no event of this release's own.
+    assert "write_side.domain:TaskList.TaskPlanned" not in topics
+    assert release.snapshotted, "no user with a snapshot"
+    assert any(r["task"] is None for r in release.requests)
+    descriptions = [t["description"] for u in release.users.values() for t in u["tasks"]]
     assert None in descriptions
     assert any(d for d in descriptions)
 
 
 def test_task_lists_load_through_their_snapshots(store: Store) -> None:
-    ledger = store.ledger
-    for user_id, expected in USERS.items():
+    ledger, release = store.ledger, store.release
+    for user_id, expected in release.users.items():
         stream_id = TaskList.create_id(user_id)
         assert ledger.snapshots is not None
         snapshots = list(ledger.snapshots.get(stream_id))
@@ -143,45 +201,69 @@ def test_task_lists_load_through_their_snapshots(store: Store) -> None:
         assert tasks is not None, user_id
         assert tasks.user_id == user_id
         assert tasks.version == expected["version"], user_id
-        assert [task_json(t) for t in tasks.tasks()] == expected["tasks"], user_id
+        assert [release.task_json(t) for t in tasks.tasks()] == expected["tasks"], user_id
+        assert all(plan_of(task) == DEFAULTS for task in tasks.tasks()), user_id
+        assert tasks._next_of == {}, user_id
         assert len(list(ledger.events.get(stream_id))) == expected["events"], user_id
 
 
 def test_a_snapshot_holds_the_state_of_the_events_before_it(store: Store) -> None:
     ledger = store.ledger
     assert ledger.snapshots is not None
-    for user_id in SNAPSHOTTED:
+    for user_id in store.release.snapshotted:
         stream_id = TaskList.create_id(user_id)
         snapshots: list[Any] = list(ledger.snapshots.get(stream_id))
         for snapshot in snapshots:
             restored = snapshot.mutate(None)
             assert isinstance(restored, TaskList)
             assert restored.version == snapshot.originator_version
+            # Version 1: taken before there were series.
+            assert restored._next_of == {}
             events = ledger.events.get(stream_id, lte=snapshot.originator_version)
             assert restored.tasks() == replay(user_id, events).tasks
 
 
 def test_full_replay_without_snapshots(store: Store) -> None:
-    for user_id, expected in USERS.items():
+    release = store.release
+    for user_id, expected in release.users.items():
         history = store.ledger.history(user_id)
-        assert [task_json(t) for t in history.tasks] == expected["tasks"], user_id
+        assert [release.task_json(t) for t in history.tasks] == expected["tasks"], user_id
+        assert all(plan_of(task) == DEFAULTS for task in history.tasks), user_id
         assert len(history.entries) == expected["events"], user_id
         assert [e.version for e in history.entries] == list(range(1, expected["events"] + 1))
 
 
+def test_history_shows_old_tasks_added_with_the_plans_defaults(store: Store) -> None:
+    added = 0
+    for user_id in store.release.users:
+        for entry in store.ledger.history(user_id).entries:
+            if entry.event != "TaskAdded":
+                continue
+            assert tuple(entry.details) == ADDED_DETAILS, entry
+            plan = {name: entry.details[name] for name in DEFAULTS}
+            assert plan == {**DEFAULTS, "tags": []}, entry  # as the event holds them
+            added += 1
+    assert added == store.release.expected["topics"]["write_side.domain:TaskList.TaskAdded"]
+
+
 def test_recorded_idempotency_keys(store: Store) -> None:
-    for expected in REQUESTS:
+    release = store.release
+    for expected in release.requests:
         record = store.ledger.request_record(expected["user_id"], expected["key"])
         assert record is not None, expected["key"]
         assert record.fingerprint == expected["fingerprint"], expected["key"]
         assert record.version == expected["version"], expected["key"]
-        assert task_json(record.task) == expected["task"], expected["key"]
+        assert release.task_json(record.task) == expected["task"], expected["key"]
+        # Version 1: recorded before there were series.
+        assert record.next_task is None, expected["key"]
+        if record.task is not None:
+            assert plan_of(record.task) == DEFAULTS, expected["key"]
 
 
 def test_new_commands_append_to_an_old_stream(store: Store) -> None:
-    ledger = store.ledger
-    user_id = SNAPSHOTTED[0]
-    expected = USERS[user_id]
+    ledger, release = store.ledger, store.release
+    user_id = release.snapshotted[0]
+    expected = release.users[user_id]
     old = expected["tasks"][0]
     changed = ledger.toggle_task(user_id, UUID(old["id"])).task
     added = ledger.add_task(user_id, "Written by the new code ✓", None).task
@@ -192,22 +274,121 @@ def test_new_commands_append_to_an_old_stream(store: Store) -> None:
     tasks = ledger.task_list(user_id)
     assert tasks is not None
     assert tasks.version == expected["version"] + 2
-    assert [task_json(t) for t in tasks.tasks()] == [
-        task_json(changed),
+    assert [release.task_json(t) for t in tasks.tasks()] == [
+        release.task_json(changed),
         *expected["tasks"][1:],
-        task_json(added),
+        release.task_json(added),
     ]
     assert ledger.history(user_id).tasks == tasks.tasks()
+
+
+def latest_snapshot_version(ledger: TaskLedger, stream_id: UUID) -> int:
+    assert ledger.snapshots is not None
+    [stored] = ledger.snapshots.recorder.select_events(stream_id, desc=True, limit=1)
+    return stored.originator_version
+
+
+def latest_snapshot(ledger: TaskLedger, stream_id: UUID) -> tuple[StoredEvent, TaskList]:
+    """The stream's latest snapshot: as stored, and decoded."""
+    assert ledger.snapshots is not None
+    [stored] = ledger.snapshots.recorder.select_events(stream_id, desc=True, limit=1)
+    snapshot = cast(Snapshot, ledger.snapshots.mapper.to_domain_event(stored))
+    restored = snapshot.mutate(None)
+    assert isinstance(restored, TaskList)
+    return stored, restored
+
+
+def test_plans_and_series_on_an_old_stream_and_its_next_snapshot(store: Store) -> None:
+    """An old task planned, a series begun on the old stream and continued, then
+    enough events for the new code to take a snapshot of its own: a load through it
+    gives what the full replay gives, series included."""
+    ledger, release = store.ledger, store.release
+    due = datetime(2027, 1, 4, 9, tzinfo=UTC)
+    for user_id in release.snapshotted:
+        expected = release.users[user_id]
+        stream_id = TaskList.create_id(user_id)
+        old = UUID(expected["tasks"][-1]["id"])
+        planned = ledger.update_task(
+            user_id, old, plan={"priority": "high", "tags": ["Old", "old", "new"]}
+        ).task
+        assert planned is not None
+        assert (planned.priority, planned.tags, planned.due_at) == ("high", ("Old", "new"), None)
+        assert planned.version == expected["tasks"][-1]["version"] + 1
+        first = ledger.add_task(
+            user_id, "Weekly", "series", plan=Plan(due_at=due, recurrence="WEEKLY:MON,WED")
+        ).task
+        assert first is not None
+        done = ledger.set_task_completed(user_id, first.id, True)
+        assert done.next_task is not None
+        tasks = ledger.task_list(user_id)
+        assert tasks is not None
+        following = tasks.task(done.next_task)
+        assert (following.due_at, following.recurs_from) == (due + timedelta(days=2), first.id)
+        assert tasks.version == expected["version"] + 4  # planned, added, completed, added
+
+        history = ledger.history(user_id).entries[expected["events"] :]
+        assert [e.event for e in history] == [
+            "TaskPlanned",
+            "TaskAdded",
+            "TaskCompleted",
+            "TaskAdded",
+        ]
+        assert (history[0].task_id, history[0].details) == (
+            old,
+            {
+                "priority": "high",
+                "tags": ["Old", "new"],
+                "due_at": None,
+                "remind_at": None,
+                "recurrence": None,
+            },
+        )
+        assert history[3].details["recurs_from"] == first.id
+        assert history[3].details["due_at"] == following.due_at
+
+        # A snapshot is taken every 100 events, or more for a longer list (less than
+        # two per task): toggle until the new code has taken one.
+        taken = latest_snapshot_version(ledger, stream_id)
+        for _ in range(2 * max(100, len(tasks.tasks()))):
+            ledger.toggle_task(user_id, old)
+            if latest_snapshot_version(ledger, stream_id) != taken:
+                break
+        else:
+            pytest.fail(f"no snapshot of {user_id} taken after version {taken}")
+        stored, restored = latest_snapshot(ledger, stream_id)
+        assert restored.version > expected["version"]
+        state = json.loads(stored.state)["state"]
+        assert state["class_version"] == 2
+        assert state["_next_of"] == {
+            str(first.id): {"_type_": "uuid_hex", "_data_": following.id.hex}
+        }
+        assert restored._next_of == {str(first.id): following.id}
+        full = ledger.history(user_id)
+        at_snapshot = replay(user_id, ledger.events.get(stream_id, lte=restored.version))
+        assert restored.tasks() == at_snapshot.tasks
+        # A fresh load (no cache here) reads that snapshot and the events after it.
+        reloaded = ledger.task_list(user_id)
+        assert reloaded is not None
+        assert reloaded.tasks() == full.tasks
+        assert reloaded.next_of(first.id) == following.id
+        assert reloaded.task(old).priority == "high"
+        # Completing the first again adds no second occurrence, across the snapshot.
+        ledger.toggle_task(user_id, first.id)
+        assert ledger.toggle_task(user_id, first.id).next_task == following.id
+        final = ledger.task_list(user_id)
+        assert final is not None
+        assert [t.recurs_from for t in final.tasks()].count(first.id) == 1
 
 
 def test_the_projector_builds_the_read_tables_from_the_old_log(
     store: Store, engine: Engine
 ) -> None:
+    release = store.release
     applied = Projector(store.ledger, engine).catch_up()
-    assert applied == EXPECTED["notifications"]
+    assert applied == release.expected["notifications"]
     with engine.connect() as conn:
         rows = conn.execute(select(task_view).order_by(task_view.c.created_seq)).mappings().all()
-    for user_id, expected in USERS.items():
+    for user_id, expected in release.users.items():
         mine = [row for row in rows if row["user_id"] == user_id]
         assert [str(row["id"]) for row in mine] == [t["id"] for t in expected["tasks"]], user_id
         for row, task in zip(mine, expected["tasks"], strict=True):
@@ -222,8 +403,10 @@ def test_the_projector_builds_the_read_tables_from_the_old_log(
                 **task,
                 **times(task),
                 "user_id": user_id,
+                **DEFAULTS,
+                "tags": [],
             }
-    assert len(rows) == sum(len(user["tasks"]) for user in USERS.values())
+    assert len(rows) == sum(len(user["tasks"]) for user in release.users.values())
 
 
 def times(task: dict[str, Any]) -> dict[str, datetime]:

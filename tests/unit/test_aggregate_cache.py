@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -17,7 +18,15 @@ import pytest
 from eventsourcing.domain import Snapshot
 
 from write_side import TaskLedger, TaskList
-from write_side.domain import DESCRIPTION_MAX_LENGTH, TITLE_MAX_LENGTH
+from write_side.domain import (
+    DESCRIPTION_MAX_LENGTH,
+    MAX_TAGS,
+    NO_PLAN,
+    TAG_MAX_LENGTH,
+    TITLE_MAX_LENGTH,
+    Plan,
+)
+from write_side.recurrence import RULE_MAX_LENGTH, parse_rule
 from write_side.store.aggregate_cache import (
     AGGREGATE_OVERHEAD,
     MAX_EVENT_GROWTH,
@@ -25,13 +34,45 @@ from write_side.store.aggregate_cache import (
     estimate_bytes,
 )
 
+_DUE = datetime(2026, 3, 2, 9, tzinfo=UTC)
+# A rule near the longest allowed: every day of the month from each end, and the
+# first three and the last of each weekday.
+_POSITIONS = (
+    f"{n}{day}" for n in (1, 2, 3, -1) for day in ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
+)
+_LONG_RULE = parse_rule(
+    "FREQ=MONTHLY;INTERVAL=1;WKST=MO;TZID=America/Argentina/ComodRivadavia;BYMONTHDAY="
+    + ",".join([*map(str, range(1, 32)), *(f"-{day}" for day in range(1, 32))])
+    + ";BYDAY="
+    + ",".join(_POSITIONS)
+    + ";UNTIL=20991231T235959Z"
+)
+assert RULE_MAX_LENGTH - 100 < len(_LONG_RULE) <= RULE_MAX_LENGTH
+
+
+def full_plan(first: str) -> Plan:
+    """The largest plan: every tag of full length in characters from ``first`` on
+    (four bytes each from U+10000), both moments, a long rule."""
+    tags = tuple(chr(ord(first) + n) * TAG_MAX_LENGTH for n in range(MAX_TAGS))
+    return Plan("urgent", tags, _DUE, _DUE - timedelta(hours=1), _LONG_RULE)
+
 
 def task_list(
-    user_id: str, count: int, title: str = "t", description: str | None = None
+    user_id: str,
+    count: int,
+    title: str = "t",
+    description: str | None = None,
+    plan: Plan = NO_PLAN,
+    *,
+    continued: bool = False,
 ) -> TaskList:
+    """A list of ``count`` tasks; ``continued``: each completed, so that its next
+    occurrence is added too (for a recurring ``plan``)."""
     tasks = TaskList.start(user_id)
     for i in range(count):
-        tasks.add(f"{title}{i}"[:TITLE_MAX_LENGTH], description)
+        task = tasks.add(f"{title}{i}"[:TITLE_MAX_LENGTH], description, plan)
+        if continued:
+            tasks.complete(task.id)
     tasks.collect_events()
     return tasks
 
@@ -53,19 +94,33 @@ def loaded_through_a_snapshot(tasks: TaskList) -> Any:
     return loaded, sum(stat.size_diff for stat in after.compare_to(before, "filename"))
 
 
-ESTIMATED_LISTS = [
-    (1, "t", None),
-    (700, "short ", None),
-    (1500, "a" * 200, "d" * DESCRIPTION_MAX_LENGTH),
-    (300, "é" * 200, "日" * DESCRIPTION_MAX_LENGTH),
-    (300, "\U0001f600" * 200, "\U0001f600" * DESCRIPTION_MAX_LENGTH),
+# Count, title, description, plan, each completed (adding its next occurrence).
+ESTIMATED_LISTS: list[tuple[int, str, str | None, Plan, bool]] = [
+    (1, "t", None, NO_PLAN, False),
+    (700, "short ", None, NO_PLAN, False),
+    (1500, "a" * 200, "d" * DESCRIPTION_MAX_LENGTH, NO_PLAN, False),
+    (300, "é" * 200, "日" * DESCRIPTION_MAX_LENGTH, NO_PLAN, False),
+    (300, "\U0001f600" * 200, "\U0001f600" * DESCRIPTION_MAX_LENGTH, NO_PLAN, False),
+    # Plans: the largest, in narrow and in the widest characters; and a series.
+    (1, "t", None, full_plan("a"), False),
+    (400, "a" * 200, "d" * DESCRIPTION_MAX_LENGTH, full_plan("a"), False),
+    (
+        300,
+        "\U0001f600" * 200,
+        "\U0001f600" * DESCRIPTION_MAX_LENGTH,
+        full_plan("\U0001f600"),
+        False,
+    ),
+    (500, "short ", None, Plan("low", ("work",), _DUE, None, "DAILY"), True),
+    (250, "\U0001f600" * 200, None, full_plan("\U0001f600"), True),
 ]
 
 
 def measure_estimated_lists() -> None:
     """Print, for each of ESTIMATED_LISTS, what its load allocates and the estimate."""
-    for count, title, description in ESTIMATED_LISTS:
-        loaded, measured = loaded_through_a_snapshot(task_list("u", count, title, description))
+    for count, title, description, plan, continued in ESTIMATED_LISTS:
+        tasks = task_list("u", count, title, description, plan, continued=continued)
+        loaded, measured = loaded_through_a_snapshot(tasks)
         print(count, measured, estimate_bytes(loaded))
 
 
@@ -81,7 +136,7 @@ def test_the_estimate_covers_what_a_list_takes_and_not_much_more() -> None:
         check=True,
     ).stdout
     lines = output.split("\n")[: len(ESTIMATED_LISTS)]
-    for (count, _, _), line in zip(ESTIMATED_LISTS, lines, strict=True):
+    for (count, *_), line in zip(ESTIMATED_LISTS, lines, strict=True):
         listed, measured, estimate = (int(part) for part in line.split())
         assert listed == count
         assert measured <= estimate <= measured * 1.25 + AGGREGATE_OVERHEAD, line
@@ -92,6 +147,21 @@ def test_one_event_grows_a_list_by_at_most_the_allowance() -> None:
     before = estimate_bytes(tasks)
     tasks.add("\U0001f600" * TITLE_MAX_LENGTH, "\U0001f600" * DESCRIPTION_MAX_LENGTH)
     assert 0 < estimate_bytes(tasks) - before <= MAX_EVENT_GROWTH
+
+
+def test_a_task_of_the_largest_plan_and_its_next_occurrence_fit_the_allowance() -> None:
+    tasks = task_list("u", 10)
+    before = estimate_bytes(tasks)
+    widest = ("\U0001f600" * TITLE_MAX_LENGTH, "\U0001f600" * DESCRIPTION_MAX_LENGTH)
+    task = tasks.add(*widest, full_plan("\U0001f600"))
+    added = estimate_bytes(tasks)
+    assert 0 < added - before <= MAX_EVENT_GROWTH
+    # Two events, TaskCompleted (no growth) and the next occurrence's TaskAdded.
+    tasks.complete(task.id)
+    events = [type(event).__name__ for event in tasks.collect_events()]
+    assert events == ["TaskAdded", "TaskCompleted", "TaskAdded"]
+    assert tasks.next_of(task.id) is not None
+    assert 0 < estimate_bytes(tasks) - added <= MAX_EVENT_GROWTH
 
 
 def ids(*names: str) -> list[UUID]:

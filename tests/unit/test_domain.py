@@ -10,10 +10,10 @@ import pytest
 from write_side.domain import (
     DESCRIPTION_MAX_LENGTH,
     TITLE_MAX_LENGTH,
-    InvalidTask,
     TaskList,
     TaskNotFound,
 )
+from write_side.errors import InvalidTask
 
 
 def replay(tasks: TaskList) -> TaskList:

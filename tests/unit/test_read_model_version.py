@@ -24,7 +24,11 @@ def test_every_version_has_its_own_shape_or_logic() -> None:
 def test_any_change_of_a_column_changes_the_shape() -> None:
     tables = ViewTables.copy("shape_")
     before = shape_of(tables)
-    tables.task.append_column(Column("priority", Integer))
+    tables.task.append_column(Column("colour", Integer))
     assert shape_of(tables) != before
+    # The tag table is part of the shape too.
+    retagged = ViewTables.copy("shape_")
+    retagged.tag.append_column(Column("colour", Integer))
+    assert shape_of(retagged) != shape_of(ViewTables.copy("shape_"))
     # A build's name is not its shape.
     assert shape_of(ViewTables.of_build("_v9_b9")) == shape_of(LIVE_TABLES)

@@ -56,7 +56,9 @@ AGGREGATE_OVERHEAD = 2880
 # its share of the dict.
 NEXT_OCCURRENCE_OVERHEAD = 240
 # The most one event can add: a task of full-length texts in the widest characters
-# (4 bytes each). Editing, completing, deleting, recording a request add no more.
+# (4 bytes each) and the largest plan, the next occurrence of a series (which its
+# completion adds) at that. Editing, planning, completing, deleting, recording a
+# request add no more.
 _WIDEST = "\U0001f600"
 # A plan's moments (due, reminder), each a datetime of its own.
 _MOMENT = sys.getsizeof(datetime.now(UTC))
@@ -69,6 +71,7 @@ MAX_EVENT_GROWTH = (
     + MAX_TAGS * sys.getsizeof(_WIDEST_TAGS[0])
     + 2 * _MOMENT
     + sys.getsizeof("x" * RULE_MAX_LENGTH)
+    + NEXT_OCCURRENCE_OVERHEAD
 )
 
 _titles = attrgetter("title")
