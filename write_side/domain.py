@@ -357,8 +357,10 @@ class TaskList(Aggregate):
         return list(self._tasks.values())
 
     def next_of(self, task_id: UUID) -> UUID | None:
-        """The occurrence that completing this recurring task added, if any."""
-        return self._next_of.get(str(task_id))
+        """The occurrence that completing this recurring task added, while it is still
+        there (deleted, it is not named: but it is not added again either)."""
+        following = self._next_of.get(str(task_id))
+        return following if following is not None and str(following) in self._tasks else None
 
     def add(self, title: str, description: str | None = None, plan: Plan = NO_PLAN) -> Task:
         return self._add(clean_title(title), check_description(description), plan.checked())
@@ -416,7 +418,7 @@ class TaskList(Aggregate):
         return self.task(task_id)
 
     def _continue_series(self, task: Task) -> None:
-        if task.recurrence is None or task.due_at is None or self.next_of(task.id) is not None:
+        if task.recurrence is None or task.due_at is None or str(task.id) in self._next_of:
             return
         following = next_occurrence(task.recurrence, task.due_at)
         if following is None:

@@ -257,6 +257,8 @@ def test_deleting_the_next_occurrence_does_not_bring_it_back() -> None:
     tasks.complete(task.id)
     assert names(tasks)[-2:] == ["TaskReopened", "TaskCompleted"]
     assert [t.id for t in tasks.tasks()] == [task.id]
+    # Nor is it named any more (X-Next-Task would point at a 404).
+    assert tasks.next_of(task.id) is None
 
 
 def test_the_series_goes_on_from_the_next_occurrence() -> None:

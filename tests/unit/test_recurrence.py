@@ -182,13 +182,19 @@ def test_without_a_zone_a_rule_steps_in_utc() -> None:
     assert following.due_at.astimezone(PARIS).hour == 8
 
 
-def test_a_rule_whose_parts_never_meet_ends_the_series_quickly() -> None:
-    # The first Monday of a month is on its 1st to 7th, never its 31st.
-    rule = parse_rule("FREQ=MONTHLY;BYMONTHDAY=31;BYDAY=1MO")
+def test_a_positioned_day_with_a_day_of_the_month_is_refused() -> None:
+    # The first Monday of a month is on its 1st to 7th, never its 31st: a rule that
+    # dateutil would search for over the whole horizon at every completion.
+    with pytest.raises(InvalidRecurrence, match="BYDAY: '1MO' has a position: not with BYMONTHDAY"):
+        parse_rule("FREQ=MONTHLY;BYMONTHDAY=31;BYDAY=1MO")
+
+
+def test_a_rule_that_never_meets_from_its_start_ends_the_series_quickly() -> None:
+    # Every twelfth month from a February: never a 30th.
+    rule = parse_rule("FREQ=MONTHLY;INTERVAL=12;BYMONTHDAY=30")
     began = time.monotonic()
-    assert next_occurrence(rule, utc(2026, 1, 5, 9)) is None
-    # Stopped by the look-ahead horizon (30 years of months, a few tenths of a second
-    # here), not left to search for ever.
+    assert next_occurrence(rule, utc(2026, 2, 5, 9)) is None
+    # Stopped by the look-ahead horizon (30 years), not left to search for ever.
     assert time.monotonic() - began < 5
 
 
