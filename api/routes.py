@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
 from fastapi import APIRouter, Body, Query, Request, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from api.aliases import STATUS_ALIASES, either
@@ -37,6 +38,7 @@ from api.schemas import (
 from api.services import Services
 from read_side import queries
 from read_side.documents import TaskOut, task_document
+from read_side.tables import ViewTables
 from write_side import (
     MAX_TAGS,
     TAG_MAX_LENGTH,
@@ -401,10 +403,11 @@ async def complete_task(
 )
 def list_tags(user_id: ReadableUser, services: ServicesDep) -> Response:
     """Each of the user's tags with its number of tasks, most first, then by name."""
-    counts = services.from_read_model(
-        lambda conn, tables: queries.tag_counts(conn, tables, user_id)
-    )
-    return _json_response(orjson.dumps(_tag_counts(counts)).decode())
+
+    def counted(conn: Connection, tables: ViewTables) -> str:
+        return orjson.dumps(_tag_counts(queries.tag_counts(conn, tables, user_id))).decode()
+
+    return _json_response(services.summary(user_id, "tags", counted))
 
 
 @cache
@@ -437,22 +440,26 @@ def task_stats(
     ] = "UTC",
 ) -> Response:
     """The user's tasks counted, from the read tables."""
-    zone, now = _zone(tz), services.now()
-    stats = services.from_read_model(
-        lambda conn, tables: queries.stats(conn, tables, user_id, now, zone)
-    )
-    document = {
-        "total": stats.total,
-        "completed": stats.completed,
-        "pending": stats.pending,
-        "overdue": stats.overdue,
-        "due_today": stats.due_today,
-        "due_this_week": stats.due_this_week,
-        "completion_rate": stats.completion_rate,
-        "by_priority": stats.by_priority,
-        "top_tags": _tag_counts(stats.top_tags),
-    }
-    return _json_response(orjson.dumps(document).decode())
+    # To the second: stats asked for within one (a dashboard's poll) are one answer.
+    zone, now = _zone(tz), services.now().replace(microsecond=0)
+
+    def counted(conn: Connection, tables: ViewTables) -> str:
+        stats = queries.stats(conn, tables, user_id, now, zone)
+        document = {
+            "total": stats.total,
+            "completed": stats.completed,
+            "pending": stats.pending,
+            "overdue": stats.overdue,
+            "due_today": stats.due_today,
+            "due_this_week": stats.due_this_week,
+            "completion_rate": stats.completion_rate,
+            "by_priority": stats.by_priority,
+            "top_tags": _tag_counts(stats.top_tags),
+        }
+        return orjson.dumps(document).decode()
+
+    answer = services.summary(user_id, ("stats", tz, now), counted, at_moment=True)
+    return _json_response(answer)
 
 
 def _tag_counts(counts: list[tuple[str, int]]) -> list[dict[str, Any]]:

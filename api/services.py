@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -82,6 +82,9 @@ class Services:
         # Built at start-up: in development its shared secret may be made then.
         self.verifier: TokenVerifier | None = None
         self.listings = CachedListings(max_bytes=settings.listing_cache_bytes)
+        # Answers judged at a moment (stats, overdue listings): each of use for its
+        # second only, kept apart so that they never push out the pages above.
+        self.moments = CachedListings(max_pages=256, max_bytes=settings.listing_cache_bytes // 16)
         self.health = ReadModelHealth()
         # The live build of the read model, followed from the catalogue (None: not
         # yet looked), and why this code cannot read it (None: it can).
@@ -182,32 +185,62 @@ class Services:
         ask, so that a test of the running app can set it."""
         return datetime.now(UTC)
 
-    def from_read_model(self, query: Callable[[Connection, ViewTables], T]) -> T:
-        """One query on the served build's tables."""
-        served = self.require_read_model()
-        with self.reading() as conn:
-            return query(conn, served.tables)
-
     def list_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int]:
-        """A page of the user's tasks from the live build: should a switch made by
-        another process show in the listing's first query, this process follows it
-        at once and lists from the new build."""
+        """A page of the user's tasks from the live build (kept while their tasks
+        stand still: read_side.runtime.listings)."""
+        cache = self.listings if spec.now is None else self.moments
+        return self._answered(
+            lambda conn, served: cache.page(conn, served.tables, user_id, spec, build_id=served.id)
+        )
+
+    def summary(
+        self,
+        user_id: str,
+        asked: Hashable,
+        query: Callable[[Connection, ViewTables], str],
+        *,
+        at_moment: bool = False,
+    ) -> str:
+        """A JSON answer about the user's tasks from the live build (their tags, their
+        stats), kept like a page while their tasks stand still. ``asked``: what the
+        answer depends on besides them (for ``at_moment``, the moment, to the second)."""
+        cache = self.moments if at_moment else self.listings
+
+        def answered(conn: Connection, served: Build) -> tuple[str, int]:
+            return cache.answer(
+                conn,
+                served.tables,
+                user_id,
+                asked,
+                lambda: (query(conn, served.tables), 0),
+                build_id=served.id,
+            )
+
+        return self._answered(answered)[0]
+
+    def _answered(self, read: Callable[[Connection, Build], tuple[str, int]]) -> tuple[str, int]:
+        """``read`` on the live build: should a switch made by another process show in
+        its first query, this process follows it at once and reads the new build."""
         for _ in range(3):
             served = self.require_read_model()
             try:
                 with self.reading() as conn:
-                    return self.listings.page(
-                        conn, served.tables, user_id, spec, build_id=served.id
-                    )
+                    return read(conn, served)
             except BuildSwitched:
                 self.check_read_model()
         raise ReadModelUnavailable("the read model is switching builds")
+
+    def forget_answers(self) -> None:
+        """Forget every kept page and answer: the tables they came from were wrong,
+        rebuilt, or are no longer the ones served."""
+        self.listings.clear()
+        self.moments.clear()
 
     def read_model_unreadable(self, error: BaseException) -> None:
         """A read of the tables found their storage damaged: stop serving them, and
         let go of connections to the file (a rebuilt one is opened by its path)."""
         self.health.report(f"the read tables cannot be read ({damage(error)})")
-        self.listings.clear()
+        self.forget_answers()
         self.query_engine.dispose()
 
     def check_read_model(self, *, for_readiness: bool = False) -> None:
@@ -240,7 +273,7 @@ class Services:
             if found.generation != self._generation:
                 if self._generation is not None:
                     # Rebuilt: pages and positions remembered from before are void.
-                    self.listings.clear()
+                    self.forget_answers()
                     self.progress.reset(found.position)
                 self._generation = found.generation
             fault = self._unreadable_build or found.fault
@@ -248,7 +281,7 @@ class Services:
                 self.health.recovered()
                 return
             self.health.report(fault)
-            self.listings.clear()
+            self.forget_answers()
             if found.fault is not None and not found.rebuilding:
                 # Positions read from wrong tables prove nothing about a write.
                 self.progress.reset(0)
@@ -429,7 +462,7 @@ class Services:
             # position, which the switch made at least the old build's (and the old
             # build is fenced: no write acknowledged from it lies beyond).
             previous, self.served = self.served, live
-            self.listings.clear()
+            self.forget_answers()
             self.progress.reset(read_position(conn, live.projection))
             self._generation = None
             if previous is not None or live.version != self.version:

@@ -7,9 +7,11 @@ before the rows, so a stored page is never newer than the position it is filed u
 and a change always shows: across processes too, since the position comes from the
 shared tables, not from this process's memory.
 
-A listing judged at a moment (``overdue``: its ``now``, a new one each second) is not
-kept: it would file a page per second that no later request asks for again, and push
-out the pages that are.
+The same holds for a user's other answers from the tables (their tags, their stats):
+any answer is filed by what it was asked with. An answer judged at a moment (a stats
+of today, an ``overdue`` listing: their ``now``, to the second) is filed with its
+moment, and is of use for that second only: ``Services`` keeps those in a small cache
+of their own, so that they never push out the pages that are asked for again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
 from sqlalchemy import Connection
 
@@ -25,6 +28,7 @@ from read_side.queries import TaskFilter
 from read_side.tables import ViewTables
 
 Page = tuple[str, int]  # the JSON array of task documents, and the total that match
+Answer = tuple[str, int]  # a JSON document, and a number riding with it (a page's total)
 
 
 class BuildSwitched(Exception):
@@ -37,8 +41,9 @@ class CachedListings:
     A page larger than the whole bound is served and not kept."""
 
     def __init__(self, max_pages: int = 512, max_bytes: int = 32 * 2**20) -> None:
-        # (build's table, user, filter) -> (the user's position, the page, the page's size in bytes)
-        self._pages: OrderedDict[tuple[str, str, TaskFilter], tuple[int, Page, int]] = OrderedDict()
+        # (build's table, user, what was asked) -> (the user's position, the answer,
+        # its size in bytes)
+        self._pages: OrderedDict[tuple[str, str, Hashable], tuple[int, Answer, int]] = OrderedDict()
         self._max_pages = max_pages
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -67,35 +72,45 @@ class CachedListings:
         """A page from the build whose ``tables`` are served (``build_id``). Pages are
         filed by build: two versions of the read model may show the same position
         differently. Raises BuildSwitched when another build is live now."""
+
+        def listed() -> Page:
+            documents, total = queries.list_tasks(conn, tables, user_id, spec)
+            return f"[{','.join(documents)}]", total
+
+        return self.answer(conn, tables, user_id, spec, listed, build_id=build_id)
+
+    def answer(
+        self,
+        conn: Connection,
+        tables: ViewTables,
+        user_id: str,
+        asked: Hashable,
+        compute: Callable[[], Answer],
+        *,
+        build_id: int | None = None,
+    ) -> Answer:
+        """The answer to ``asked`` about the user: kept, or ``compute()``d (on
+        ``conn``, after the user's position was read). Raises BuildSwitched as
+        ``page`` does."""
         position, live = queries.user_position(conn, tables, user_id)
         if build_id is not None and live is not None and live != build_id:
             raise BuildSwitched(live)
-        if not _keepable(spec):
-            documents, total = queries.list_tasks(conn, tables, user_id, spec)
-            return f"[{','.join(documents)}]", total
-        key = (tables.task.name, user_id, spec)
+        key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
             if stored is not None and stored[0] == position:
                 self._pages.move_to_end(key)
                 return stored[1]
-        documents, total = queries.list_tasks(conn, tables, user_id, spec)
-        page = (f"[{','.join(documents)}]", total)
-        size = sys.getsizeof(page[0])
+        answer = compute()
+        size = sys.getsizeof(answer[0])
         if size > self._max_bytes:
-            return page
+            return answer
         with self._lock:
             replaced = self._pages.pop(key, None)
             if replaced is not None:
                 self._bytes -= replaced[2]
-            self._pages[key] = (position, page, size)
+            self._pages[key] = (position, answer, size)
             self._bytes += size
             while len(self._pages) > self._max_pages or self._bytes > self._max_bytes:
                 self._bytes -= self._pages.popitem(last=False)[1][2]
-        return page
-
-
-def _keepable(spec: TaskFilter) -> bool:
-    # The same spec asked again gets the same page while the user's tasks stand still,
-    # unless it depends on the clock too.
-    return spec.now is None and spec.overdue is None
+        return answer

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from read_side import queries
 from tests.api.test_api import assert_invalid, create
 from tests.support import User, assert_problem, services_of
 
@@ -176,3 +177,29 @@ def test_the_document_describes_both_answers(client: TestClient) -> None:
     assert "Europe/Paris" in tz["schema"]["enum"] and tz["schema"]["default"] == "UTC"
     for status in ("401", "403", "422", "503"):
         assert status in stats["responses"] and status in tags
+
+
+def test_answers_judged_at_a_moment_are_kept_apart_from_the_pages(
+    client: TestClient, user: User, fixed_clock: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stats and overdue listings are kept for their second only, in a cache of their
+    own: a dashboard polling them never pushes out the pages asked for again."""
+    create(client, user, title="due", due_at="2026-03-01T00:00:00Z")
+    services = services_of(client)
+    pages_before = services.listings.size_bytes
+    first = stats_of(client, user)
+    overdue = client.get(user.tasks_url(), params={"overdue": "true"}, headers=user.headers)
+    assert overdue.status_code == 200
+    assert services.listings.size_bytes == pages_before
+    assert services.moments.size_bytes > 0
+    # Asked again within the second (the clock is fixed): the kept answer, no query.
+    with monkeypatch.context() as patched:
+        patched.setattr(queries, "stats", _not_asked)
+        assert stats_of(client, user) == first
+    # A write is seen at once: the user's position filed the answer.
+    create(client, user, title="another")
+    assert stats_of(client, user)["total"] == first["total"] + 1
+
+
+def _not_asked(*_: object, **__: object) -> None:
+    raise AssertionError("the kept answer was not used")
