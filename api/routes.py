@@ -260,8 +260,9 @@ def list_tasks(
         due_after=due_after,
         overdue=overdue,
         has_due=has_due,
-        # To the second: listings asked for within one are one page in the cache.
-        now=None if overdue is None else services.now().replace(microsecond=0),
+        # A past list is judged at its own moment. To the second: listings asked for
+        # within one are one page in the cache.
+        now=None if overdue is None else (as_of or services.now()).replace(microsecond=0),
     )
     headers: dict[str, str] = {}
     if as_of is None and at_version is None:

@@ -230,14 +230,29 @@ def _tests(spec: TaskFilter) -> list[Test]:
     return tests
 
 
-def tag_counts(conn: Connection, tables: ViewTables, user_id: str) -> list[tuple[str, int]]:
-    """Each of the user's tags with its number of tasks, most first, then by name. Tags
-    alike but for case are one, shown as most of its tasks spell it (as the first task
-    created with it does, between spellings used as often)."""
+def tag_counts(
+    conn: Connection, tables: ViewTables, user_id: str, limit: int | None = None
+) -> list[tuple[str, int]]:
+    """Each of the user's tags with its number of tasks, most first, then by name (the
+    first ``limit`` of them). Tags alike but for case are one, shown as most of its
+    tasks spell it (as the first task created with it does, between spellings used as
+    often)."""
     _tag = tables.tag.c
+    mine = _tag.user_id == user_id
+    if limit is not None:
+        # The first few found in SQL, so that a user of many tags is not read whole.
+        tasks = func.count().label("tasks")
+        top = (
+            select(_tag.tag_folded)
+            .where(mine)
+            .group_by(_tag.tag_folded)
+            .order_by(tasks.desc(), _tag.tag_folded)
+            .limit(limit)
+        )
+        mine = and_(mine, _tag.tag_folded.in_(top.scalar_subquery()))
     spellings = conn.execute(
         select(_tag.tag_folded, _tag.name, func.count(), func.min(_tag.created_seq))
-        .where(_tag.user_id == user_id)
+        .where(mine)
         .group_by(_tag.tag_folded, _tag.name)
     ).all()
     # folded -> (tasks, the shown spelling's (tasks, -first seq), the shown spelling)
@@ -247,8 +262,9 @@ def tag_counts(conn: Connection, tables: ViewTables, user_id: str) -> list[tuple
         if (count, -first) > best or total == 0:
             best, shown = (count, -first), name
         tags[folded] = (total + count, best, shown)
-    counted = [(shown, total) for total, _, shown in tags.values()]
-    return sorted(counted, key=lambda tag: (-tag[1], fold(tag[0]), tag[0]))
+    counted = [(shown, total, folded) for folded, (total, _, shown) in tags.items()]
+    counted.sort(key=lambda tag: (-tag[1], tag[2], tag[0]))
+    return [(shown, total) for shown, total, _ in counted]
 
 
 def stats(  # noqa: PLR0917 - the API's call, as agreed: stats(conn, tables, user, now, zone)
@@ -291,7 +307,7 @@ def stats(  # noqa: PLR0917 - the API's call, as agreed: stats(conn, tables, use
         due_this_week=due_this_week,
         completion_rate=round(completed / total, 4) if total else 0.0,
         by_priority=dict(zip(PRIORITIES, by_rank, strict=True)),
-        top_tags=tag_counts(conn, tables, user_id)[:top],
+        top_tags=tag_counts(conn, tables, user_id, top),
     )
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, tzinfo
 from functools import cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+from zoneinfo import ZoneInfo, available_timezones
 
 from dateutil import parser as dateparser
 from dateutil.rrule import rrule, rrulestr
@@ -30,13 +30,13 @@ from write_side.errors import InvalidTask
 
 FREQUENCIES = ("DAILY", "WEEKLY", "MONTHLY", "YEARLY")
 RULE_MAX_LENGTH = 500
-MAX_INTERVAL = 1000
+# The most periods between occurrences: a MONTHLY or YEARLY rule steps through a
+# calendar that repeats, and a stride near its cycle could stop meeting its days.
+MAX_INTERVALS = {"DAILY": 1000, "WEEKLY": 520, "MONTHLY": 120, "YEARLY": 100}
+# The furthest position BYDAY may give (1MO, -2FR): one every month or year has.
+_POSITIONS = {"MONTHLY": 4, "YEARLY": 52}
+_WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,6}")
 MAX_COUNT = 10_000
-# How far ahead a next occurrence is looked for: a rule whose parts rarely meet
-# (BYMONTHDAY=31 with BYDAY=MO) still finds one, and one that never does stops.
-_HORIZON = timedelta(days=366 * 30)
-# The last moment a datetime holds: a series ends there (a task may be due in 9999).
-_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
 
 _DAYS = {"MON": "MO", "TUE": "TU", "WED": "WE", "THU": "TH", "FRI": "FR", "SAT": "SA", "SUN": "SU"}
 _SIMPLE = re.compile(r"^(DAILY|WEEKLY|MONTHLY|YEARLY)(?::(.*))?$")
@@ -111,20 +111,22 @@ def parse_rule(text: str) -> str:
 
 
 def _check_parts(parts: dict[str, str]) -> None:
-    if parts["FREQ"] not in FREQUENCIES:
+    """Check each part, and write its numbers as plain whole numbers (``+5`` and
+    ``05`` are rewritten, digits other than ASCII refused)."""
+    freq = parts["FREQ"]
+    if freq not in FREQUENCIES:
         raise InvalidRecurrence(f"FREQ must be one of {', '.join(FREQUENCIES)}")
     if "INTERVAL" in parts:
-        _bounded(parts["INTERVAL"], "INTERVAL", 1, MAX_INTERVAL)
+        interval = _bounded(parts["INTERVAL"], "INTERVAL", 1, MAX_INTERVALS[freq])
+        parts["INTERVAL"] = str(interval)
     if "COUNT" in parts:
-        _bounded(parts["COUNT"], "COUNT", 1, MAX_COUNT)
+        parts["COUNT"] = str(_bounded(parts["COUNT"], "COUNT", 1, MAX_COUNT))
         if "UNTIL" in parts:
             raise InvalidRecurrence("COUNT and UNTIL cannot both be given")
     if "BYMONTHDAY" in parts:
-        for day in parts["BYMONTHDAY"].split(","):
-            if _bounded(day, "BYMONTHDAY", -31, 31) == 0:
-                raise InvalidRecurrence("BYMONTHDAY: 0 is not a day of the month")
+        parts["BYMONTHDAY"] = _month_days(parts)
     if "BYDAY" in parts:
-        _check_days(parts["BYDAY"], parts["FREQ"], "BYMONTHDAY" in parts)
+        parts["BYDAY"] = _days(parts)
     if "WKST" in parts and parts["WKST"] not in _DAYS.values():
         raise InvalidRecurrence(f"WKST: {parts['WKST']!r} is not a day")
     if "TZID" in parts:
@@ -133,25 +135,66 @@ def _check_parts(parts: dict[str, str]) -> None:
         _until(parts["UNTIL"], UTC)
 
 
-def _check_days(days: str, freq: str, by_month_day: bool) -> None:
-    for day in days.split(","):
+# The combinations refused below are those whose occurrences could stop for good (the
+# first Monday of a month on its 31st; every seventh day, on Tuesdays, from a Monday):
+# dateutil looks for a next one up to the year 9999, period by period, whatever the
+# UNTIL (seconds of CPU at every completion). What is left meets again within a few
+# periods.
+
+
+def _month_days(parts: dict[str, str]) -> str:
+    freq = parts["FREQ"]
+    if freq in ("DAILY", "WEEKLY"):
+        raise InvalidRecurrence(f"BYMONTHDAY: not with FREQ={freq} (use MONTHLY)")
+    days = []
+    for day in parts["BYMONTHDAY"].split(","):
+        number = _bounded(day, "BYMONTHDAY", -31, 31)
+        if number == 0:
+            raise InvalidRecurrence("BYMONTHDAY: 0 is not a day of the month")
+        # The same month each time, which may never have that day (February the 30th).
+        if abs(number) > 28 and freq == "MONTHLY" and _interval(parts) % 12 == 0:
+            raise InvalidRecurrence(
+                f"BYMONTHDAY: {number} with an INTERVAL of whole years: use FREQ=YEARLY"
+            )
+        days.append(str(number))
+    return ",".join(days)
+
+
+def _days(parts: dict[str, str]) -> str:
+    freq = parts["FREQ"]
+    if freq == "DAILY" and _interval(parts) % 7 == 0:
+        raise InvalidRecurrence("BYDAY: with a DAILY INTERVAL of whole weeks, use FREQ=WEEKLY")
+    if freq == "YEARLY" and "BYMONTHDAY" in parts:
+        raise InvalidRecurrence("BYDAY: not with BYMONTHDAY when FREQ=YEARLY (use MONTHLY)")
+    days = []
+    for day in parts["BYDAY"].split(","):
         match = _WEEKDAY.match(day.strip())
         if match is None:
             raise InvalidRecurrence(f"BYDAY: {day!r} is not a day (MO, TU, … or 1MO, -1FR)")
-        if match.group(1) and freq not in ("MONTHLY", "YEARLY"):
+        position, weekday = match.groups()
+        if position is None:
+            days.append(weekday)
+            continue
+        if freq not in _POSITIONS:
             raise InvalidRecurrence(f"BYDAY: {day!r} has a position: only MONTHLY or YEARLY")
-        # The one combination of these parts that can never meet (the first Monday
-        # on a 31st): dateutil would search the whole horizon, month by month, at
-        # every completion (0.4 s of CPU each).
-        if match.group(1) and by_month_day:
+        if "BYMONTHDAY" in parts:
             raise InvalidRecurrence(f"BYDAY: {day!r} has a position: not with BYMONTHDAY")
+        # Every month has a 4th Monday, not every one a 5th; every year a 52nd.
+        number = _bounded(position, "BYDAY", -_POSITIONS[freq], _POSITIONS[freq])
+        if number == 0:
+            raise InvalidRecurrence(f"BYDAY: {day!r}: a position counts from 1 (or -1)")
+        days.append(f"{number}{weekday}")
+    return ",".join(days)
+
+
+def _interval(parts: dict[str, str]) -> int:
+    return int(parts.get("INTERVAL", "1"))
 
 
 def _bounded(value: str, name: str, low: int, high: int) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidRecurrence(f"{name}: {value!r} is not a whole number") from None
+    if not _WHOLE_NUMBER.fullmatch(value):
+        raise InvalidRecurrence(f"{name}: {value!r} is not a whole number")
+    number = int(value)
     if not low <= number <= high:
         raise InvalidRecurrence(f"{name} must be from {low} to {high}")
     return number
@@ -159,12 +202,15 @@ def _bounded(value: str, name: str, low: int, high: int) -> int:
 
 def _zone(name: str) -> ZoneInfo:
     # Zone names are case-sensitive on disk; the rule was upper-cased.
-    for candidate in (_zone_spellings().get(name.upper(), name), name):
-        try:
-            return ZoneInfo(candidate)
-        except (ZoneInfoNotFoundError, ValueError):
-            continue
-    raise InvalidRecurrence(f"TZID: {name!r} is not an IANA time zone")
+    # Only the zone database's own names: ZoneInfo would also read "localtime" (the
+    # host's zone, whatever it is) or a path.
+    spelled = _zone_spellings().get(name.upper())
+    if spelled is None or spelled in _NOT_ZONES:
+        raise InvalidRecurrence(f"TZID: {name!r} is not an IANA time zone")
+    return ZoneInfo(spelled)
+
+
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
 
 
 @cache
@@ -190,16 +236,14 @@ def _until(value: str, zone: tzinfo) -> datetime:
 
 def _stepper(rule: str, due_at: datetime) -> tuple[rrule, datetime]:
     """The dateutil rule for ``rule`` from ``due_at`` in the rule's zone, ending at its
-    UNTIL or the horizon, and ``due_at`` in that zone. COUNT is the caller's (see the
+    UNTIL, and ``due_at`` in that zone. COUNT is the caller's (see the
     module's docstring)."""
     parts = dict(part.split("=", 1) for part in rule.split(";"))
     zone = _zone(parts.pop("TZID")) if "TZID" in parts else UTC
     parts.pop("COUNT", None)
     start = due_at.astimezone(zone)
-    until = _END_OF_TIME if _END_OF_TIME - start < _HORIZON else start + _HORIZON
     if "UNTIL" in parts:
-        until = min(until, _until(parts["UNTIL"], zone))
-    parts["UNTIL"] = _utc_text(until)
+        parts["UNTIL"] = _utc_text(_until(parts["UNTIL"], zone))
     text = ";".join(f"{name}={value}" for name, value in parts.items())
     try:
         stepped = rrulestr(text, dtstart=start)

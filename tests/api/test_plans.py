@@ -4,6 +4,7 @@ them, the past list with them, and the history's events, on each backend."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -365,7 +366,6 @@ def test_a_past_list_filters_on_the_plan_it_had_then(
         {"priority": ["high", "low"], "sort": "priority", "order": "desc"},
         {"tag": "work", "sort": "due_at"},
         {"due_before": at(5), "has_due": "true"},
-        {"overdue": "true"},
         {"has_due": "false", "sort": "due_at", "order": "desc", "limit": 1},
     ]
     then = {str(params): listing(client, user, **params) for params in filters}
@@ -383,6 +383,24 @@ def test_a_past_list_filters_on_the_plan_it_had_then(
         )
         assert past.status_code == 200, past.text
         assert (past.json(), int(past.headers["X-Total-Count"])) == then[str(params)], params
+
+
+def test_a_past_list_is_overdue_as_of_its_own_moment(client: TestClient, user: User) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    create(client, user, title="late", due_at=(soon - timedelta(days=1)).isoformat())
+    create(client, user, title="soon", due_at=soon.isoformat())
+    moment = services_of(client).ledger.history(user.id).entries[-1].at
+    # (Judged to the second: past the next whole one.)
+    time.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 1.1)
+    # Now both are overdue; at the moment of the list asked for, only the first was.
+    assert titles(client, user, overdue="true") == ["soon", "late"]
+    past = client.get(
+        user.tasks_url(),
+        params={"overdue": "true", "as_of": moment.isoformat()},
+        headers=user.headers,
+    )
+    assert past.status_code == 200, past.text
+    assert [task["title"] for task in past.json()] == ["late"]
 
 
 # The log -------------------------------------------------------------------------

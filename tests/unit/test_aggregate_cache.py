@@ -35,15 +35,13 @@ from write_side.store.aggregate_cache import (
 )
 
 _DUE = datetime(2026, 3, 2, 9, tzinfo=UTC)
-# A rule near the longest allowed: every day of the month from each end, and the
-# first three and the last of each weekday.
-_POSITIONS = (
-    f"{n}{day}" for n in (1, 2, 3, -1) for day in ("MO", "TU", "WE", "TH", "FR", "SA", "SU")
-)
+# A rule near the longest allowed: each weekday at each position a month has, twice
+# over (dateutil takes a day given twice as once).
+_POSITIONS = [
+    f"{n}{day}" for n in (1, 2, 3, 4, -1, -2, -3, -4) for day in ("MO", "TU", "WE", "TH", "FR")
+] * 2
 _LONG_RULE = parse_rule(
-    "FREQ=MONTHLY;INTERVAL=1;WKST=MO;TZID=America/Argentina/ComodRivadavia;BYMONTHDAY="
-    + ",".join([*map(str, range(1, 32)), *(f"-{day}" for day in range(1, 32))])
-    + ";BYDAY="
+    "FREQ=MONTHLY;INTERVAL=1;WKST=MO;TZID=America/Argentina/ComodRivadavia;BYDAY="
     + ",".join(_POSITIONS)
     + ";UNTIL=20991231T235959Z"
 )
