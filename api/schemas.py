@@ -152,7 +152,11 @@ Tags = Annotated[
 _DAY = "(MON|TUE|WED|THU|FRI|SAT|SUN)"
 _RDAY = "(MO|TU|WE|TH|FR|SA|SU)"
 _MONTHDAY = "([1-9]|[12][0-9]|3[01])"
-_INTERVAL = "(;INTERVAL=[1-9][0-9]{0,2})?"
+# Strides up to 99 (each frequency takes more: write_side.recurrence.MAX_INTERVALS),
+# and with one, days of the month up to the 28th (a stride of whole years and a 30th
+# is refused: that month may have none).
+_INTERVAL = "(;INTERVAL=[1-9][0-9]?)?"
+_ANY_MONTHDAY = "([1-9]|1[0-9]|2[0-8])"
 _COUNT = "(;COUNT=[1-9][0-9]{0,3})?"
 # The common forms only (every text it matches is accepted): UNTIL, WKST, TZID and
 # their combinations are accepted too, but no pattern short of a parser describes them.
@@ -160,7 +164,8 @@ RECURRENCE_PATTERN = (
     f"^(DAILY|WEEKLY|MONTHLY|YEARLY|WEEKLY:{_DAY}(,{_DAY}){{0,6}}|MONTHLY:{_MONTHDAY}"
     f"|(RRULE:)?FREQ=(DAILY|WEEKLY|MONTHLY|YEARLY){_INTERVAL}{_COUNT}"
     f"|(RRULE:)?FREQ=WEEKLY{_INTERVAL};BYDAY={_RDAY}(,{_RDAY}){{0,6}}{_COUNT}"
-    f"|(RRULE:)?FREQ=MONTHLY{_INTERVAL};BYMONTHDAY=-?{_MONTHDAY}{_COUNT})$"
+    f"|(RRULE:)?FREQ=MONTHLY;BYMONTHDAY=-?{_MONTHDAY}{_COUNT}"
+    f"|(RRULE:)?FREQ=MONTHLY{_INTERVAL};BYMONTHDAY=-?{_ANY_MONTHDAY}{_COUNT})$"
 )
 
 
