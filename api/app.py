@@ -12,13 +12,16 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ServicesDep
 from api.errors import install_error_handlers, problem, problem_responses
 from api.limits import RequestLimits
 from api.logs import redact_search_text
+from api.metrics import RequestMetrics, exposition
+from api.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from api.routes import router
 from api.schemas import Problem
 from api.services import Services
@@ -36,6 +39,8 @@ EXPOSED_HEADERS = [
     "X-Projection-Pending",
     "Idempotent-Replayed",
     "X-Next-Task",
+    "X-Request-ID",
+    "Server-Timing",
 ]
 
 
@@ -94,10 +99,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         allow_origins=settings.allowed_origins,
         allow_credentials=True,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "Idempotency-Key",
+            REQUEST_ID_HEADER,
+        ],
         expose_headers=EXPOSED_HEADERS,
         max_age=600,
     )
+    # Outside CORS and the limits, so that their answers carry the request's id and
+    # timing too; inside the slash trimming, which copies the scope (the route
+    # matched is written into the scope this middleware holds).
+    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestMetrics)  # (inside the slash trimming, for the same reason)
     # Outermost: every layer after it sees the path without its trailing slash.
     app.add_middleware(_SameWithoutTrailingSlash)
     install_error_handlers(app)
@@ -136,9 +152,13 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return ready
 
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
-    def metrics(services: ServicesDep) -> str:
-        """Prometheus text format: command totals, log and projection positions, lag."""
-        return services.metrics()
+    def metrics(services: ServicesDep) -> Response:
+        """Prometheus text format: requests by route template and status (latency
+        histograms), commands by outcome, event-store transactions and their size,
+        read-your-writes waits, projector batches, JWKS fetches, each build's
+        position, lag and state, and process figures; every worker's under
+        ``serve --workers N``."""
+        return Response(exposition(services), media_type=CONTENT_TYPE_LATEST)
 
     app.openapi = lambda: _openapi(app, settings.list_envelope)  # type: ignore[method-assign]
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.config
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import jwt
 import orjson
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from api.logs import logging_config
 from api.progress import replay_progress
 from api.settings import Settings
 
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="taskledger: an event-sourced task service.", no_args_is_help=True)
 err = Console(stderr=True)
+
+# What a command says it is doing whatever LOG_LEVEL (scripts wait for these lines),
+# in the log's format.
+_said = logging.getLogger("taskledger.cli")
+_said.setLevel(logging.INFO)
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -74,11 +81,12 @@ def _plain(value: object) -> Text:
     return Text(text)
 
 
+def _log_config(settings: Settings) -> dict[str, Any]:
+    return logging_config(settings.log_level, json_lines=settings.json_logs)
+
+
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logging.config.dictConfig(_log_config(settings))
 
 
 @app.command()
@@ -94,9 +102,20 @@ def serve(
     if no_projector:
         # Worker processes build their own Settings from the environment.
         os.environ["RUN_PROJECTOR"] = "false"
+    if workers > 1:
+        from api.metrics import shared_folder  # noqa: PLC0415 - only with workers
+
+        # Every worker records its figures in this fresh folder, and a scrape adds them
+        # all up (prometheus_client's multiprocess mode: api/metrics.py).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared_folder()
     settings = _settings()
     _logging(settings)
     _ = settings.storage  # fail here, not in a worker, on a bad DATABASE_URL
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again, and the process
+    # would end "killed by SIGTERM" (143): a supervisor with restart on failure would
+    # take the orderly stop for a crash. It exits 0 instead (a SIGTERM before uvicorn
+    # listens ends it at once, as before).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "api.app:app_factory",
         factory=True,
@@ -108,11 +127,17 @@ def serve(
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        # Applied again in each worker process: its lines are formatted alike.
+        log_config=_log_config(settings),
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
         proxy_headers=True,
         server_header=False,
     )
+
+
+def _exit_cleanly(*_: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
@@ -127,7 +152,7 @@ def project() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     services.start()
-    err.print(f"projector running on {settings.storage.kind}; Ctrl-C stops it")
+    _said.info("projector running on %s; Ctrl-C stops it", settings.storage.kind)
     while not stop.wait(1.0):
         pass
     services.close()

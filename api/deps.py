@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import Principal
 from api.errors import Forbidden, TokenMissing
 from api.logs import audit_read
+from api.request_context import note_user
 from api.services import NotStarted, Services
 from write_side import USER_ID_MAX_LENGTH, USER_ID_PATTERN, RequestKey
 from write_side.application import Guards
@@ -49,7 +50,9 @@ async def current_principal(
     verifier = services_of(request).verifier
     if verifier is None:
         raise NotStarted("the service is starting")
-    return await verifier.verify_async(credentials.credentials)
+    principal = await verifier.verify_async(credentials.credentials)
+    note_user(principal.user_id)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from api.auth import AuthenticationFailed, KeysUnavailable
+from api.request_context import REQUEST_ID_HEADER
+from api.request_context import current as current_request
 from api.services import NotStarted, ReadModelUnavailable
 from read_side.runtime.engine import is_unreadable
 from write_side import (
@@ -48,6 +50,8 @@ def problem(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    """A problem+json answer; within a request, its body names the request's id (the
+    one in X-Request-ID and in its log lines), for a user's report to be found."""
     phrase = HTTPStatus(status).phrase
     body = {
         "type": _TYPE_BASE + phrase.lower().replace(" ", "-"),
@@ -56,6 +60,8 @@ def problem(
         "detail": detail,
         **extra,
     }
+    if (context := current_request()) is not None:
+        body["request_id"] = context.request_id
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
@@ -187,6 +193,14 @@ async def _internal(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal error")
 
 
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    answer = await _internal(request, exc)
+    # Starlette sends this answer outside every middleware: it names its id itself.
+    if (context := current_request()) is not None:
+        answer.headers[REQUEST_ID_HEADER] = context.request_id
+    return answer
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
@@ -211,7 +225,7 @@ def install_error_handlers(app: FastAPI) -> None:
         sqlalchemy_errors.TimeoutError,
     ):
         app.add_exception_handler(unavailable, _unavailable)
-    app.add_exception_handler(Exception, _internal)
+    app.add_exception_handler(Exception, _unhandled)
 
 
 # The headers the handlers above always send with these problems.

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 import httpx
 from jwt import PyJWK, PyJWKSet
 
+from api import metrics
+
 log = logging.getLogger(__name__)
 
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
@@ -274,6 +276,7 @@ class JwksKeys:
                 round_.started_at = self._last_started = time.monotonic()
                 self.fetches += 1
             keys = self._fetch()
+            metrics.jwks_fetched(keys)
             with self._lock:
                 if keys is not None:
                     self._keys = keys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,9 +20,17 @@ class ProjectionProgress:
     source exists (a separate projector on SQLite), waiters poll ``read_position``.
     """
 
-    def __init__(self, read_position: Callable[[], int], *, poll_interval: float = 0.005) -> None:
+    def __init__(
+        self,
+        read_position: Callable[[], int],
+        *,
+        poll_interval: float = 0.005,
+        on_waited: Callable[[float, bool], None] | None = None,
+    ) -> None:
         self._read_position = read_position
         self._poll_interval = poll_interval
+        # Told each wait's seconds and whether the position was reached (metrics).
+        self._on_waited = on_waited
         self._position = 0
         self._lock = threading.Lock()
         # Writers waiting on an event loop: (position, their loop, their future).
@@ -66,6 +75,13 @@ class ProjectionProgress:
         is read only when a poll interval passes without news (the only way, with no
         live source).
         """
+        started = time.perf_counter()
+        reached = await self._wait(position, timeout)
+        if self._on_waited is not None:
+            self._on_waited(time.perf_counter() - started, reached)
+        return reached
+
+    async def _wait(self, position: int, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         waiter = (position, loop, future)

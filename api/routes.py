@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache, partial
 from typing import Annotated, Any, Literal, cast
 from uuid import UUID
@@ -24,6 +25,7 @@ from api.history import (
     past_tasks,
     task_fields,
 )
+from api.request_context import timed
 from api.schemas import (
     TITLE_PATTERN,
     CompletionSet,
@@ -126,15 +128,23 @@ def _json_response(
     return Response(document, status, headers, media_type="application/json")
 
 
-async def _written(services: Services, user_id: str, change: Change, status: int = 200) -> Response:
-    """The answer to a write, once the read tables show it (read-your-writes). The
-    wait is on the event loop: no thread is held while the projector catches up."""
+async def _written(
+    services: Services, user_id: str, command: Callable[[], Change], status: int = 200
+) -> Response:
+    """The command run (in a thread), and its answer once the read tables show it
+    (read-your-writes). The wait is on the event loop: no thread is held while the
+    projector catches up. Both are timed for Server-Timing."""
+    with timed("command"):
+        change = await run_in_threadpool(command)
     headers = {"X-Ledger-Position": str(change.position)}
     timeout = services.settings.read_your_writes_timeout_seconds
     # Tables found wrong or being rebuilt show no write reliably, whatever their
     # position says: the write is durable in the log; only the listing lags behind.
     # Waiting for them would only delay the answer, so it is not waited for.
-    projected = services.health.serving and await services.progress.wait(change.position, timeout)
+    with timed("ryw"):
+        projected = services.health.serving and await services.progress.wait(
+            change.position, timeout
+        )
     if not projected or not services.health.serving:
         headers["X-Projection-Pending"] = "true"
     if change.replayed:
@@ -290,13 +300,15 @@ def list_tasks(
 async def create_task(
     user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
 ) -> Response:
-    change = await run_in_threadpool(
-        partial(services.ledger.add_task, plan=body.plan(), request=request_key),
+    command = partial(
+        services.ledger.add_task,
         user_id,
         body.title,
         body.description,
+        plan=body.plan(),
+        request=request_key,
     )
-    return await _written(services, user_id, change, status=201)
+    return await _written(services, user_id, command, status=201)
 
 
 @router.get(
@@ -354,7 +366,7 @@ async def update_task(
         plan=body.plan_sent(),
         **guards,
     )
-    return await _written(services, user_id, await run_in_threadpool(command))
+    return await _written(services, user_id, command)
 
 
 @router.delete(
@@ -370,7 +382,7 @@ async def delete_task(
     guards: WriteGuards,
 ) -> Response:
     command = partial(services.ledger.delete_task, user_id, task_id, **guards)
-    return await _written(services, user_id, await run_in_threadpool(command))
+    return await _written(services, user_id, command)
 
 
 @router.patch(
@@ -393,7 +405,7 @@ async def complete_task(
         command = partial(
             services.ledger.set_task_completed, user_id, task_id, body.completed, **guards
         )
-    return await _written(services, user_id, await run_in_threadpool(command))
+    return await _written(services, user_id, command)
 
 
 @router.get(

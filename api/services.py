@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, inspect
 
+from api import metrics
 from api.auth import TokenVerifier
 from api.keys import JwksKeys
 from api.read_your_writes import ProjectionProgress
+from api.request_context import timed
 from api.settings import Settings
 from infrastructure.leadership import FileLeadership, Leadership, PostgresLeadership
 from infrastructure.listener import PostgresListener
@@ -78,6 +81,8 @@ class Services:
             env=storage.event_store_env,
             connect_options=storage.connect_options,
             on_saved=self._saved,
+            on_counted=metrics.counted,
+            on_committed=metrics.committed,
         )
         # Built at start-up: in development its shared secret may be made then.
         self.verifier: TokenVerifier | None = None
@@ -106,7 +111,9 @@ class Services:
         # Without a projector here or notifications from one, waiters poll the table.
         live = self.worker is not None or self.is_postgres
         self.progress = ProjectionProgress(
-            self.projected_position, poll_interval=0.1 if live else 0.005
+            self.projected_position,
+            poll_interval=0.1 if live else 0.005,
+            on_waited=metrics.waited,
         )
         self._listeners: list[PostgresListener] = []
 
@@ -158,9 +165,12 @@ class Services:
         self.read_engine.dispose()
         self.query_engine.dispose()
 
-    def reading(self) -> Connection:
-        """A connection for queries (autocommit: a statement needs no transaction)."""
-        return self.query_engine.connect()
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for queries (autocommit: a statement needs no transaction),
+        its use timed as the request's query (Server-Timing)."""
+        with timed("query"), self.query_engine.connect() as conn:
+            yield conn
 
     def projected_position(self) -> int:
         """How far the served build has got (0 before one is known)."""
@@ -385,16 +395,9 @@ class Services:
             report.append((status, holder))
         return report
 
-    def metrics(self) -> str:
-        """This process's figures in Prometheus' text format."""
-        counters = {
-            name: self.ledger.counts[name]
-            for name in ("commands_saved", "conflicts_retried", "idempotent_replays")
-        }
-        counters["save_transactions"] = self.ledger.save_transactions
-        lines = []
-        for name, value in counters.items():
-            lines += [f"# TYPE taskledger_{name}_total counter", f"taskledger_{name}_total {value}"]
+    def projection_figures(self) -> tuple[dict[str, Any], list[BuildStatus]] | None:
+        """For /metrics: readiness's figures, and how every build stands (None when
+        the databases cannot be read: the scrape shows this process's figures alone)."""
         try:
             ready = self.readiness()
             with self.reading() as conn:
@@ -404,25 +407,8 @@ class Services:
                 ]
         except Exception as error:
             log.warning("metrics without positions: %s", type(error).__name__)
-            return "\n".join(lines) + "\n"
-        for name in ("log_position", "projected_position", "projection_lag_events"):
-            lines += [f"# TYPE taskledger_{name} gauge", f"taskledger_{name} {ready[name]}"]
-        per_build = {
-            "projection_position": "position",
-            "projection_lag_events": "lag_events",
-            "projection_lag_seconds": "lag_seconds",
-        }
-        for metric, field in per_build.items():
-            lines.append(f"# TYPE taskledger_build_{metric} gauge")
-            for status in statuses:
-                value = status.fields()[field]
-                lines.append(f"taskledger_build_{metric}{{{_labels(status)}}} {value}")
-        lines.append("# TYPE taskledger_build_state gauge")
-        for status in statuses:
-            for state in _STATES:
-                now = 1 if status.state.split(" (")[0] == state else 0
-                lines.append(f'taskledger_build_state{{{_labels(status)},state="{state}"}} {now}')
-        return "\n".join(lines) + "\n"
+            return None
+        return ready, statuses
 
     # ------------------------------------------------------------------------
 
@@ -541,6 +527,7 @@ class Services:
             on_projected=self._projected_here,
             on_checked=self.check_read_model,
             poll_interval=settings.projector_poll_seconds,
+            on_batch=metrics.batched,
         )
 
     def _saved(self, _position: int) -> None:
@@ -569,11 +556,6 @@ class Services:
 
 
 ABANDONED = "abandoned (its builder is gone: the next rebuild drops it)"
-_STATES = ("live", "building", "behind and moving", "stalled", "retired")
-
-
-def _labels(status: BuildStatus) -> str:
-    return f'version="{status.build.version}",build="{status.build.id}"'
 
 
 def retired_grace(settings: Settings) -> timedelta:

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # without one, so few suffice).
     worker_threads: int = Field(default=4, ge=1, le=64)
     log_level: str = "info"
+    # Unset: one JSON object per line in staging and production, text in development.
+    log_format: Literal["json", "text"] | None = None
     # A line per request (at LOG_LEVEL info): about a tenth of a listing's CPU. Behind a
     # proxy or load balancer that logs requests already, it can be turned off.
     access_log: bool = True
@@ -187,6 +189,13 @@ class Settings(BaseSettings):
         default_port = {"http": 80, "https": 443}.get(scheme)
         port = "" if parts.port in (None, default_port) else f":{parts.port}"
         return f"{scheme}://{host}{port}"
+
+    @property
+    def json_logs(self) -> bool:
+        """Log lines as JSON objects (LOG_FORMAT, or by default outside development)."""
+        if self.log_format is not None:
+            return self.log_format == "json"
+        return self.app_env != "development"
 
     @property
     def jwks_endpoint(self) -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -195,12 +196,21 @@ class Projector:
             self.on_projected(new_position)
         return len(notifications)
 
-    def catch_up(self, stop: int | None = None) -> int:
+    def catch_up(
+        self, stop: int | None = None, on_batch: Callable[[int, float], None] | None = None
+    ) -> int:
         """Project until the log (or position ``stop``) is reached; return the number
         of events applied. A batch shorter than ``batch_size`` reached the end of the
-        log as it then stood: events saved later wake the worker for another round."""
+        log as it then stood: events saved later wake the worker for another round.
+        ``on_batch``: told each batch's events and seconds (operators' figures)."""
         total = 0
-        while applied := self.project_batch(stop):
+        while True:
+            started = time.perf_counter()
+            applied = self.project_batch(stop)
+            if not applied:
+                break
+            if on_batch is not None:
+                on_batch(applied, time.perf_counter() - started)
             total += applied
             if applied < self.batch_size:
                 break

@@ -13,7 +13,7 @@ from eventsourcing.application import AggregateNotFoundError, Application, Repos
 from eventsourcing.persistence import JSONTranscoder
 from eventsourcing.utils import strtobool
 
-from write_side.commands import Change, Command, CommandRunner, Decide
+from write_side.commands import Change, Command, CommandRunner, Counted, Decide
 from write_side.domain import NO_PLAN, UNSET, Plan, Task, TaskList, Unset
 from write_side.history import (
     History,
@@ -73,11 +73,16 @@ class TaskLedger(Application[UUID]):
         *,
         connect_options: Mapping[str, str] | None = None,
         on_saved: Callable[[int], None] | None = None,
+        on_counted: Counted | None = None,
+        on_committed: Callable[[int], None] | None = None,
     ) -> None:
+        """``on_saved``: told the position of each command saved; ``on_counted``: of
+        each figure counted for operators (see ``counts``), with the command's name;
+        ``on_committed``: of each event-store transaction, the commands it saved."""
         self._connect_options = dict(connect_options or {})
         super().__init__(env={**(env or {}), "CREATE_TABLE": "false"})
-        self._saver = StreamSaver(self)
-        self._commands = CommandRunner(self, on_saved)
+        self._saver = StreamSaver(self, on_committed=on_committed)
+        self._commands = CommandRunner(self, on_saved, on_counted)
 
     def construct_factory(self, env: Any) -> Any:
         factory = super().construct_factory(env)
@@ -120,7 +125,7 @@ class TaskLedger(Application[UUID]):
         request: RequestKey | None = None,
     ) -> Change:
         return self._run(
-            user_id, lambda tasks: tasks.add(title, description, plan), request=request
+            "add_task", user_id, lambda tasks: tasks.add(title, description, plan), request=request
         )
 
     def update_task(
@@ -141,26 +146,39 @@ class TaskLedger(Application[UUID]):
                 task_id, title=title, description=description, completed=completed, plan=plan
             )
 
-        return self._run(user_id, decide, task_id, **options)
+        return self._run("update_task", user_id, decide, task_id, **options)
 
     def toggle_task(self, user_id: str, task_id: UUID, **options: Unpack[Guards]) -> Change:
-        return self._run(user_id, lambda tasks: tasks.toggle(task_id), task_id, **options)
+        return self._run(
+            "toggle_task", user_id, lambda tasks: tasks.toggle(task_id), task_id, **options
+        )
 
     def set_task_completed(
         self, user_id: str, task_id: UUID, completed: bool, **options: Unpack[Guards]
     ) -> Change:
         return self._run(
-            user_id, lambda tasks: tasks.set_completed(task_id, completed), task_id, **options
+            "set_task_completed",
+            user_id,
+            lambda tasks: tasks.set_completed(task_id, completed),
+            task_id,
+            **options,
         )
 
     def delete_task(self, user_id: str, task_id: UUID, **options: Unpack[Guards]) -> Change:
-        return self._run(user_id, lambda tasks: tasks.delete(task_id), task_id, **options)
+        return self._run(
+            "delete_task", user_id, lambda tasks: tasks.delete(task_id), task_id, **options
+        )
 
     def _run(
-        self, user_id: str, decide: Decide, task_id: UUID | None = None, **options: Unpack[Guards]
+        self,
+        name: str,
+        user_id: str,
+        decide: Decide,
+        task_id: UUID | None = None,
+        **options: Unpack[Guards],
     ) -> Change:
         command = Command(
-            user_id, decide, task_id, options.get("if_version"), options.get("request")
+            user_id, decide, task_id, options.get("if_version"), options.get("request"), name
         )
         return self._commands.run(command)
 
@@ -309,7 +327,8 @@ class TaskLedger(Application[UUID]):
 
     @property
     def counts(self) -> Mapping[str, int]:
-        """Commands saved, conflicts retried, idempotent replays."""
+        """Commands saved, unchanged, rejected (by the rules), exhausted (by conflicts)
+        and failed (the store); conflicts retried; idempotent replays."""
         return self._commands.counts
 
     @property

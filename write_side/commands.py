@@ -22,11 +22,14 @@ from typing import Protocol
 from uuid import UUID
 
 from write_side.domain import Task, TaskList
+from write_side.errors import TaskLedgerError
 from write_side.idempotency import RequestKey, RequestRecord
 
 log = logging.getLogger(__name__)
 
 Decide = Callable[[TaskList], Task | None]
+# Told of each figure counted (the count's name, the command's name): the api's metrics.
+Counted = Callable[[str, str], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,8 @@ class Command:
     task_id: UUID | None = None
     if_version: Collection[int] | None = None
     request: RequestKey | None = None
+    # What it is (the TaskLedger method that sent it): how operators' figures group it.
+    name: str = "command"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +79,38 @@ class Streams(Protocol):
 class CommandRunner:
     MAX_ATTEMPTS = 30
 
-    def __init__(self, streams: Streams, on_saved: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        streams: Streams,
+        on_saved: Callable[[int], None] | None = None,
+        on_counted: Counted | None = None,
+    ) -> None:
         self._streams = streams
         self._on_saved = on_saved
+        self._on_counted = on_counted
         # Commands on one user are serialised inside this process, so that they do not
         # conflict with each other; conflicts with other processes are still retried.
         self._user_locks = [threading.Lock() for _ in range(256)]
-        # Running totals for operators: commands saved, conflicts retried, replays.
+        # Running totals for operators: commands saved, unchanged, refused by the rules,
+        # exhausted or failed otherwise; conflicts retried; replays.
         self.counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
 
     def run(self, command: Command) -> Change:
         """Run ``command`` until an attempt is not beaten by a concurrent save."""
+        try:
+            return self._run(command)
+        except TaskLedgerError:
+            self._count("commands_rejected", command)
+            raise
+        except ConcurrencyExhausted:
+            self._count("commands_exhausted", command)
+            raise
+        except Exception:
+            self._count("commands_failed", command)
+            raise
+
+    def _run(self, command: Command) -> Change:
         lock = self._user_locks[hash(command.user_id) % len(self._user_locks)]
         for attempt in range(self.MAX_ATTEMPTS):
             with lock:
@@ -93,7 +118,7 @@ class CommandRunner:
             if change is not None:
                 return change
             log.info("conflict on %s, retrying (attempt %d)", command.user_id, attempt)
-            self._count("conflicts_retried")
+            self._count("conflicts_retried", command)
             # Back off exponentially (capped), with full jitter, so that a writer that
             # keeps losing the race gets a gap to win it.
             backoff = min(0.001 * 2**attempt, 0.05)
@@ -111,7 +136,7 @@ class CommandRunner:
         # Whatever happened since, the repeat sees the first outcome; the user's own
         # last position is at or past the one it had.
         task = record.outcome_for(request)
-        self._count("idempotent_replays")
+        self._count("idempotent_replays", command)
         position = self._streams.position(TaskList.create_id(command.user_id))
         return Change(task, position, attempt, replayed=True, next_task=record.next_task)
 
@@ -135,18 +160,21 @@ class CommandRunner:
         if not tasks.pending_events and record is None:
             # Nothing changed: the answer is the state at the user's own last event.
             unchanged = self._streams.position(tasks.id, tasks.version)
+            self._count("commands_unchanged", command)
             return Change(task, unchanged, attempt, next_task=next_task)
         position = self._streams.save_outcome(tasks, record)
         if position is None:
             return None
-        self._count("commands_saved")
+        self._count("commands_saved", command)
         if self._on_saved is not None:
             self._on_saved(position)
         return Change(task, position, attempt, next_task=next_task)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, command: Command) -> None:
         with self._counts_lock:
             self.counts[name] += 1
+        if self._on_counted is not None:
+            self._on_counted(name, command.name)
 
 
 def _recorded(

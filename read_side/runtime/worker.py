@@ -42,6 +42,7 @@ class ProjectorWorker:
         check_interval: float = 1.0,
         on_checked: Callable[[], None] | None = None,
         after_round: Callable[[], None] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
         version: int = READ_MODEL_VERSION,
     ) -> None:
         self.projector = projector
@@ -56,10 +57,13 @@ class ProjectorWorker:
         self.on_checked = on_checked
         # Run after each round that caught up (a build's switch, dropping retired ones).
         self.after_round = after_round
+        # Told each batch applied: the projection, its events and seconds.
+        self.on_batch = on_batch
         # The read model version this code builds (a damaged file is made again as it).
         self.version = version
         self.is_leader = False
         self._rebuilding = False
+        self._applied = _Applied(projector, self._log_end)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="projector", daemon=True)
@@ -87,7 +91,7 @@ class ProjectorWorker:
                 self._stop.wait(self.standby_interval)
                 continue
             self.is_leader = True
-            log.info("projector %s: active", self.projector.name)
+            log.info("projector %s: active", self.projector.name, extra=_about(self.projector.name))
             try:
                 self._lead()
             finally:
@@ -112,7 +116,12 @@ class ProjectorWorker:
                 if self.after_round is not None:
                     self.after_round()
             except ProjectionFenced as gone:
-                log.warning("projector %s: %s; this worker ends", self.projector.name, gone)
+                log.warning(
+                    "projector %s: %s; this worker ends",
+                    self.projector.name,
+                    gone,
+                    extra=_about(self.projector.name),
+                )
                 self._stop.set()
                 return
             except Exception as error:
@@ -120,7 +129,7 @@ class ProjectorWorker:
                 # committed position, so nothing is lost or applied twice; it checks
                 # the tables first, in case they are what fails.
                 failing = failing or _Failures()
-                failing.record(error)
+                failing.record(error, self.projector)
                 self._stop.wait(0.5)
                 if not self.leadership.holds():
                     return
@@ -129,7 +138,11 @@ class ProjectorWorker:
                 failing.over()
                 failing = None
             if not self._wait_for_events(seen) and not self.leadership.holds():
-                log.warning("projector %s: lost leadership", self.projector.name)
+                log.warning(
+                    "projector %s: lost leadership",
+                    self.projector.name,
+                    extra=_about(self.projector.name),
+                )
                 return
 
     def _keep_correct(self) -> None:
@@ -147,13 +160,18 @@ class ProjectorWorker:
 
     def _catch_up(self) -> None:
         try:
-            self.projector.catch_up()
+            self.projector.catch_up(on_batch=self._batched)
         except ReadModelFault as error:
             # The log changed under the tables since the last check (an event store
             # restored and written to again): nothing of it was applied, and the
             # tables are rebuilt at once, without waiting for the next check.
             self._rebuild(error.fault)
-            self.projector.catch_up()
+            self.projector.catch_up(on_batch=self._batched)
+
+    def _batched(self, events: int, seconds: float) -> None:
+        self._applied.batch(events)
+        if self.on_batch is not None:
+            self.on_batch(self.projector.name, events, seconds)
 
     def _rebuild(self, fault: str, *, unreadable: bool = False) -> None:
         engine, name = self.projector.engine, self.projector.name
@@ -173,6 +191,7 @@ class ProjectorWorker:
             name,
             fault,
             f" (the damaged file is kept as {kept})" if kept else "",
+            extra=_about(name),
         )
         self._rebuilding = True
         self._checked()
@@ -180,10 +199,12 @@ class ProjectorWorker:
     def _finish_rebuild(self) -> None:
         self.projector.finish_rebuild()
         self._rebuilding = False
+        position = self.projector.position()
         log.warning(
             "projection %s: rebuilt from the log up to position %d",
             self.projector.name,
-            self.projector.position(),
+            position,
+            extra=_about(self.projector.name, position=position),
         )
         self._checked()
 
@@ -212,6 +233,61 @@ class ProjectorWorker:
         return False
 
 
+def _about(projection: str, **fields: object) -> dict[str, object]:
+    """A projector line's ``extra``: fields of their own in JSON logs."""
+    return {"projection": projection, **fields}
+
+
+def _committed(projector: Projector) -> int | None:
+    """The projection's committed position, if the read tables answer."""
+    try:
+        return projector.position()
+    except Exception:
+        return None
+
+
+# Seconds between two lines saying how the projection is getting on.
+_REPORT_SECONDS = 60.0
+
+
+class _Applied:
+    """The batches applied, told at the first and then at most once a minute: how
+    many, the position reached and the events still to apply (two reads, per line)."""
+
+    def __init__(self, projector: Projector, log_end: Callable[[], int]) -> None:
+        self.projector, self.log_end = projector, log_end
+        self.events = self.batches = 0
+        self._logged_at = -float("inf")
+
+    def batch(self, events: int) -> None:
+        self.events += events
+        self.batches += 1
+        if time.monotonic() - self._logged_at < _REPORT_SECONDS:
+            return
+        self._logged_at = time.monotonic()
+        try:
+            position = self.projector.position()
+            lag = max(self.log_end() - position, 0)
+        except Exception:
+            return  # a line of figures is not worth failing the round for
+        log.info(
+            "projector %s: %d events applied in %d batches; at position %d, %d behind the log",
+            self.projector.name,
+            self.events,
+            self.batches,
+            position,
+            lag,
+            extra=_about(
+                self.projector.name,
+                events=self.events,
+                batches=self.batches,
+                position=position,
+                lag_events=lag,
+            ),
+        )
+        self.events = self.batches = 0
+
+
 class _Failures:
     """A run of failed rounds, logged as it starts, at most once a minute while it
     lasts, and as it ends: not once per retry."""
@@ -220,14 +296,19 @@ class _Failures:
         self.count = 0
         self._logged_at = -float("inf")
 
-    def record(self, error: Exception) -> None:
+    def record(self, error: Exception, projector: Projector) -> None:
         self.count += 1
         if time.monotonic() - self._logged_at >= 60:
             self._logged_at = time.monotonic()
+            # The round fails at the event after the committed position (or at the
+            # check before it): nothing after that position is applied.
+            position = _committed(projector)
             log.warning(
-                "projection round failed (%s, %d in a row); retrying every 0.5 s",
+                "projection round failed (%s, %d in a row) after position %s; retrying every 0.5 s",
                 type(error).__name__,
                 self.count,
+                position,
+                extra=_about(projector.name, position=position, error=type(error).__name__),
             )
 
     def over(self) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import random
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from read_side.runtime.engine import create_read_engine
 from read_side.verify import verify
@@ -60,11 +60,17 @@ def run_client(base_urls: list[str], seed: int, outcome: Outcome, known: list[st
             client.close()
 
 
-def metric(base_url: str, name: str) -> int:
+def metric(base_url: str, name: str, **labels: str) -> int:
+    """The sum of the server's samples of taskledger_<name> that carry ``labels``."""
     text = httpx.get(f"{base_url}/metrics").text
-    match = re.search(rf"^taskledger_{name} (\d+)$", text, re.MULTILINE)
-    assert match, text
-    return int(match[1])
+    return int(
+        sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == f"taskledger_{name}" and labels.items() <= sample.labels.items()
+        )
+    )
 
 
 @pytest.mark.slow
@@ -113,9 +119,13 @@ def test_sixteen_clients_two_processes_one_user(
     retried = sum(
         metric(url, "conflicts_retried_total") for url in (with_projector, without_projector)
     )
-    saved = sum(metric(url, "commands_saved_total") for url in (with_projector, without_projector))
+    saved = sum(
+        metric(url, "commands_total", outcome="saved")
+        for url in (with_projector, without_projector)
+    )
     transactions = sum(
-        metric(url, "save_transactions_total") for url in (with_projector, without_projector)
+        metric(url, "save_transaction_commands_count")
+        for url in (with_projector, without_projector)
     )
     print(
         f"\n{len(outcome.statuses)} commands, {saved} saved in {transactions} transactions, "

@@ -316,7 +316,7 @@ def test_a_stalled_projection_turns_readiness_and_status_red_until_it_moves(
         code, builds = _status(env)
         assert code == 1 and builds[0]["state"] == "stalled"
         metrics = httpx.get(base_url + "/metrics", timeout=10).text
-        labels = f'version="{READ_MODEL_VERSION}",build="0",state="stalled"'
+        labels = f'build="0",state="stalled",version="{READ_MODEL_VERSION}"'
         assert f"taskledger_build_state{{{labels}}} 1" in metrics
     finally:
         release.set()

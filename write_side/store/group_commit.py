@@ -68,8 +68,16 @@ class _Entry:
 class GroupCommit:
     """Wraps ``save`` (``Application.save``) so that concurrent calls share transactions."""
 
-    def __init__(self, save: Save, *, wait_limit: float = 10.0) -> None:
+    def __init__(
+        self,
+        save: Save,
+        *,
+        wait_limit: float = 10.0,
+        on_committed: Callable[[int], None] | None = None,
+    ) -> None:
         self._save = save
+        # Told the number of saves in each transaction committed (operators' figures).
+        self._on_committed = on_committed
         # Most seconds a caller waits for the commit ahead of it (a stuck connection
         # must not hold up every writer of the process for as long as TCP takes).
         self._wait_limit = wait_limit
@@ -131,6 +139,8 @@ class GroupCommit:
             return
         self.groups += 1
         self.saves += len(group)
+        if self._on_committed is not None:
+            self._on_committed(len(group))
         start = 0
         for entry in group:
             entry.recordings = recordings[start : start + len(entry.events)]

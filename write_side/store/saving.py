@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -40,11 +41,17 @@ class StreamSaver:
     of milliseconds of CPU, every interval, that every other request waits out. A few
     snapshots of each stream are kept, spread out over it (see ``KeptSnapshots``)."""
 
-    def __init__(self, app: Application[UUID], min_snapshot_interval: int = 100) -> None:
+    def __init__(
+        self,
+        app: Application[UUID],
+        min_snapshot_interval: int = 100,
+        *,
+        on_committed: Callable[[int], None] | None = None,
+    ) -> None:
         self._app = app
         self.min_snapshot_interval = min_snapshot_interval
         self._snapshots = None if app.snapshots is None else KeptSnapshots(app.snapshots)
-        self._group_commit = GroupCommit(app.save)
+        self._group_commit = GroupCommit(app.save, on_committed=on_committed)
 
     @property
     def transactions(self) -> int:

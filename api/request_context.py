@@ -1,0 +1,150 @@
+"""Each request's id, who sent it and where its time went: one object per request,
+reachable from everything that runs for it (its log lines, its problem answers, the
+timing of its command or query), sent back as ``X-Request-ID`` and ``Server-Timing``.
+
+A pure ASGI middleware: Starlette's BaseHTTPMiddleware would run the app in a task of
+its own (a copied context, where nothing set inside shows outside) and cost each
+request a second task and a queue of messages."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+from time import perf_counter
+from types import TracebackType
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# A client's (or a proxy's) id is kept when it is one token of visible ASCII: it is
+# echoed in a header and written to every log line, so nothing else gets through.
+_CLIENT_ID = re.compile(rb"[\x21-\x7e]{1,128}")
+_HEADER = REQUEST_ID_HEADER.lower().encode()
+
+
+class RequestContext:
+    """What is known of the request under way. The object is shared, not copied: a
+    field set in a route's thread or a dependency shows in the middleware's answer."""
+
+    __slots__ = (
+        "duration",
+        "method",
+        "request_id",
+        "scope",
+        "started",
+        "status",
+        "timings",
+        "user_id",
+    )
+
+    def __init__(self, request_id: str, scope: Scope) -> None:
+        self.request_id = request_id
+        self.method: str = scope["method"]
+        # The route FastAPI matches is written into this scope (scope["route"]).
+        self.scope = scope
+        self.started = perf_counter()
+        # The token's sub, once the request is authenticated.
+        self.user_id: str | None = None
+        # Seconds spent per part ("command", "ryw", "query"), in the order first met.
+        self.timings: dict[str, float] = {}
+        self.status: int | None = None
+        # Seconds from the request's arrival to its answer's head.
+        self.duration: float | None = None
+
+    @property
+    def route(self) -> str | None:
+        """The matched route's template (``/api/{user_id}/tasks``), not the path."""
+        return getattr(self.scope.get("route"), "path_format", None)
+
+    def elapsed(self) -> float:
+        return self.duration if self.duration is not None else perf_counter() - self.started
+
+    def server_timing(self) -> str:
+        parts = [f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.timings.items()]
+        parts.append(f"total;dur={self.elapsed() * 1000:.2f}")
+        return ", ".join(parts)
+
+
+_current: ContextVar[RequestContext | None] = ContextVar("taskledger_request", default=None)
+
+
+def current() -> RequestContext | None:
+    """The request under way here (None outside a request: the projector, start-up)."""
+    return _current.get()
+
+
+def note_user(user_id: str) -> None:
+    """The request is authenticated as ``user_id`` (its log lines say so from now on)."""
+    if (context := _current.get()) is not None:
+        context.user_id = user_id
+
+
+class timed:  # noqa: N801 - used as a statement: ``with timed("query"):``
+    """Adds the time spent in the block to the request's ``part`` (nothing outside a
+    request). A class, not a generator: it runs on every query."""
+
+    __slots__ = ("_context", "_part", "_start")
+
+    def __init__(self, part: str) -> None:
+        self._part = part
+        self._context = _current.get()
+        self._start = 0.0
+
+    def __enter__(self) -> None:
+        self._start = perf_counter()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._context is not None:
+            timings = self._context.timings
+            timings[self._part] = timings.get(self._part, 0.0) + perf_counter() - self._start
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id the request came with, if it is a valid one; a new one otherwise (an
+    invalid id is replaced, not refused: the request itself is fine)."""
+    value: bytes
+    for name, value in scope["headers"]:
+        if name == _HEADER:
+            if _CLIENT_ID.fullmatch(value):
+                return value.decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Opens each HTTP request's context, and sends ``X-Request-ID`` and
+    ``Server-Timing`` with its answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        context = RequestContext(request_id_of(scope), scope)
+        # Not reset afterwards: each request runs in a task of its own, and an error
+        # answered outside this middleware (Starlette's 500) still finds its context.
+        _current.set(context)
+
+        async def send_with_context(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                context.status = message["status"]
+                context.duration = perf_counter() - context.started
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", ()),
+                        (b"x-request-id", context.request_id.encode("ascii")),
+                        (b"server-timing", context.server_timing().encode("ascii")),
+                    ],
+                }
+            await send(message)
+
+        await self.app(scope, receive, send_with_context)
