@@ -122,8 +122,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @app.get("/healthz", tags=["operations"])
     @app.get("/health", tags=["operations"], summary="Healthz (alias, as some frontends probe)")
-    def healthz() -> dict[str, str]:
-        """The process is alive."""
+    async def healthz() -> dict[str, str]:
+        """The process is alive. On the event loop: a liveness probe never waits
+        behind the route threads (a slow database would have it restart the pod)."""
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"], responses=problem_responses(503))
