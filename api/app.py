@@ -20,7 +20,7 @@ from api.deps import ServicesDep
 from api.errors import install_error_handlers, problem, problem_responses
 from api.limits import RequestLimits
 from api.logs import redact_search_text
-from api.metrics import RequestMetrics, exposition
+from api.metrics import exposition
 from api.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from api.routes import router
 from api.schemas import Problem
@@ -110,10 +110,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         max_age=600,
     )
     # Outside CORS and the limits, so that their answers carry the request's id and
-    # timing too; inside the slash trimming, which copies the scope (the route
-    # matched is written into the scope this middleware holds).
+    # timing too, and are counted in the metrics; inside the slash trimming, which
+    # copies the scope (the route matched is written into the scope this holds).
     app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(RequestMetrics)  # (inside the slash trimming, for the same reason)
     # Outermost: every layer after it sees the path without its trailing slash.
     app.add_middleware(_SameWithoutTrailingSlash)
     install_error_handlers(app)

@@ -40,7 +40,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 if TYPE_CHECKING:
     from api.services import Services
@@ -160,34 +160,15 @@ def jwks_fetched(keys: Mapping[str, Any] | None) -> None:
 # Requests ---------------------------------------------------------------------------
 
 
-class RequestMetrics:
-    """Times every HTTP request, labelled with the route it matched (its path format,
-    ``/api/{user_id}/tasks/{task_id}``: a user's or a task's id is never a label)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        # Unless an answer starts, the server's error middleware outside answers 500.
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            method = scope["method"] if scope["method"] in _METHODS else "other"
-            REQUESTS.labels(method, route_template(scope), str(status)).observe(
-                time.perf_counter() - started
-            )
+def request_answered(scope: Scope, status: int | None, seconds: float) -> None:
+    """Time one HTTP request (``status`` None: no answer started, so the server's error
+    middleware outside answers 500), labelled with the route it matched (its path
+    format, ``/api/{user_id}/tasks/{task_id}``: a user's or a task's id is never a
+    label). Called by the request context's middleware, which already follows each
+    request from arrival to end."""
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    answered = "500" if status is None else str(status)
+    REQUESTS.labels(method, route_template(scope), answered).observe(seconds)
 
 
 def route_template(scope: Scope) -> str:

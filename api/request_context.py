@@ -16,6 +16,8 @@ from types import TracebackType
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.metrics import request_answered
+
 REQUEST_ID_HEADER = "X-Request-ID"
 # A client's (or a proxy's) id is kept when it is one token of visible ASCII: it is
 # echoed in a header and written to every log line, so nothing else gets through.
@@ -118,8 +120,8 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Opens each HTTP request's context, and sends ``X-Request-ID`` and
-    ``Server-Timing`` with its answer."""
+    """Opens each HTTP request's context, sends ``X-Request-ID`` and ``Server-Timing``
+    with its answer, and times the request for the metrics once it has ended."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -147,4 +149,7 @@ class RequestContextMiddleware:
                 }
             await send(message)
 
-        await self.app(scope, receive, send_with_context)
+        try:
+            await self.app(scope, receive, send_with_context)
+        finally:
+            request_answered(scope, context.status, perf_counter() - context.started)
