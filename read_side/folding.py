@@ -23,6 +23,10 @@ _REDUNDANT_DOT = re.compile("([ij])\u0307")
 
 
 def fold(text: str) -> str:
+    if text.isascii():
+        # Nothing to decompose, no dot to drop, and case folding is lower-casing: the
+        # same answer, several times faster, for most titles of a replay.
+        return text.lower()
     folded = unicodedata.normalize("NFD", text).casefold()
     folded = _REDUNDANT_DOT.sub(r"\1", folded)
     return unicodedata.normalize("NFC", folded)

@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from read_side.documents import PRIORITY_RANKS
-from read_side.folding import fold
+from read_side.folding import fold, fold_or_none
 from write_side.domain import TaskList
 
 # A task's row as it is kept between events: its columns but the document, and its
@@ -27,16 +27,6 @@ _CHANGES = (
     TaskList.TaskCompleted,
     TaskList.TaskReopened,
 )
-
-
-def _fold(text: str) -> str:
-    # ASCII text has nothing to decompose, no dot to drop, and case-folds as it lower-
-    # cases: the same as fold(), several times faster, for most titles of a replay.
-    return text.lower() if text.isascii() else fold(text)
-
-
-def _fold_or_none(text: str | None) -> str | None:
-    return None if text is None else _fold(text)
 
 
 @dataclass
@@ -85,8 +75,8 @@ class RowChanges:
                     "user_id": user_id,
                     "title": event.title,
                     "description": event.description,
-                    "title_folded": _fold(event.title),
-                    "description_folded": _fold_or_none(event.description),
+                    "title_folded": fold(event.title),
+                    "description_folded": fold_or_none(event.description),
                     "completed": False,
                     "created_at": event.timestamp,
                     "updated_at": event.timestamp,
@@ -102,8 +92,8 @@ class RowChanges:
                     rows,
                     title=event.title,
                     description=event.description,
-                    title_folded=_fold(event.title),
-                    description_folded=_fold_or_none(event.description),
+                    title_folded=fold(event.title),
+                    description_folded=fold_or_none(event.description),
                 )
             case TaskList.TaskPlanned():
                 self._change(event, rows, tags=list(event.tags), **_plan(event))
@@ -151,7 +141,7 @@ def _tags_of(row: Row) -> list[Row]:
     # makes one more pair alike ("İx", "ix"): the first of them stands for both.
     tags: dict[str, Row] = {}
     for name in row["tags"]:
-        folded = _fold(name)
+        folded = fold(name)
         tags.setdefault(
             folded,
             {
