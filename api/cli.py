@@ -428,10 +428,10 @@ def projections_rebuild(
     services = Services(settings, with_projector=False)
     try:
         with _reading():
-            create_read_tables(services.read_engine, services.version)
+            log_end = services.ledger.last_position()
+            create_read_tables(services.read_engine, services.version, log_end=log_end)
             with services.read_engine.connect() as conn:
                 live = live_build(conn)
-            log_end = services.ledger.last_position()
         live_label = live.label if live is not None else "none"
         if not yes:
             typer.confirm(

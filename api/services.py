@@ -123,7 +123,7 @@ class Services:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.ledger.create_tables()
         try:
-            create_read_tables(self.read_engine, self.version)
+            create_read_tables(self.read_engine, self.version, log_end=self.ledger.last_position())
         except Exception as error:
             # A damaged read file: this process starts without serving it, and the
             # projector's leader sets it aside and rebuilds.

@@ -120,19 +120,20 @@ def building_build(conn: Connection) -> Build | None:
     return next((build for build in builds(conn) if build.state == BUILDING), None)
 
 
-def ensure_live_build(conn: Connection, version: int, *, unversioned: int) -> Build:
-    """The live build; made at first start-up. Tables already there without a
-    catalogue (made before versions existed) become build 0 of version ``unversioned``,
-    served while this code's version is built beside them; otherwise build 0 is this
-    code's version, its tables made empty."""
+def ensure_live_build(conn: Connection, version: int, *, unversioned: int) -> tuple[Build, bool]:
+    """The live build, and whether it was made now (at first start-up, or in a new
+    read file). Tables already there without a catalogue (made before versions
+    existed) become build 0 of version ``unversioned``, served while this code's
+    version is built beside them; otherwise build 0 is this code's version, its tables
+    made empty."""
     live = live_build(conn)
     if live is not None:
         # (Without the lock: a switch under way must not hold a start-up.)
-        return live
+        return live, False
     lock_catalogue(conn)
     live = live_build(conn)
     if live is not None:
-        return live
+        return live, False
     now, adopted = datetime.now(UTC), False
     if conn.execute(select(func.count()).select_from(read_model_build)).scalar_one():
         # (Builds were made, and none is live: make another one live.)
@@ -156,7 +157,7 @@ def ensure_live_build(conn: Connection, version: int, *, unversioned: int) -> Bu
             build.label,
             version,
         )
-    return build
+    return build, not adopted
 
 
 def start_build(conn: Connection, version: int) -> Build:

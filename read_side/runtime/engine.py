@@ -136,12 +136,20 @@ def set_aside(engine: Engine) -> Path | None:
 
 
 def create_read_tables(
-    engine: Engine, version: int = READ_MODEL_VERSION, *, rebuilding: str | None = None
+    engine: Engine,
+    version: int = READ_MODEL_VERSION,
+    *,
+    rebuilding: str | None = None,
+    log_end: int = 0,
 ) -> Build:
     """Create the catalogue, position and check tables, and at first start-up the first
     build's tables; return the live build. Safe to run from several processes at once:
     a lost creation race is retried. ``rebuilding`` (why) marks the live build as a
     rebuild under way, so that no process serves it before it has caught up.
+
+    ``log_end``: the log's position now. A build made empty here while the log holds
+    events (a new or replaced read file, a new read database) is marked as a rebuild
+    in the same transaction: served empty, it would answer lists that lack tasks.
 
     Nothing here drops or changes a build's tables: a process whose code needs another
     version builds it beside the live one (``read_side.runtime.keeper``)."""
@@ -151,7 +159,9 @@ def create_read_tables(
                 table.create(engine, checkfirst=True)
             _add_missing_columns(engine, projection_check)
             with engine.begin() as conn:
-                live = ensure_live_build(conn, version, unversioned=UNVERSIONED)
+                live, made = ensure_live_build(conn, version, unversioned=UNVERSIONED)
+                if rebuilding is None and made and log_end > 0:
+                    rebuilding = f"the read tables were made new over a log of {log_end} events"
                 if rebuilding is not None:
                     mark_rebuilding(conn, live.projection, rebuilding)
             return live

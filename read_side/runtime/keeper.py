@@ -149,7 +149,8 @@ class ReadModelKeeper:
         with self.engine.connect() as conn:
             live = catalogue.live_build(conn)
         if live is None:
-            live = create_read_tables(self.engine, self.version)
+            log_end = int(self.ledger.recorder.max_notification_id() or 0)
+            live = create_read_tables(self.engine, self.version, log_end=log_end)
         if live.version == self.version:
             self._let_go_of_builder()
             return Part(LIVE, live)

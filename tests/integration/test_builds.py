@@ -203,11 +203,33 @@ def _made_before_versions(
     settings = make_settings(fresh_database, tmp_path, read_model_check_seconds=0.2)
     ledger.add_task("alice", "kept in the log", None)
     with _running(settings) as before:
-        wait_for(lambda: _listed(before, "alice") == 1, 10, "projected")
+        # (A new read database over a log is served once built from it.)
+        wait_for(lambda: before.health.serving and _listed(before, "alice") == 1, 10, "projected")
     with before.read_engine.begin() as conn:
         for statement in ("DROP TABLE read_model_build", *changes):
             conn.execute(text(statement))
     return settings
+
+
+def test_read_tables_made_new_over_a_log_are_not_served_until_built_from_it(
+    fresh_database: str | None, tmp_path: Path, ledger: TaskLedger
+) -> None:
+    # A new read database, or a read file set aside as damaged and made again by any
+    # thread or process: served at once, its empty tables would list no tasks.
+    for n in range(3):
+        ledger.add_task("alice", f"task {n}", None)
+    settings = make_settings(fresh_database, tmp_path, read_model_check_seconds=0.2)
+    services = Services(settings, with_projector=False)
+    services.start()
+    try:
+        with pytest.raises(ReadModelUnavailable, match="made new over a log of"):
+            services.require_read_model()
+        assert services.readiness()["status"] == "unavailable"
+    finally:
+        services.close()
+    with _running(settings) as services:
+        wait_for(lambda: services.health.serving, 10, "served once built")
+        assert _listed(services, "alice") == 3
 
 
 def test_tables_made_before_versions_are_adopted_and_rebuilt_in_the_background(
