@@ -9,11 +9,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from anyio import to_thread
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.deps import ServicesDep
@@ -21,6 +22,7 @@ from api.errors import install_error_handlers, problem, problem_responses
 from api.limits import RequestLimits
 from api.logs import redact_search_text
 from api.metrics import exposition
+from api.plain_lists import PlainListings
 from api.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from api.routes import router
 from api.schemas import Problem
@@ -64,6 +66,10 @@ def _tune_garbage_collection() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def _route(router: APIRouter, name: str) -> BaseRoute:
+    return next(route for route in router.routes if getattr(route, "name", None) == name)
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     settings = settings or (services.settings if services else Settings())
     services = services or Services(settings)
@@ -92,7 +98,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         redirect_slashes=False,
     )
     app.state.services = services
-    # Added first, so it runs inside CORS: its refusals still carry CORS headers.
+    # Innermost: a plain listing it answers has passed every layer but the routing.
+    app.add_middleware(PlainListings, services=services, route=_route(router, "list_tasks"))
+    # Added before CORS, so it runs inside it: its refusals still carry CORS headers.
     app.add_middleware(RequestLimits, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(
         CORSMiddleware,

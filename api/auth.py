@@ -73,7 +73,7 @@ class TokenVerifier:
     def verify(self, token: str) -> Principal:
         """The token's principal, waiting on this thread for a key fetch if one is needed
         (for callers off the event loop)."""
-        cached = self._cached(token)
+        cached = self.known(token)
         if cached is not None:
             return cached
         algorithm, kid = self._read_header(token)
@@ -84,7 +84,7 @@ class TokenVerifier:
     async def verify_async(self, token: str) -> Principal:
         """The same, awaiting a key fetch without holding a thread. Nothing else here
         waits: a signature check takes well under a millisecond, done on the loop."""
-        cached = self._cached(token)
+        cached = self.known(token)
         if cached is not None:
             return cached
         algorithm, kid = self._read_header(token)
@@ -92,7 +92,9 @@ class TokenVerifier:
             key = self._secret if kid is None else await self._key_set().key_for_async(kid)
         return self._remember(token, self._decode(token, key, algorithm))
 
-    def _cached(self, token: str) -> Principal | None:
+    def known(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not expired since (None: not
+        known): no signature check, no key fetch."""
         with self._cache_lock:
             principal = self._verified.get(token)
             if principal is None:

@@ -282,10 +282,22 @@ def list_tasks(
         past = past_tasks(services.ledger, user_id, as_of, at_version)
         body, total = past_page(past, user_id, spec)
         headers["X-Ledger-Version"] = str(past.version)
+    return list_response(services, body, total, spec, headers)
+
+
+def list_response(
+    services: Services,
+    body: str,
+    total: int,
+    spec: queries.TaskFilter,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A page answered: the bare array, or in the envelope LIST_ENVELOPE names (also
+    for api/plain_lists.py, which answers plain listings before routing)."""
     key = services.settings.list_envelope
     if key is not None:
-        body = f'{{"{key}":{body},"total":{total},"limit":{limit},"offset":{offset}}}'
-    return _json_response(body, headers={"X-Total-Count": str(total), **headers})
+        body = f'{{"{key}":{body},"total":{total},"limit":{spec.limit},"offset":{spec.offset}}}'
+    return _json_response(body, headers={"X-Total-Count": str(total), **(headers or {})})
 
 
 @router.post(

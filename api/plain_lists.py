@@ -1,0 +1,138 @@
+"""The hottest request, a plain listing, answered without FastAPI's routing.
+
+Frontends list a user's tasks on every page view, mostly with nothing but paging and a
+sort: ``GET /api/{user_id}/tasks?limit=100``. FastAPI spends more on such a request
+than the listing does (issue 14's profile, a kept page on SQLite: solving the route's
+twenty query parameters and dependencies took 23% of the process's time, routing and
+its exception layers 15%, the listing itself 9%). This ASGI layer answers exactly that
+request itself, the same way the route does (``Services.list_page``, the same
+``TaskFilter``, the same body and headers), and hands everything else on to FastAPI
+untouched: another parameter or value, a first-seen token (whose keys may have to be
+fetched), another user's tasks (an auditor's read is logged by the route), the read
+tables not served, any error. So the route stays the one place that validates,
+refuses and explains; this is a shortcut for requests it would answer 200.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args
+from urllib.parse import parse_qsl
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.request_context import note_user
+from api.routes import list_response
+from api.services import Services
+from read_side.queries import Order, SortKey, Status, TaskFilter
+from write_side import USER_ID_PATTERN
+
+_PATH = re.compile(r"/api/([^/]+)/tasks")
+_USER_ID = re.compile(USER_ID_PATTERN)
+# The route's own bounds (api/routes.py list_tasks), written as the only spellings
+# taken here: any other (a sign, a space, leading zeros) goes to the route.
+_LIMIT = re.compile(r"[1-9][0-9]{0,2}")
+_OFFSET = re.compile(r"0|[1-9][0-9]{0,9}")
+MAX_LIMIT, MAX_OFFSET = 500, 1_000_000_000
+_STATUSES = frozenset(get_args(Status))
+_SORTS = frozenset(get_args(SortKey))
+_ORDERS = frozenset(get_args(Order))
+
+
+def plain_listing(query_string: bytes) -> TaskFilter | None:
+    """The listing asked for, when the query holds only paging, ``status``, ``sort``
+    and ``order``, each once, in their canonical spellings (None: the route's to read)."""
+    asked: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(
+            query_string.decode("ascii"), keep_blank_values=True, strict_parsing=False
+        )
+    except UnicodeDecodeError:
+        return None
+    for name, value in pairs:
+        if name in asked:
+            return None
+        asked[name] = value
+    limit, offset = asked.pop("limit", "100"), asked.pop("offset", "0")
+    status = asked.pop("status", "all")
+    sort, order = asked.pop("sort", "created_at"), asked.pop("order", "desc")
+    if asked or not _LIMIT.fullmatch(limit) or not _OFFSET.fullmatch(offset):
+        return None
+    if int(limit) > MAX_LIMIT or int(offset) > MAX_OFFSET:
+        return None
+    if status not in _STATUSES or sort not in _SORTS or order not in _ORDERS:
+        return None
+    return TaskFilter(
+        status=status,  # type: ignore[arg-type]  # checked against the Literal's values
+        sort=sort,  # type: ignore[arg-type]
+        order=order,  # type: ignore[arg-type]
+        limit=int(limit),
+        offset=int(offset),
+    )
+
+
+class PlainListings:
+    """ASGI: plain listings by their own user answered here, the rest passed on."""
+
+    def __init__(self, app: ASGIApp, services: Services, route: BaseRoute) -> None:
+        self.app = app
+        self.services = services
+        # The route it stands in for: written into the scope, as routing would, so that
+        # the access log and the metrics name the route template.
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            answer = await self._answer(scope)
+            if answer is not None:
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope) -> Response | None:
+        matched = _PATH.fullmatch(scope["path"])
+        if matched is None or not _USER_ID.fullmatch(user_id := matched.group(1)):
+            return None
+        spec = plain_listing(scope["query_string"])
+        if spec is None:
+            return None
+        services = self.services
+        verifier = services.verifier
+        token = _bearer_token(scope)
+        if verifier is None or token is None or services.health.fault is not None:
+            return None
+        principal = verifier.known(token)
+        if principal is None or principal.user_id != user_id:
+            return None
+        note_user(user_id)
+        try:
+            body, total = await run_in_threadpool(services.list_page, user_id, spec)
+        except Exception:
+            # The route meets the same and answers it (a 503, a problem+json).
+            return None
+        scope["route"] = self.route
+        scope["path_params"] = {"user_id": user_id}
+        return list_response(services, body, total, spec)
+
+
+def _bearer_token(scope: Scope) -> str | None:
+    """The token of a single ``Authorization: Bearer <token>`` header (None: anything
+    else, left to the route's own refusals)."""
+    found: Any = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            if found is not None:
+                return None
+            found = value
+    if found is None:
+        return None
+    scheme, _, token = found.partition(b" ")
+    if scheme.lower() != b"bearer" or not token or b" " in token:
+        return None
+    try:
+        return str(token.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
