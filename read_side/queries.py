@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 from uuid import UUID
 
@@ -349,10 +349,14 @@ def _user_position(tables: ViewTables) -> Select[Any]:
     return select(position.scalar_subquery(), live.scalar_subquery())
 
 
+# A uuid5 (a SHA-1) per listing otherwise: 2.4% of a kept page's time.
+_list_id = lru_cache(maxsize=16_384)(TaskList.create_id)
+
+
 def user_position(conn: Connection, tables: ViewTables, user_id: str) -> tuple[int, int | None]:
     """The log position of the user's last change in the tables (0: none yet), and
     which build is live now."""
-    list_id = TaskList.create_id(user_id)
+    list_id = _list_id(user_id)
     position, live = conn.execute(_user_position(tables), {"list_id": list_id}).one()
     return int(position or 0), live
 
