@@ -149,11 +149,12 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
     events: list[tuple[str, float]] = []
     projected: list[tuple[int, float]] = []
     for line in out.read_text().splitlines():
-        kind, payload, stamped = line.split()
+        # The projection's payload is "<projection> <position>" since builds have names.
+        kind, *payload, stamped = line.split()
         if kind == "e":
-            events.append((payload, float(stamped)))
-        elif payload.isdigit():
-            projected.append((int(payload), float(stamped)))
+            events.append((payload[-1], float(stamped)))
+        elif payload and payload[-1].isdigit():
+            projected.append((int(payload[-1]), float(stamped)))
     # Keep positions monotonic (they are; this only guards against reordering).
     best = 0
     monotonic_projected: list[tuple[int, float]] = []
