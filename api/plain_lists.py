@@ -108,11 +108,15 @@ class PlainListings:
         if principal is None or principal.user_id != user_id:
             return None
         note_user(user_id)
-        try:
-            body, total = await run_in_threadpool(services.list_page, user_id, spec)
-        except Exception:
-            # The route meets the same and answers it (a 503, a problem+json).
-            return None
+        # From memory on the event loop when it can be told so, else in a route thread.
+        page = services.kept_page(user_id, spec)
+        if page is None:
+            try:
+                page = await run_in_threadpool(services.list_page, user_id, spec)
+            except Exception:
+                # The route meets the same and answers it (a 503, a problem+json).
+                return None
+        body, total = page
         scope["route"] = self.route
         scope["path_params"] = {"user_id": user_id}
         return list_response(services, body, total, spec)

@@ -38,7 +38,7 @@ from read_side.runtime.engine import (
 )
 from read_side.runtime.health import ReadModelHealth
 from read_side.runtime.keeper import ReadModelKeeper
-from read_side.runtime.listings import BuildSwitched, CachedListings
+from read_side.runtime.listings import BuildSwitched, CachedListings, ChangeCount
 from read_side.status import BuildStatus, build_status
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from write_side import TaskLedger
@@ -90,6 +90,8 @@ class Services:
         # Answers judged at a moment (stats, overdue listings): each of use for its
         # second only, kept apart so that they never push out the pages above.
         self.moments = CachedListings(max_pages=256, max_bytes=settings.listing_cache_bytes // 16)
+        # Moved by every batch this process projects: see kept_page.
+        self.changes = ChangeCount()
         self.health = ReadModelHealth()
         # The live build of the read model, followed from the catalogue (None: not
         # yet looked), and why this code cannot read it (None: it can).
@@ -199,9 +201,40 @@ class Services:
         """A page of the user's tasks from the live build (kept while their tasks
         stand still: read_side.runtime.listings)."""
         cache = self.listings if spec.now is None else self.moments
+        count = self.changes.stable  # before the user's position is read
         return self._answered(
-            lambda conn, served: cache.page(conn, served.tables, user_id, spec, build_id=served.id)
+            lambda conn, served: cache.page(
+                conn, served.tables, user_id, spec, build_id=served.id, count=count
+            )
         )
+
+    def kept_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
+        """The page ``list_page`` would answer, from memory alone, when it can be told
+        without the database (None: ask ``list_page``): it is kept, and no batch has
+        been projected since it was read or confirmed, and every batch on the served
+        tables is projected here, so that none can be missed.
+
+        The last holds on SQLite with this process's projector leading the served
+        build: its leadership is a lock on a file, which no other process can take
+        while this one lives. On PostgreSQL it is an advisory lock on a session of its
+        own, which a dropped connection ends without the projector knowing until its
+        next look; another process may project meanwhile, and a page kept here would be
+        answered after a write another process acknowledged. There every listing reads
+        the user's position (one indexed lookup)."""
+        count = self.changes.stable
+        served = self.served
+        keeper = self.worker
+        if (
+            count is None
+            or served is None
+            or self.is_postgres
+            or keeper is None
+            or self.health.fault is not None
+            or not keeper.projects_alone(served)
+        ):
+            return None
+        cache = self.listings if spec.now is None else self.moments
+        return cache.kept(served.tables, user_id, spec, count)
 
     def summary(
         self,
@@ -243,6 +276,7 @@ class Services:
     def forget_answers(self) -> None:
         """Forget every kept page and answer: the tables they came from were wrong,
         rebuilt, or are no longer the ones served."""
+        self.changes.moved()
         self.listings.clear()
         self.moments.clear()
 
@@ -526,6 +560,7 @@ class Services:
             retired_grace=retired_grace(settings),
             on_projected=self._projected_here,
             on_checked=self.check_read_model,
+            watcher=self.changes,
             poll_interval=settings.projector_poll_seconds,
             on_batch=metrics.batched,
         )

@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlmodel import SQLModel
 
-from read_side.projector import PROJECTION_CHANNEL, Projector, projection_check
+from read_side.projector import PROJECTION_CHANNEL, BatchWatcher, Projector, projection_check
 from read_side.tables import DEFAULT_PROJECTION, ViewTables, projection_position
 from read_side.versions import UNVERSIONED
 
@@ -272,6 +272,7 @@ def projector(
     batch_size: int,
     replaying: bool = False,
     on_projected: Callable[[int], None] | None = None,
+    watcher: BatchWatcher | None = None,
 ) -> Projector:
     """The projector of ``build``: checked against the log, and fenced off it once a
     switch retires it (not one more batch: no process may have seen an event from it
@@ -287,6 +288,7 @@ def projector(
         replaying=replaying,
         on_projected=on_projected,
         fence=retired(build),
+        watcher=watcher,
     )
 
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from functools import partial
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import orjson
@@ -119,6 +119,15 @@ class ReadModelFault(Exception):
         self.fault = fault
 
 
+class BatchWatcher(Protocol):
+    """Told when a batch's transaction begins, and when it has ended (``changed``:
+    whether the tables may have changed; False only when nothing was applied)."""
+
+    def batch_begins(self) -> None: ...
+
+    def batch_ended(self, *, changed: bool) -> None: ...
+
+
 class ProjectionFenced(Exception):
     """The tables this projector writes may no longer be written: a switch retired
     their build, or their damaged file was set aside for a new one."""
@@ -148,8 +157,11 @@ class Projector:
         anchored: bool | None = None,
         replaying: bool = False,
         fence: Callable[[Connection], str | None] | None = None,
+        watcher: BatchWatcher | None = None,
     ) -> None:
         self.ledger, self.engine, self.tables = ledger, engine, tables
+        # Told when each batch's transaction begins and ends (pages kept in memory).
+        self.watcher = watcher
         self.name, self.batch_size, self.on_projected = name, batch_size, on_projected
         self._is_postgres = engine.dialect.name == "postgresql"
         # The user of each stream seen: events after the first carry only the stream id.
@@ -166,6 +178,24 @@ class Projector:
         """Apply the next batch of events (up to ``stop``); return how many there were.
         Raises ReadModelFault, applying nothing, when the event at the position is not
         the one applied last (one indexed read of the log per batch)."""
+        watcher = self.watcher
+        if watcher is not None:
+            watcher.batch_begins()
+        changed = True  # unless known otherwise: a failure may come after the commit
+        try:
+            applied, position = self._apply_batch(stop)
+            changed = applied > 0
+        finally:
+            if watcher is not None:
+                watcher.batch_ended(changed=changed)
+        # Told after the watcher: whoever learns of the position here (a write waiting
+        # to answer) finds every page from before it out of date already.
+        if applied and self.on_projected is not None:
+            self.on_projected(position)
+        return applied
+
+    def _apply_batch(self, stop: int | None) -> tuple[int, int]:
+        """The batch's transaction: the events applied, and the position reached."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
             # Asked with the position row locked: a switch that retires these tables
@@ -178,7 +208,7 @@ class Projector:
                 start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
             )
             if not notifications:
-                return 0
+                return 0, position
             try:
                 self._apply_all(conn, notifications)
             except Exception:
@@ -192,9 +222,7 @@ class Projector:
             )
             if self.anchored:
                 self._record_last(conn, notifications[-1])
-        if self.on_projected is not None:
-            self.on_projected(new_position)
-        return len(notifications)
+        return len(notifications), new_position
 
     def catch_up(
         self, stop: int | None = None, on_batch: Callable[[int, float], None] | None = None

@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from infrastructure.leadership import Leadership
 from read_side import catalogue
 from read_side.catalogue import Build
-from read_side.projector import read_position
+from read_side.projector import BatchWatcher, read_position
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 from read_side.runtime.worker import ProjectorWorker
 
@@ -62,6 +62,7 @@ class ReadModelKeeper:
         retired_grace: timedelta = catalogue.RETIRED_GRACE,
         on_projected: Callable[[str, int], None] | None = None,
         on_checked: Callable[[], None] | None = None,
+        watcher: BatchWatcher | None = None,
         **worker_options: Any,
     ) -> None:
         self.ledger, self.engine, self.version = ledger, engine, version
@@ -73,6 +74,8 @@ class ReadModelKeeper:
         self.retired_grace = retired_grace
         self.on_projected = on_projected
         self.on_checked = on_checked
+        # Told of every batch this process projects, whichever build it is for.
+        self.watcher = watcher
         self._worker_options = worker_options
         self.part: Part | None = None
         self.worker: ProjectorWorker | None = None
@@ -85,6 +88,20 @@ class ReadModelKeeper:
     def is_leader(self) -> bool:
         worker = self.worker
         return worker is not None and worker.is_leader
+
+    def projects_alone(self, build: Build) -> bool:
+        """Whether this process projects ``build`` now, as the holder of its leadership:
+        then no batch lands on its tables but through this process, while the lock
+        holds."""
+        part, worker = self.part, self.worker
+        return (
+            part is not None
+            and part.role == LIVE
+            and part.build == build
+            and worker is not None
+            and worker.is_leader
+            and worker.running
+        )
 
     @property
     def role(self) -> str | None:
@@ -212,6 +229,7 @@ class ReadModelKeeper:
             batch_size=batch_size,
             replaying=replaying,
             on_projected=self._projected(build),
+            watcher=self.watcher,
         )
         return ProjectorWorker(
             projector,

@@ -35,15 +35,48 @@ class BuildSwitched(Exception):
     """Another build of the read model was made live since this process looked."""
 
 
+class ChangeCount:
+    """A sequence lock over the served tables, counted by the batches this process's
+    projector commits (``BatchWatcher``): odd while a batch is under way, moved on by
+    two each time one changed the tables, back where it was when one applied nothing.
+
+    A page filed with the count it was read under is still the tables' page while the
+    count stands there, provided every batch on those tables is this process's own:
+    it is then answered from memory alone, without asking the database for the user's
+    position (``CachedListings.kept``)."""
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._lock = threading.Lock()
+
+    @property
+    def stable(self) -> int | None:
+        """The count now; None while a batch is under way."""
+        value = self._value
+        return None if value % 2 else value
+
+    def batch_begins(self) -> None:
+        with self._lock:
+            self._value += 1
+
+    def batch_ended(self, *, changed: bool) -> None:
+        with self._lock:
+            self._value += 1 if changed else -1
+
+    def moved(self) -> None:
+        """The tables changed otherwise (rebuilt, switched, found wrong)."""
+        with self._lock:
+            self._value += 2
+
+
 class CachedListings:
     """At most ``max_pages`` pages and ``max_bytes`` of their text (the least recently
     used go first): a flood of distinct big pages costs this process no more than that.
     A page larger than the whole bound is served and not kept."""
 
     def __init__(self, max_pages: int = 512, max_bytes: int = 32 * 2**20) -> None:
-        # (build's table, user, what was asked) -> (the user's position, the answer,
-        # its size in bytes)
-        self._pages: OrderedDict[tuple[str, str, Hashable], tuple[int, Answer, int]] = OrderedDict()
+        # (build's table, user, what was asked) -> the kept answer
+        self._pages: OrderedDict[tuple[str, str, Hashable], _Kept] = OrderedDict()
         self._max_pages = max_pages
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -68,16 +101,29 @@ class CachedListings:
         spec: TaskFilter,
         *,
         build_id: int | None = None,
+        count: int | None = None,
     ) -> Page:
         """A page from the build whose ``tables`` are served (``build_id``). Pages are
         filed by build: two versions of the read model may show the same position
-        differently. Raises BuildSwitched when another build is live now."""
+        differently. Raises BuildSwitched when another build is live now. ``count``:
+        the ChangeCount read before anything else (None: a batch was under way)."""
 
         def listed() -> Page:
             documents, total = queries.list_tasks(conn, tables, user_id, spec)
             return f"[{','.join(documents)}]", total
 
-        return self.answer(conn, tables, user_id, spec, listed, build_id=build_id)
+        return self.answer(conn, tables, user_id, spec, listed, build_id=build_id, count=count)
+
+    def kept(self, tables: ViewTables, user_id: str, asked: Hashable, count: int) -> Answer | None:
+        """The kept answer, if it was read or confirmed under ``count`` (a stable
+        ChangeCount: the tables have not changed since); None otherwise."""
+        key = (tables.task.name, user_id, asked)
+        with self._lock:
+            stored = self._pages.get(key)
+            if stored is None or stored.count != count:
+                return None
+            self._pages.move_to_end(key)
+            return stored.answer
 
     def answer(
         self,
@@ -88,19 +134,22 @@ class CachedListings:
         compute: Callable[[], Answer],
         *,
         build_id: int | None = None,
+        count: int | None = None,
     ) -> Answer:
         """The answer to ``asked`` about the user: kept, or ``compute()``d (on
         ``conn``, after the user's position was read). Raises BuildSwitched as
-        ``page`` does."""
+        ``page`` does. ``count`` as for ``page``: what the answer is filed under."""
         position, live = queries.user_position(conn, tables, user_id)
         if build_id is not None and live is not None and live != build_id:
             raise BuildSwitched(live)
         key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
-            if stored is not None and stored[0] == position:
+            if stored is not None and stored.position == position:
                 self._pages.move_to_end(key)
-                return stored[1]
+                # Confirmed under this count: still the page while the count stands.
+                stored.count = count
+                return stored.answer
         answer = compute()
         size = sys.getsizeof(answer[0])
         if size > self._max_bytes:
@@ -108,9 +157,19 @@ class CachedListings:
         with self._lock:
             replaced = self._pages.pop(key, None)
             if replaced is not None:
-                self._bytes -= replaced[2]
-            self._pages[key] = (position, answer, size)
+                self._bytes -= replaced.size
+            self._pages[key] = _Kept(position, answer, size, count)
             self._bytes += size
             while len(self._pages) > self._max_pages or self._bytes > self._max_bytes:
-                self._bytes -= self._pages.popitem(last=False)[1][2]
+                self._bytes -= self._pages.popitem(last=False)[1].size
         return answer
+
+
+class _Kept:
+    """A kept answer: the user's position it was read at, its size in bytes, and the
+    ChangeCount it was read or last confirmed under (None: none stable)."""
+
+    __slots__ = ("answer", "count", "position", "size")
+
+    def __init__(self, position: int, answer: Answer, size: int, count: int | None) -> None:
+        self.position, self.answer, self.size, self.count = position, answer, size, count

@@ -1,0 +1,85 @@
+"""Pages answered from memory alone (Services.kept_page): only while no batch has been
+projected since they were read, and only where every batch is this process's own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.services import Services
+from read_side.queries import TaskFilter
+from read_side.runtime.listings import ChangeCount
+from tests.support import make_settings, wait_for
+
+SPEC = TaskFilter(sort="title", order="asc")
+
+
+def test_the_change_count_is_odd_during_a_batch_and_moves_only_when_it_changed() -> None:
+    count = ChangeCount()
+    start = count.stable
+    assert start is not None
+    count.batch_begins()
+    assert count.stable is None
+    count.batch_ended(changed=False)
+    assert count.stable == start  # nothing applied: pages read before are still good
+    count.batch_begins()
+    count.batch_ended(changed=True)
+    moved = count.stable
+    assert moved is not None and moved != start
+    count.moved()
+    assert count.stable not in {None, start, moved}
+
+
+@pytest.fixture
+def services(fresh_database: str | None, tmp_path: Path) -> Iterator[Services]:
+    running = Services(make_settings(fresh_database, tmp_path), with_projector=True)
+    running.start()
+    try:
+        wait_for(lambda: running.health.serving and running.worker is not None, 10, "serving")
+        yield running
+    finally:
+        running.close()
+
+
+def _written(services: Services, title: str, user_id: str = "alice") -> None:
+    change = services.ledger.add_task(user_id, title, None)
+    wait_for(lambda: services.progress.position >= change.position, 10, "projected")
+
+
+def _titles(page: tuple[str, int] | None) -> list[str]:
+    assert page is not None
+    return [part.split('"title":"')[1].split('"')[0] for part in page[0].split("},{")]
+
+
+def test_a_kept_page_is_answered_from_memory_until_a_batch_is_projected(
+    services: Services,
+) -> None:
+    _written(services, "a")
+    wait_for(lambda: services.worker is not None and services.worker.is_leader, 10, "leading")
+    page = services.list_page("alice", SPEC)
+    if services.is_postgres:
+        # Another process may lead the projection without this one knowing at once.
+        assert services.kept_page("alice", SPEC) is None
+        return
+    assert services.kept_page("alice", SPEC) == page
+    # Any batch moves the count, another user's too: the page must be confirmed again,
+    # and it is out of date already when the batch's position is told.
+    _written(services, "elsewhere", "bob")
+    assert services.kept_page("alice", SPEC) is None
+    assert _titles(services.list_page("alice", SPEC)) == ["a"]
+    assert services.kept_page("alice", SPEC) is not None
+    # Read-your-writes: once a write is projected, no page from before it is answered.
+    _written(services, "b")
+    assert services.kept_page("alice", SPEC) is None
+    assert _titles(services.list_page("alice", SPEC)) == ["a", "b"]
+    assert _titles(services.kept_page("alice", SPEC)) == ["a", "b"]
+    # Not while the tables are not served, nor once this process no longer leads.
+    services.health.report("a test says the tables are wrong")
+    assert services.kept_page("alice", SPEC) is None
+    services.health.recovered()
+    assert services.kept_page("alice", SPEC) is not None
+    assert services.worker is not None
+    services.worker.stop()
+    assert services.kept_page("alice", SPEC) is None
