@@ -26,11 +26,14 @@ class ProjectionProgress:
         *,
         poll_interval: float = 0.005,
         on_waited: Callable[[float, bool], None] | None = None,
+        on_advanced: Callable[[int], None] | None = None,
     ) -> None:
         self._read_position = read_position
         self._poll_interval = poll_interval
         # Told each wait's seconds and whether the position was reached (metrics).
         self._on_waited = on_waited
+        # Told each new position before the waiters it releases are woken.
+        self._on_advanced = on_advanced
         self._position = 0
         self._lock = threading.Lock()
         # Writers waiting on an event loop: (position, their loop, their future).
@@ -48,6 +51,8 @@ class ProjectionProgress:
             if position <= self._position:
                 return
             self._position = position
+            if self._on_advanced is not None:
+                self._on_advanced(position)
             reached = [waiter for waiter in self._waiters if waiter[0] <= position]
             self._waiters = [waiter for waiter in self._waiters if waiter[0] > position]
         for _, loop, future in reached:

@@ -9,6 +9,7 @@ request a second task and a queue of messages."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import secrets
 from contextvars import ContextVar
@@ -28,6 +29,16 @@ _HEADER = REQUEST_ID_HEADER.lower().encode()
 # unique across processes and replicas): a uuid4 per request cost a system call.
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(secrets.randbelow(2**32))
+
+
+def _new_id_prefix() -> None:
+    # A process forked after import (a pre-loading process manager) draws its own.
+    global _ID_PREFIX, _ids  # noqa: PLW0603 - the two values request_id_of reads
+    _ID_PREFIX = secrets.token_hex(8)
+    _ids = itertools.count(secrets.randbelow(2**32))
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
 
 
 class RequestContext:

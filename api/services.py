@@ -116,7 +116,10 @@ class Services:
             self.projected_position,
             poll_interval=0.1 if live else 0.005,
             on_waited=metrics.waited,
+            on_advanced=self._advanced,
         )
+        # The position this process's projector reached last (see _advanced).
+        self._own_position = 0
         self._listeners: list[PostgresListener] = []
 
     def start(self) -> None:
@@ -230,6 +233,7 @@ class Services:
             or self.is_postgres
             or keeper is None
             or self.health.fault is not None
+            # (On SQLite, a look at the lock file: still the one this process locked.)
             or not keeper.projects_alone(served)
         ):
             return None
@@ -558,7 +562,7 @@ class Services:
             build_batch_size=settings.rebuild_batch_size,
             check_interval=settings.read_model_check_seconds,
             retired_grace=retired_grace(settings),
-            on_projected=self._projected_here,
+            on_projected=self._projected_by_me,
             on_checked=self.check_read_model,
             watcher=self.changes,
             poll_interval=settings.projector_poll_seconds,
@@ -568,6 +572,20 @@ class Services:
     def _saved(self, _position: int) -> None:
         if self.worker is not None:
             self.worker.wake()
+
+    def _projected_by_me(self, projection: str, position: int) -> None:
+        served = self.served
+        if served is not None and served.projection == projection:
+            self._own_position = max(self._own_position, position)
+        self._projected_here(projection, position)
+
+    def _advanced(self, position: int) -> None:
+        # The served tables are further on than this process's projector took them
+        # (a rebuild's last rounds, another leader): pages kept under the change count
+        # may lack what that projector applied. Told before any write waiting for the
+        # position is answered.
+        if position > self._own_position:
+            self.changes.moved()
 
     def _projected_here(self, projection: str, position: int) -> None:
         served = self.served

@@ -105,6 +105,11 @@ class FileLeadership:
         except BlockingIOError:
             file.close()
             return False
+        if not _same_file(file, self._path):
+            # Removed or replaced since it was opened: the lock is on a file nobody
+            # else will look at.
+            file.close()
+            return False
         self._file = file
         # Who leads, for ``holder`` (read by other processes while the lock is held).
         file.truncate(0)
@@ -113,7 +118,15 @@ class FileLeadership:
         return True
 
     def holds(self) -> bool:
-        return self._file is not None
+        """Whether the lock is held, on the file at the path still: one removed (by a
+        cleaner, an operator) lets another process lock a new one and lead too."""
+        if self._file is None:
+            return False
+        if not _same_file(self._file, self._path):
+            log.warning("leadership: %s was removed or replaced; no longer leading", self._path)
+            self.release()
+            return False
+        return True
 
     def release(self) -> None:
         if self._file is not None:
@@ -134,3 +147,13 @@ class FileLeadership:
                 return file.read(256).decode(errors="replace") or "unknown"
             fcntl.flock(file, fcntl.LOCK_UN)
             return None
+
+
+def _same_file(file: IO[bytes], path: Path) -> bool:
+    """Whether ``file`` (open) is the file at ``path`` now."""
+    try:
+        at_path = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (opened.st_dev, opened.st_ino) == (at_path.st_dev, at_path.st_ino)

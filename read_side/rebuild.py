@@ -95,10 +95,18 @@ def rebuild(
         position = projector.position()
         seconds = time.monotonic() - started
         step(f"{build.label} is live at position {position}; every process follows it")
-        # Kept projected while processes still reading the one before move over.
+        # Kept projected while processes still reading the one before move over, by
+        # the build's leader only: a process that leads it takes every batch on its
+        # tables for its own (api/services.py kept_page). Held for a round at a time,
+        # so that a process that has moved over takes it between two.
+        lead = leadership(build.projection)
         deadline = time.monotonic() + grace_seconds
         while time.monotonic() < deadline:
-            projector.catch_up()
+            if lead.acquire():
+                try:
+                    projector.catch_up()
+                finally:
+                    lead.release()
             time.sleep(0.2)
         if previous is not None and previous.version == UNVERSIONED and still_projected(previous):
             # A release from before versions, still running: its processes serve it.

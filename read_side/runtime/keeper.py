@@ -101,6 +101,7 @@ class ReadModelKeeper:
             and worker is not None
             and worker.is_leader
             and worker.running
+            and worker.leadership.holds()
         )
 
     @property

@@ -37,36 +37,42 @@ class BuildSwitched(Exception):
 
 class ChangeCount:
     """A sequence lock over the served tables, counted by the batches this process's
-    projector commits (``BatchWatcher``): odd while a batch is under way, moved on by
-    two each time one changed the tables, back where it was when one applied nothing.
+    projector commits (``BatchWatcher``): moved on each time a batch changed the
+    tables, and unreadable while any batch is under way (two may overlap while a
+    stopped worker's last one finishes).
 
     A page filed with the count it was read under is still the tables' page while the
     count stands there, provided every batch on those tables is this process's own:
     it is then answered from memory alone, without asking the database for the user's
-    position (``CachedListings.kept``)."""
+    position (``CachedListings.kept``). A batch that applied nothing leaves the count
+    where it was: pages read meanwhile are as good as before it."""
 
     def __init__(self) -> None:
         self._value = 0
+        self._under_way = 0
         self._lock = threading.Lock()
 
     @property
     def stable(self) -> int | None:
         """The count now; None while a batch is under way."""
-        value = self._value
-        return None if value % 2 else value
+        with self._lock:
+            return None if self._under_way else self._value
 
     def batch_begins(self) -> None:
         with self._lock:
-            self._value += 1
+            self._under_way += 1
 
     def batch_ended(self, *, changed: bool) -> None:
         with self._lock:
-            self._value += 1 if changed else -1
+            self._under_way -= 1
+            if changed:
+                self._value += 1
 
     def moved(self) -> None:
-        """The tables changed otherwise (rebuilt, switched, found wrong)."""
+        """The tables changed otherwise (rebuilt, switched, found wrong, or moved on
+        by a projector that is not this process's)."""
         with self._lock:
-            self._value += 2
+            self._value += 1
 
 
 class CachedListings:
@@ -148,7 +154,9 @@ class CachedListings:
             if stored is not None and stored.position == position:
                 self._pages.move_to_end(key)
                 # Confirmed under this count: still the page while the count stands.
-                stored.count = count
+                # (Under none, a batch was under way: the count it had stands.)
+                if count is not None:
+                    stored.count = count
                 return stored.answer
         answer = compute()
         size = sys.getsizeof(answer[0])

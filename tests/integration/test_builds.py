@@ -86,6 +86,40 @@ def test_a_rebuild_is_made_beside_the_live_build_then_switched_to_and_the_old_dr
     assert checked.ok and checked.replayed_rows == 30
 
 
+def test_after_the_switch_a_rebuild_projects_its_build_only_while_nobody_else_leads_it(
+    fresh_settings: Settings, ledger: TaskLedger, engine: Engine
+) -> None:
+    # A process that leads the live build takes every batch on its tables for its own
+    # (the kept pages of api/services.py): the rebuild's last rounds must not add any.
+    ledger.add_task("alice", "before", None)
+    Projector(ledger, engine).catch_up()
+    held: list[Leadership] = []
+
+    def step(message: str) -> None:
+        if " is live at position " in message:
+            lead = leadership_for(fresh_settings, _live(engine).projection)
+            assert lead.acquire()
+            held.append(lead)
+            ledger.add_task("alice", "after the switch", None)
+
+    try:
+        rebuild(
+            ledger,
+            engine,
+            _leadership(fresh_settings),
+            version=READ_MODEL_VERSION,
+            grace_seconds=1.0,
+            on_step=step,
+        )
+        live = _live(engine)
+        assert _titles(engine, live, "alice") == ["before"]  # left to the leader
+    finally:
+        for lead in held:
+            lead.release()
+    Projector(ledger, engine, name=live.projection, tables=live.tables).catch_up()
+    assert _titles(engine, live, "alice") == ["after the switch", "before"]
+
+
 def test_a_second_rebuild_while_one_is_under_way_refuses(
     fresh_settings: Settings, ledger: TaskLedger, engine: Engine
 ) -> None:
