@@ -296,12 +296,18 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def running_server(
-    storage: Storage, *, separate_projector: bool = False, extra_env: dict[str, str] | None = None
+    storage: Storage,
+    *,
+    separate_projector: bool = False,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
 ) -> Iterator[Server]:
     port = free_port()
     env = base_env(storage, extra_env)
     log_path = storage.workdir / "server.log"
     args = [TASKLEDGER, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if workers > 1:
+        args += ["--workers", str(workers)]
     if separate_projector:
         args.append("--no-projector")
     # cwd is the temp dir, so no stray ./.env or ./data is picked up.

@@ -309,6 +309,30 @@ def append_directly(storage: h.Storage, events: int, users: list[str]) -> int:
     return int(done.stdout.split()[0])
 
 
+def workers_phases(storage: h.Storage, opts: argparse.Namespace, out: dict[str, Any]) -> None:
+    """5. The list and the create again, on ``serve --workers N`` (a fresh database),
+    to compare with the one process measured before them in this run."""
+    with h.running_server(storage, workers=opts.workers) as server:
+        tokens = h.write_tokens(storage.workdir / "list-token", [LIST_USER])
+        seed_tasks(server, tokens, LIST_TASKS)
+        h.wait_projected(server)
+        args = [LIST_USER, h.token(LIST_USER), "limit=100"]
+        h.wrk("list.lua", server.url, connections=opts.connections, duration=2, args=args)
+        out["workers_list"] = _listed(server, f"list, --workers {opts.workers}", opts, args)
+        users = [f"bench-w{i:03d}" for i in range(CREATE_USERS)]
+        tokens = h.write_tokens(storage.workdir / "create-tokens", users)
+        h.log(f"create, --workers {opts.workers}: {opts.connections} connections")
+        result = h.wrk(
+            "write.lua",
+            server.url,
+            connections=opts.connections,
+            duration=opts.create_seconds,
+            args=[str(tokens)],
+        )
+        out["workers_create"] = result.as_dict()
+    out["workers"] = opts.workers
+
+
 def run_backend(backend: str, opts: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "backend": backend,
@@ -320,6 +344,9 @@ def run_backend(backend: str, opts: argparse.Namespace) -> dict[str, Any]:
     if not opts.skip_main:
         with h.fresh_storage(backend, "main") as storage:
             main_phases(storage, opts, out)
+    if not opts.skip_main and opts.workers > 1:
+        with h.fresh_storage(backend, "workers") as storage:
+            workers_phases(storage, opts, out)
     if not opts.skip_lag:
         with h.fresh_storage(backend, "lag") as storage:
             out["lag"] = lag_bench.measure_lag(
@@ -407,6 +434,20 @@ def _main_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
         _cpu_per_request(result, "create_big", "2b create", put)
         put("2b create commands per save transaction", c.get("commands_per_transaction"), 2)
     _memory_rows(result, put)
+    _workers_rows(result, rows)
+
+
+def _workers_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
+    if "workers" not in result:
+        return
+    n = result["workers"]
+    for name, label in (("list", "list"), ("create", "create")):
+        theirs, one = result[f"workers_{name}"], result[name]
+        rows[f"5 {label}, --workers {n}: req/s, p50/p99 ms"] = _rate_and_latency(theirs)
+        ratio = theirs["rps"] / one["rps"] if one["rps"] else None
+        rows[f"5 {label}, --workers {n}: ratio to 1 process (target >=1.7)"] = _fmt(ratio, 2) + (
+            " ok" if ratio is not None and ratio >= 1.7 else " MISS"
+        )
 
 
 def _against_floor(
@@ -562,6 +603,12 @@ def main() -> None:
         "--code-ref",
         help="benchmark this commit (git archive) instead of "
         "the working tree, e.g. HEAD while the tree is being edited",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="list and create again on `serve --workers N` (1 skips it)",
     )
     parser.add_argument("--skip-main", action="store_true")
     parser.add_argument("--skip-lag", action="store_true")
