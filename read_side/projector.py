@@ -178,6 +178,10 @@ class Projector:
         """Apply the next batch of events (up to ``stop``); return how many there were.
         Raises ReadModelFault, applying nothing, when the event at the position is not
         the one applied last (one indexed read of the log per batch)."""
+        if not self._is_postgres and self._nothing_new(stop):
+            # SQLite: the batch takes the write lock and commits (a sync of the WAL)
+            # even when it finds nothing, and the idle projector looks every poll.
+            return 0
         watcher = self.watcher
         if watcher is not None:
             watcher.batch_begins()
@@ -193,6 +197,15 @@ class Projector:
         if applied and self.on_projected is not None:
             self.on_projected(position)
         return applied
+
+    def _nothing_new(self, stop: int | None) -> bool:
+        """Whether the log holds nothing past the position (up to ``stop``): read
+        without a lock. Events saved after the look are for the next round."""
+        log_end = int(self.ledger.recorder.max_notification_id() or 0)
+        position = self.position()
+        if log_end < position:
+            return False  # a log restored from before the tables: the batch says so
+        return (log_end if stop is None else min(log_end, stop)) <= position
 
     def _apply_batch(self, stop: int | None) -> tuple[int, int]:
         """The batch's transaction: the events applied, and the position reached."""
