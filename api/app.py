@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         try:
             yield
         finally:
+            await services.aclose()
             services.close()
 
     app = FastAPI(

@@ -109,7 +109,7 @@ class PlainListings:
             return None
         note_user(user_id)
         # From memory on the event loop when it can be told so, else in a route thread.
-        page = services.kept_page(user_id, spec)
+        page = services.kept_page(user_id, spec) or await services.checked_page(user_id, spec)
         if page is None:
             try:
                 page = await run_in_threadpool(services.list_page, user_id, spec)

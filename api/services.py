@@ -28,6 +28,7 @@ from read_side import catalogue, versions
 from read_side.catalogue import Build
 from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
 from read_side.queries import TaskFilter
+from read_side.runtime.async_positions import AsyncPositions
 from read_side.runtime.engine import (
     create_read_engine,
     create_read_tables,
@@ -92,6 +93,8 @@ class Services:
         self.moments = CachedListings(max_pages=256, max_bytes=settings.listing_cache_bytes // 16)
         # Moved by every batch this process projects: see kept_page.
         self.changes = ChangeCount()
+        # Kept pages confirmed on the event loop (PostgreSQL): see checked_page.
+        self.positions = AsyncPositions(storage.conninfo) if self.is_postgres else None
         self.health = ReadModelHealth()
         # The live build of the read model, followed from the catalogue (None: not
         # yet looked), and why this code cannot read it (None: it can).
@@ -210,6 +213,25 @@ class Services:
                 conn, served.tables, user_id, spec, build_id=served.id, count=count
             )
         )
+
+    async def checked_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
+        """The page ``list_page`` would answer, when it is kept and the user's position,
+        read on the event loop, is still the one it was read at (PostgreSQL; None: ask
+        ``list_page``, on a route thread). Exact as ``list_page``: the database is
+        asked, only without a thread or SQLAlchemy."""
+        served = self.served
+        if self.positions is None or served is None or self.health.fault is not None:
+            return None
+        found = await self.positions.of(served.tables, user_id)
+        if found is None or (found[1] is not None and found[1] != served.id):
+            return None  # (a switch made elsewhere is followed by list_page)
+        cache = self.listings if spec.now is None else self.moments
+        return cache.kept_at(served.tables, user_id, spec, found[0])
+
+    async def aclose(self) -> None:
+        """What ``close`` cannot do from outside the event loop."""
+        if self.positions is not None:
+            await self.positions.close()
 
     def kept_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
         """The page ``list_page`` would answer, from memory alone, when it can be told

@@ -350,13 +350,19 @@ def _user_position(tables: ViewTables) -> Select[Any]:
 
 
 # A uuid5 (a SHA-1) per listing otherwise: 2.4% of a kept page's time.
-_list_id = lru_cache(maxsize=16_384)(TaskList.create_id)
+list_id_of = lru_cache(maxsize=16_384)(TaskList.create_id)
+
+
+def user_position_statement(tables: ViewTables) -> Select[Any]:
+    """``user_position``'s statement (its parameter: ``list_id``), for a reader of
+    its own (read_side/runtime/async_positions.py)."""
+    return _user_position(tables)
 
 
 def user_position(conn: Connection, tables: ViewTables, user_id: str) -> tuple[int, int | None]:
     """The log position of the user's last change in the tables (0: none yet), and
     which build is live now."""
-    list_id = _list_id(user_id)
+    list_id = list_id_of(user_id)
     position, live = conn.execute(_user_position(tables), {"list_id": list_id}).one()
     return int(position or 0), live
 

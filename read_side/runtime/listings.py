@@ -120,6 +120,19 @@ class CachedListings:
 
         return self.answer(conn, tables, user_id, spec, listed, build_id=build_id, count=count)
 
+    def kept_at(
+        self, tables: ViewTables, user_id: str, asked: Hashable, position: int
+    ) -> Answer | None:
+        """The kept answer, if it was read at the user's ``position`` (read by the
+        caller: read_side/runtime/async_positions.py); None otherwise."""
+        key = (tables.task.name, user_id, asked)
+        with self._lock:
+            stored = self._pages.get(key)
+            if stored is None or stored.position != position:
+                return None
+            self._pages.move_to_end(key)
+            return stored.answer
+
     def kept(self, tables: ViewTables, user_id: str, asked: Hashable, count: int) -> Answer | None:
         """The kept answer, if it was read or confirmed under ``count`` (a stable
         ChangeCount: the tables have not changed since); None otherwise."""

@@ -3,6 +3,7 @@ projected since they were read, and only where every batch is this process's own
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,29 @@ def test_an_idle_round_on_sqlite_takes_no_write_lock_and_leaves_kept_pages_good(
     assert projector.project_batch() == 0
     on_sqlite = fresh_settings.storage.kind == "sqlite"
     assert seen.batches == ([None, True] if on_sqlite else [None, True, None, False])
+
+
+def test_on_postgresql_a_kept_page_is_confirmed_by_the_users_position_read_on_the_loop(
+    services: Services,
+) -> None:
+    if not services.is_postgres:
+        assert services.positions is None
+        return
+
+    async def checks() -> None:
+        _written(services, "a")
+        assert await services.checked_page("alice", SPEC) is None  # nothing kept yet
+        page = services.list_page("alice", SPEC)
+        assert await services.checked_page("alice", SPEC) == page
+        _written(services, "elsewhere", "bob")  # another user: alice's page stands
+        assert await services.checked_page("alice", SPEC) == page
+        _written(services, "b")
+        assert await services.checked_page("alice", SPEC) is None
+        assert _titles(services.list_page("alice", SPEC)) == ["a", "b"]
+        assert _titles(await services.checked_page("alice", SPEC)) == ["a", "b"]
+        services.health.report("a test says the tables are wrong")
+        assert await services.checked_page("alice", SPEC) is None
+        services.health.recovered()
+        await services.aclose()
+
+    asyncio.run(checks())
