@@ -29,6 +29,8 @@ from api.routes import list_response
 from api.services import Services
 from read_side.queries import Order, SortKey, Status, TaskFilter
 from write_side import USER_ID_PATTERN
+from write_side.domain import PRIORITIES, clean_tags
+from write_side.errors import InvalidTask
 
 _PATH = re.compile(r"/api/([^/]+)/tasks")
 _USER_ID = re.compile(USER_ID_PATTERN)
@@ -40,30 +42,41 @@ MAX_LIMIT, MAX_OFFSET = 500, 1_000_000_000
 _STATUSES = frozenset(get_args(Status))
 _SORTS = frozenset(get_args(SortKey))
 _ORDERS = frozenset(get_args(Order))
+_PRIORITIES = frozenset(PRIORITIES)
+# has_due: absent, or exactly "true" or "false" (the route reads other spellings too).
+_INVALID = object()
+_BOOLEANS: dict[str | None, object] = {None: None, "true": True, "false": False}
 
 
 def plain_listing(query_string: bytes) -> TaskFilter | None:
-    """The listing asked for, when the query holds only paging, ``status``, ``sort``
-    and ``order``, each once, in their canonical spellings (None: the route's to read)."""
-    asked: dict[str, str] = {}
-    try:
-        pairs = parse_qsl(
-            query_string.decode("ascii"), keep_blank_values=True, strict_parsing=False
-        )
-    except UnicodeDecodeError:
+    """The listing asked for, when the query holds only paging, ``status``, ``sort``,
+    ``order`` and ``has_due`` (each once), ``priority`` and ``tag`` (repeatable), in
+    their canonical spellings (None: the route's to read)."""
+    split = _split(query_string)
+    if split is None:
         return None
-    for name, value in pairs:
-        if name in asked:
-            return None
-        asked[name] = value
+    asked, priorities, tags = split
     limit, offset = asked.pop("limit", "100"), asked.pop("offset", "0")
     status = asked.pop("status", "all")
     sort, order = asked.pop("sort", "created_at"), asked.pop("order", "desc")
-    if asked or not _LIMIT.fullmatch(limit) or not _OFFSET.fullmatch(offset):
+    has_due = _BOOLEANS.get(asked.pop("has_due", None), _INVALID)
+    plain = (
+        not asked
+        and _LIMIT.fullmatch(limit) is not None
+        and _OFFSET.fullmatch(offset) is not None
+        and int(limit) <= MAX_LIMIT
+        and int(offset) <= MAX_OFFSET
+        and has_due is not _INVALID
+        and status in _STATUSES
+        and sort in _SORTS
+        and order in _ORDERS
+        and _PRIORITIES.issuperset(priorities)
+    )
+    if not plain:
         return None
-    if int(limit) > MAX_LIMIT or int(offset) > MAX_OFFSET:
-        return None
-    if status not in _STATUSES or sort not in _SORTS or order not in _ORDERS:
+    try:
+        labels = clean_tags(tags)  # as the route reads them
+    except InvalidTask:
         return None
     return TaskFilter(
         status=status,  # type: ignore[arg-type]  # checked against the Literal's values
@@ -71,7 +84,29 @@ def plain_listing(query_string: bytes) -> TaskFilter | None:
         order=order,  # type: ignore[arg-type]
         limit=int(limit),
         offset=int(offset),
+        priorities=tuple(dict.fromkeys(priorities)),
+        tags=labels,
+        has_due=has_due,  # type: ignore[arg-type]  # a bool or None, from _BOOLEANS
     )
+
+
+def _split(query_string: bytes) -> tuple[dict[str, str], list[str], list[str]] | None:
+    """The parameters given once, and the priorities and tags (None: a parameter
+    given twice that may not be, or a query that is not ASCII)."""
+    asked: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {"priority": [], "tag": []}
+    try:
+        pairs = parse_qsl(query_string.decode("ascii"), keep_blank_values=True)
+    except UnicodeDecodeError:
+        return None
+    for name, value in pairs:
+        if name in repeated:
+            repeated[name].append(value)
+        elif name in asked:
+            return None
+        else:
+            asked[name] = value
+    return asked, repeated["priority"], repeated["tag"]
 
 
 class PlainListings:

@@ -31,6 +31,14 @@ PASSED_ON = 418
             TaskFilter(status="pending", sort="title", order="asc"),
         ),
         ("sort=due_at&status=completed", TaskFilter(sort="due_at", status="completed")),
+        (
+            "priority=high&priority=urgent&priority=high&has_due=true",
+            TaskFilter(priorities=("high", "urgent"), has_due=True),
+        ),
+        (
+            "tag=%20Work%20&tag=home&tag=WORK&has_due=false",
+            TaskFilter(tags=("Work", "home"), has_due=False),
+        ),
     ],
 )
 def test_a_plain_query_is_read_as_the_route_reads_it(query: str, spec: TaskFilter) -> None:
@@ -54,9 +62,15 @@ def test_a_plain_query_is_read_as_the_route_reads_it(query: str, spec: TaskFilte
         "q=milk",
         "order=DESC",
         "sort=nonsense",
-        "tag=work",
-        "priority=high",
+        "tag=",
+        "tag=" + "x" * 33,
+        "priority=HIGH",
+        "priority=",
+        "has_due=1",
+        "has_due=",
+        "has_due=true&has_due=false",
         "overdue=true",
+        "due_before=2026-01-01T00:00:00Z",
         "as_of=2026-01-01T00:00:00Z",
         "limit=5&unknown=1",
         "limit=%FF",
@@ -68,7 +82,9 @@ def test_anything_else_is_left_to_the_route(query: str) -> None:
 
 def _seed(client: TestClient, user: User) -> None:
     for title, done in [("b milk", False), ("a bread", True), ("c eggs", False)]:
-        created = client.post(user.tasks_url(), json={"title": title}, headers=user.headers)
+        plan = {"priority": "high", "tags": ["work"], "due_at": "2030-01-01T00:00:00Z"}
+        body = {"title": title, **(plan if title == "c eggs" else {})}
+        created = client.post(user.tasks_url(), json=body, headers=user.headers)
         assert created.status_code == 201
         if done:
             url = user.tasks_url(created.json()["id"]) + "/complete"
@@ -83,6 +99,11 @@ def _seed(client: TestClient, user: User) -> None:
         ("status=pending&sort=title", "status=incomplete&sort_by=title"),
         ("status=completed", "status=complete"),
         ("limit=1&offset=5", "limit=1&offset=5&q="),
+        (
+            "tag=Work&priority=high&has_due=true",
+            "tag=Work&priority=high&has_due=true&sort_by=created_at",
+        ),
+        ("tag=nope", "tag=nope&sort_by=created_at"),
     ],
 )
 def test_a_plain_listing_answers_as_the_route(
