@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sqlite3
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -30,15 +28,13 @@ from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from bench import harness as h
-from tests import support
-from tests.support import ROOT, free_port
+from bench.floor import running_app, serve
 
 _POSTGRES_INSERT = """INSERT INTO floor_task
     (id, user_id, title, description, completed, created_at, updated_at)
@@ -137,32 +133,17 @@ def sqlite_app(path: Path) -> FastAPI:
 def running_crud_floor(storage: h.Storage) -> Iterator[h.Server]:
     """This app under uvicorn in a process of its own, on the benchmark's storage (its
     PostgreSQL database, or a file in its data folder), until the block ends."""
-    port = free_port()
-    log_path = storage.workdir / "crud-floor.log"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "bench.crud_floor", "--port", str(port)]
     if storage.data_dir is not None:
-        args += ["--sqlite", str(storage.data_dir / "crud-floor.sqlite3")]
+        args = ["--sqlite", str(storage.data_dir / "crud-floor.sqlite3")]
     else:
-        args += ["--database-url", storage.database_url]
-    proc = h.spawn(args, env=env, log_path=log_path, cwd=storage.workdir)
-    floor = h.Server(proc, port, log_path)
-    try:
-        support.wait_for(lambda: _answers(floor), 30, "the CRUD floor to answer")
+        args = ["--database-url", storage.database_url]
+
+    def answers(floor: h.Server) -> bool:
+        probe = httpx.post(f"{floor.url}/api/floor/tasks", json={"title": "probe"}, timeout=2)
+        return probe.status_code == 201
+
+    with running_app("bench.crud_floor", args, storage.workdir, answers) as floor:
         yield floor
-    finally:
-        h.stop_process(proc)
-
-
-def _answers(floor: h.Server) -> bool:
-    if floor.proc.poll() is not None:
-        raise RuntimeError(f"the CRUD floor exited with {floor.proc.returncode}")
-    try:
-        answer = httpx.post(f"{floor.url}/api/floor/tasks", json={"title": "probe"}, timeout=2)
-    except httpx.TransportError:
-        return False
-    return answer.status_code == 201
 
 
 def main() -> None:
@@ -179,17 +160,7 @@ def main() -> None:
     else:
         # psycopg wants the bare scheme (the service's URLs may name the driver).
         app = postgres_app(opts.database_url.replace("postgresql+psycopg://", "postgresql://"))
-    # As bench/floor.py: what `taskledger serve` gives uvicorn, less its own code.
-    uvicorn.run(
-        app,
-        host=opts.host,
-        port=opts.port,
-        http="httptools",
-        log_level="info",
-        access_log=True,
-        proxy_headers=True,
-        server_header=False,
-    )
+    serve(app, opts.host, opts.port)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -107,28 +107,58 @@ async def list_tasks(
 def running_floor(workdir: Path) -> Iterator[h.Server]:
     """This app under uvicorn in a process of its own (niced like the service), on a
     free port, until the block ends."""
+
+    def answers(floor: h.Server) -> bool:
+        url = f"{floor.url}/api/floor/tasks?limit=1"
+        return httpx.get(url, timeout=2).status_code == 200
+
+    with running_app("bench.floor", [], workdir, answers) as floor:
+        yield floor
+
+
+@contextlib.contextmanager
+def running_app(
+    module: str, args: list[str], workdir: Path, answers: Callable[[h.Server], bool]
+) -> Iterator[h.Server]:
+    """``python -m module --port P *args`` (a floor of this folder), on a free port,
+    once ``answers`` says it does, until the block ends."""
     port = free_port()
-    log_path = workdir / "floor.log"
+    log_path = workdir / f"{module.rpartition('.')[2]}.log"
     env = dict(os.environ)
     # bench and tests from this tree; the temporary cwd holds nothing importable.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    args = [sys.executable, "-m", "bench.floor", "--port", str(port)]
-    proc = h.spawn(args, env=env, log_path=log_path, cwd=workdir)
-    floor = h.Server(proc, port, log_path)
+    command = [sys.executable, "-m", module, "--port", str(port), *args]
+    proc = h.spawn(command, env=env, log_path=log_path, cwd=workdir)
+    app = h.Server(proc, port, log_path)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{module} exited with {proc.returncode}")
+        try:
+            return answers(app)
+        except httpx.TransportError:
+            return False
+
     try:
-        support.wait_for(lambda: _answers(floor), 30, "the floor to answer")
-        yield floor
+        support.wait_for(up, 30, f"{module} to answer")
+        yield app
     finally:
         h.stop_process(proc)
 
 
-def _answers(floor: h.Server) -> bool:
-    if floor.proc.poll() is not None:
-        raise RuntimeError(f"the floor exited with {floor.proc.returncode}")
-    try:
-        return httpx.get(f"{floor.url}/api/floor/tasks?limit=1", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """What `taskledger serve` gives uvicorn, less its own code (its protocol is a
+    subclass of httptools'): one process, access log on at info, no Server header."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        log_level="info",
+        access_log=True,
+        proxy_headers=True,
+        server_header=False,
+    )
 
 
 def main() -> None:
@@ -136,18 +166,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     opts = parser.parse_args()
-    # What `taskledger serve` gives uvicorn, less its own code (its protocol is a
-    # subclass of httptools'): one process, access log on at info, no Server header.
-    uvicorn.run(
-        app,
-        host=opts.host,
-        port=opts.port,
-        http="httptools",
-        log_level="info",
-        access_log=True,
-        proxy_headers=True,
-        server_header=False,
-    )
+    serve(app, opts.host, opts.port)
 
 
 if __name__ == "__main__":

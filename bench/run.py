@@ -164,14 +164,18 @@ def crud_floor_phase(
     tokens = h.write_tokens(storage.workdir / "floor-tokens", users)
     with running_crud_floor(storage) as floor:
         h.wrk("write.lua", floor.url, connections=opts.connections, duration=2, args=[str(tokens)])
-        h.log(f"create floor: {opts.connections} connections for {opts.create_seconds:.0f} s")
-        result = h.wrk(
-            "write.lua",
-            floor.url,
-            connections=opts.connections,
-            duration=opts.create_seconds,
-            args=[str(tokens)],
-        )
+        return _created(floor, "create floor", opts, tokens)
+
+
+def _created(server: h.Server, name: str, opts: argparse.Namespace, tokens: Path) -> dict[str, Any]:
+    h.log(f"{name}: {opts.connections} connections for {opts.create_seconds:.0f} s")
+    result = h.wrk(
+        "write.lua",
+        server.url,
+        connections=opts.connections,
+        duration=opts.create_seconds,
+        args=[str(tokens)],
+    )
     return result.as_dict()
 
 
@@ -322,15 +326,7 @@ def workers_phases(storage: h.Storage, opts: argparse.Namespace, out: dict[str, 
         out["workers_list"] = _listed(server, f"list, --workers {opts.workers}", opts, args)
         users = [f"bench-w{i:03d}" for i in range(CREATE_USERS)]
         tokens = h.write_tokens(storage.workdir / "create-tokens", users)
-        h.log(f"create, --workers {opts.workers}: {opts.connections} connections")
-        result = h.wrk(
-            "write.lua",
-            server.url,
-            connections=opts.connections,
-            duration=opts.create_seconds,
-            args=[str(tokens)],
-        )
-        out["workers_create"] = result.as_dict()
+        out["workers_create"] = _created(server, f"create, --workers {opts.workers}", opts, tokens)
     out["workers"] = opts.workers
 
 
