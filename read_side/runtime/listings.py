@@ -125,21 +125,20 @@ class CachedListings:
     ) -> Answer | None:
         """The kept answer, if it was read at the user's ``position`` (read by the
         caller: read_side/runtime/async_positions.py); None otherwise."""
-        key = (tables.task.name, user_id, asked)
-        with self._lock:
-            stored = self._pages.get(key)
-            if stored is None or stored.position != position:
-                return None
-            self._pages.move_to_end(key)
-            return stored.answer
+        return self._kept_if(tables, user_id, asked, lambda kept: kept.position == position)
 
     def kept(self, tables: ViewTables, user_id: str, asked: Hashable, count: int) -> Answer | None:
         """The kept answer, if it was read or confirmed under ``count`` (a stable
         ChangeCount: the tables have not changed since); None otherwise."""
+        return self._kept_if(tables, user_id, asked, lambda kept: kept.count == count)
+
+    def _kept_if(
+        self, tables: ViewTables, user_id: str, asked: Hashable, current: Callable[[_Kept], bool]
+    ) -> Answer | None:
         key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
-            if stored is None or stored.count != count:
+            if stored is None or not current(stored):
                 return None
             self._pages.move_to_end(key)
             return stored.answer
