@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -25,21 +26,23 @@ def token(**claims: Any) -> str:
     return jwt.encode({"sub": "alice", **claims}, SECRET, algorithm="HS256")
 
 
-NOW = int(time.time())
+# Each case is a function of the moment the test runs, not of collection time: the whole
+# suite outlasts a 15-minute token, so a moment taken at collection would expire.
+Claims = Callable[[int], dict[str, Any]]
 
 
 @pytest.mark.parametrize(
     "claims",
     [
-        {"iat": NOW, "exp": 10**18},
-        {"iat": NOW, "exp": 10**400},  # beyond any float
-        {"iat": NOW, "exp": 1e300},
-        {"iat": NOW, "exp": 253402300799},  # 9999-12-31
-        {"iat": NOW, "exp": str(NOW + 600)},  # PyJWT alone takes a numeric string
-        {"iat": str(NOW), "exp": NOW + 600},
-        {"iat": NOW, "exp": NOW + WEEK + 3600},
-        {"exp": NOW + WEEK + 3600},  # no iat: counted from now
-        {"iat": NOW - 3600, "exp": NOW + WEEK},  # a week and an hour after its issue
+        lambda now: {"iat": now, "exp": 10**18},
+        lambda now: {"iat": now, "exp": 10**400},  # beyond any float
+        lambda now: {"iat": now, "exp": 1e300},
+        lambda now: {"iat": now, "exp": 253402300799},  # 9999-12-31
+        lambda now: {"iat": now, "exp": str(now + 600)},  # PyJWT alone takes a numeric string
+        lambda now: {"iat": str(now), "exp": now + 600},
+        lambda now: {"iat": now, "exp": now + WEEK + 3600},
+        lambda now: {"exp": now + WEEK + 3600},  # no iat: counted from now
+        lambda now: {"iat": now - 3600, "exp": now + WEEK},  # a week and an hour after issue
     ],
     ids=[
         "1e18",
@@ -53,24 +56,25 @@ NOW = int(time.time())
         "iat",
     ],
 )
-def test_tokens_beyond_the_maximum_lifetime_are_refused(claims: dict[str, Any]) -> None:
+def test_tokens_beyond_the_maximum_lifetime_are_refused(claims: Claims) -> None:
     with pytest.raises(AuthenticationFailed):
-        verifier().verify(token(**claims))
+        verifier().verify(token(**claims(int(time.time()))))
 
 
 @pytest.mark.parametrize(
     "claims",
     [
-        {"iat": NOW, "exp": NOW + WEEK},  # the hackathon frontends' own 7-day tokens
-        {"iat": NOW, "exp": NOW + 900},  # Better Auth's 15 minutes
-        {"exp": NOW + 6 * 24 * 3600},
+        lambda now: {"iat": now, "exp": now + WEEK},  # the hackathon frontends' 7-day tokens
+        lambda now: {"iat": now, "exp": now + 900},  # Better Auth's 15 minutes
+        lambda now: {"exp": now + 6 * 24 * 3600},
     ],
     ids=["7 days", "15 minutes", "no iat, 6 days"],
 )
-def test_tokens_within_the_maximum_lifetime_are_accepted(claims: dict[str, Any]) -> None:
-    assert verifier().verify(token(**claims)).user_id == "alice"
+def test_tokens_within_the_maximum_lifetime_are_accepted(claims: Claims) -> None:
+    assert verifier().verify(token(**claims(int(time.time())))).user_id == "alice"
 
 
 def test_the_maximum_can_be_lowered() -> None:
+    now = int(time.time())
     with pytest.raises(AuthenticationFailed, match="lifetime"):
-        verifier(max_ttl=900).verify(token(iat=NOW, exp=NOW + 3600))
+        verifier(max_ttl=900).verify(token(iat=now, exp=now + 3600))
