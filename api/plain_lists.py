@@ -16,6 +16,7 @@ refuses and explains; this is a shortcut for requests it would answer 200.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, get_args
 from urllib.parse import parse_qsl
 
@@ -43,15 +44,16 @@ _STATUSES = frozenset(get_args(Status))
 _SORTS = frozenset(get_args(SortKey))
 _ORDERS = frozenset(get_args(Order))
 _PRIORITIES = frozenset(PRIORITIES)
-# has_due: absent, or exactly "true" or "false" (the route reads other spellings too).
+# has_due, overdue: absent, or exactly "true" or "false" (the route reads other spellings too).
 _INVALID = object()
 _BOOLEANS: dict[str | None, object] = {None: None, "true": True, "false": False}
 
 
 def plain_listing(query_string: bytes) -> TaskFilter | None:
     """The listing asked for, when the query holds only paging, ``status``, ``sort``,
-    ``order`` and ``has_due`` (each once), ``priority`` and ``tag`` (repeatable), in
-    their canonical spellings (None: the route's to read)."""
+    ``order``, ``has_due`` and ``overdue`` (each once), ``priority`` and ``tag``
+    (repeatable), in their canonical spellings (None: the route's to read). An
+    ``overdue`` listing is still to be given its moment."""
     split = _split(query_string)
     if split is None:
         return None
@@ -60,6 +62,7 @@ def plain_listing(query_string: bytes) -> TaskFilter | None:
     status = asked.pop("status", "all")
     sort, order = asked.pop("sort", "created_at"), asked.pop("order", "desc")
     has_due = _BOOLEANS.get(asked.pop("has_due", None), _INVALID)
+    overdue = _BOOLEANS.get(asked.pop("overdue", None), _INVALID)
     plain = (
         not asked
         and _LIMIT.fullmatch(limit) is not None
@@ -67,6 +70,7 @@ def plain_listing(query_string: bytes) -> TaskFilter | None:
         and int(limit) <= MAX_LIMIT
         and int(offset) <= MAX_OFFSET
         and has_due is not _INVALID
+        and overdue is not _INVALID
         and status in _STATUSES
         and sort in _SORTS
         and order in _ORDERS
@@ -87,6 +91,7 @@ def plain_listing(query_string: bytes) -> TaskFilter | None:
         priorities=tuple(dict.fromkeys(priorities)),
         tags=labels,
         has_due=has_due,  # type: ignore[arg-type]  # a bool or None, from _BOOLEANS
+        overdue=overdue,  # type: ignore[arg-type]
     )
 
 
@@ -135,6 +140,9 @@ class PlainListings:
         if spec is None:
             return None
         services = self.services
+        if spec.overdue is not None:
+            # Judged at the moment the route would judge it at.
+            spec = replace(spec, now=services.now().replace(microsecond=0))
         verifier = services.verifier
         token = _bearer_token(scope)
         if verifier is None or token is None or services.health.fault is not None:

@@ -270,8 +270,7 @@ def list_tasks(
         due_after=due_after,
         overdue=overdue,
         has_due=has_due,
-        # A past list is judged at its own moment. To the second: listings asked for
-        # within one are one page in the cache.
+        # A past list is judged at its own moment; any list, to the second.
         now=None if overdue is None else (as_of or services.now()).replace(microsecond=0),
     )
     headers: dict[str, str] = {}
@@ -429,8 +428,9 @@ async def complete_task(
 def list_tags(user_id: ReadableUser, services: ServicesDep) -> Response:
     """Each of the user's tags with its number of tasks, most first, then by name."""
 
-    def counted(conn: Connection, tables: ViewTables) -> str:
-        return orjson.dumps(_tag_counts(queries.tag_counts(conn, tables, user_id))).decode()
+    def counted(conn: Connection, tables: ViewTables) -> tuple[str, None]:
+        counts = queries.tag_counts(conn, tables, user_id)
+        return orjson.dumps(_tag_counts(counts)).decode(), None
 
     return _json_response(services.summary(user_id, "tags", counted))
 
@@ -465,10 +465,10 @@ def task_stats(
     ] = "UTC",
 ) -> Response:
     """The user's tasks counted, from the read tables."""
-    # To the second: stats asked for within one (a dashboard's poll) are one answer.
+    # Judged to the second; kept while no due date or midnight passes (a dashboard's poll).
     zone, now = _zone(tz), services.now().replace(microsecond=0)
 
-    def counted(conn: Connection, tables: ViewTables) -> str:
+    def counted(conn: Connection, tables: ViewTables) -> tuple[str, queries.MomentSpan]:
         stats = queries.stats(conn, tables, user_id, now, zone)
         document = {
             "total": stats.total,
@@ -481,9 +481,9 @@ def task_stats(
             "by_priority": stats.by_priority,
             "top_tags": _tag_counts(stats.top_tags),
         }
-        return orjson.dumps(document).decode()
+        return orjson.dumps(document).decode(), stats.span
 
-    answer = services.summary(user_id, ("stats", tz, now), counted, at_moment=True)
+    answer = services.summary(user_id, ("stats", tz), counted, moment=now)
     return _json_response(answer)
 
 

@@ -27,7 +27,7 @@ from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
 from read_side.catalogue import Build
 from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
-from read_side.queries import TaskFilter
+from read_side.queries import MomentSpan, TaskFilter
 from read_side.runtime.async_positions import AsyncPositions
 from read_side.runtime.engine import (
     create_read_engine,
@@ -39,7 +39,7 @@ from read_side.runtime.engine import (
 )
 from read_side.runtime.health import ReadModelHealth
 from read_side.runtime.keeper import ReadModelKeeper
-from read_side.runtime.listings import BuildSwitched, CachedListings, ChangeCount
+from read_side.runtime.listings import BuildSwitched, CachedListings, ChangeCount, Judged
 from read_side.status import BuildStatus, build_status
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from write_side import TaskLedger
@@ -88,8 +88,9 @@ class Services:
         # Built at start-up: in development its shared secret may be made then.
         self.verifier: TokenVerifier | None = None
         self.listings = CachedListings(max_bytes=settings.listing_cache_bytes)
-        # Answers judged at a moment (stats, overdue listings): each of use for its
-        # second only, kept apart so that they never push out the pages above.
+        # Answers judged at a moment (stats, overdue listings): each of use while no
+        # due date or midnight passes, kept apart so that they never push out the
+        # pages above.
         self.moments = CachedListings(max_pages=256, max_bytes=settings.listing_cache_bytes // 16)
         # Moved by every batch this process projects: see kept_page.
         self.changes = ChangeCount()
@@ -266,23 +267,23 @@ class Services:
         self,
         user_id: str,
         asked: Hashable,
-        query: Callable[[Connection, ViewTables], str],
+        query: Callable[[Connection, ViewTables], tuple[str, MomentSpan | None]],
         *,
-        at_moment: bool = False,
+        moment: datetime | None = None,
     ) -> str:
         """A JSON answer about the user's tasks from the live build (their tags, their
         stats), kept like a page while their tasks stand still. ``asked``: what the
-        answer depends on besides them (for ``at_moment``, the moment, to the second)."""
-        cache = self.moments if at_moment else self.listings
+        answer depends on besides them; ``moment``: what an answer judged at a moment
+        is judged at (``query`` then says the span of moments it holds for)."""
+        cache = self.listings if moment is None else self.moments
 
         def answered(conn: Connection, served: Build) -> tuple[str, int]:
+            def judged() -> Judged:
+                text, span = query(conn, served.tables)
+                return (text, 0), span
+
             return cache.answer(
-                conn,
-                served.tables,
-                user_id,
-                asked,
-                lambda: (query(conn, served.tables), 0),
-                build_id=served.id,
+                conn, served.tables, user_id, asked, judged, build_id=served.id, moment=moment
             )
 
         return self._answered(answered)[0]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import cache, lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import (
@@ -64,6 +64,43 @@ class TaskFilter:
         return tuple(dict.fromkeys(fold(tag) for tag in self.tags))
 
 
+@dataclass(frozen=True, slots=True)
+class MomentSpan:
+    """The moments at which an answer judged at one moment is the same answer: those
+    after ``after`` and up to ``upto`` (None: unbounded). An answer that asks "due
+    before now" changes only when now passes a pending task's due date, and one that
+    asks "due today" only at a midnight; between them it may be kept."""
+
+    after: datetime | None
+    upto: datetime | None
+
+    def holds(self, moment: datetime) -> bool:
+        return (self.after is None or moment > self.after) and (
+            self.upto is None or moment <= self.upto
+        )
+
+    def within(self, first: datetime, end: datetime) -> MomentSpan:
+        """This span narrowed to the moments from ``first`` to before ``end``."""
+        before_first, last = first - _TICK, end - _TICK
+        return MomentSpan(
+            before_first if self.after is None else max(self.after, before_first),
+            last if self.upto is None else min(self.upto, last),
+        )
+
+
+# The finest step of a datetime: "at or after m" is "after m less a tick".
+_TICK = timedelta(microseconds=1)
+
+
+class Listed(NamedTuple):
+    """A page of documents, the number of tasks that match in all, and, for a listing
+    judged at a moment (``overdue``), the moments at which it is the same page."""
+
+    documents: list[str]
+    total: int
+    span: MomentSpan | None = None
+
+
 @dataclass(frozen=True)
 class Stats:
     """A user's tasks counted (``stats``)."""
@@ -77,20 +114,24 @@ class Stats:
     completion_rate: float
     by_priority: dict[str, int]
     top_tags: list[tuple[str, int]]
+    # The moments at which every count above is the same (a kept stats answer's).
+    span: MomentSpan = field(default=MomentSpan(None, None), compare=False)
 
 
-def list_tasks(
-    conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter
-) -> tuple[list[str], int]:
+def list_tasks(conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter) -> Listed:
     """One page of a user's tasks, as their JSON documents, and the number of tasks that
     match in all, from the read model build whose ``tables`` are served."""
     conditions = _conditions(tables, user_id, spec)
     rows = conn.execute(page_statement(tables, user_id, spec, conditions)).all()
-    if rows:
-        return [row.doc for row in rows], int(rows[0].total)
-    # Past the last page the count has no row to ride on.
-    count = conn.execute(select(func.count()).where(*conditions)).scalar_one()
-    return [], int(count)
+    if not rows:
+        # Past the last page the count has no row to ride on.
+        rows = conn.execute(
+            select(func.count().label("total"), *_span_columns(tables, user_id, spec)).where(
+                *conditions
+            )
+        ).all()
+        return Listed([], int(rows[0].total), _span_of(rows[0], spec))
+    return Listed([row.doc for row in rows], int(rows[0].total), _span_of(rows[0], spec))
 
 
 def page_statement(
@@ -110,12 +151,52 @@ def page_statement(
     # the window over every matching row first: 2.5 ms for 1,000 tasks, against 0.3.)
     total = select(func.count()).where(*conditions).correlate(None).scalar_subquery()
     return (
-        select(_task.c.doc, total.label("total"))
+        select(_task.c.doc, total.label("total"), *_span_columns(tables, user_id, spec))
         .where(*conditions)
         .order_by(*ordering)
         .limit(spec.limit)
         .offset(spec.offset)
     )
+
+
+def _span_columns(
+    tables: ViewTables, user_id: str, spec: TaskFilter
+) -> tuple[ColumnElement[Any], ...]:
+    """For a listing judged at a moment, the span's bounds riding on its statement (one
+    statement, one snapshot): the latest pending due date before the moment and the
+    earliest at or after it. A page of overdue tasks is the same page between them."""
+    if spec.overdue is None:
+        return ()
+    return _pending_due_around(tables, user_id, spec.moment())
+
+
+def _pending_due_around(
+    tables: ViewTables, user_id: str, now: datetime
+) -> tuple[ColumnElement[Any], ColumnElement[Any]]:
+    # Each a walk of the (user, due date) index from ``now``, to the first pending task.
+    _task = tables.task.c
+    pending = (_task.user_id == user_id, _task.completed.is_(False))
+
+    def nearest(side: ColumnElement[bool], order: ColumnElement[Any]) -> ColumnElement[Any]:
+        first = select(_task.due_at).where(*pending, side).order_by(order).limit(1)
+        return first.correlate(None).scalar_subquery()
+
+    return (
+        nearest(_task.due_at < now, _task.due_at.desc()).label("due_before_now"),
+        nearest(_task.due_at >= now, _task.due_at.asc()).label("due_from_now"),
+    )
+
+
+def _span_of(row: Row[Any], spec: TaskFilter) -> MomentSpan | None:
+    if spec.overdue is None:
+        return None
+    return _pending_span(row.due_before_now, row.due_from_now)
+
+
+def _pending_span(after: datetime | None, upto: datetime | None) -> MomentSpan:
+    # No pending due date lies between these two: "overdue" is judged the same for
+    # every moment after the first and up to the second.
+    return MomentSpan(None if after is None else _utc(after), None if upto is None else _utc(upto))
 
 
 def _conditions(tables: ViewTables, user_id: str, spec: TaskFilter) -> list[ColumnElement[bool]]:
@@ -289,15 +370,16 @@ def stats(  # noqa: PLR0917 - the API's call, as agreed: stats(conn, tables, use
         return and_(pending, _task.due_at >= span[0], _task.due_at < span[1])
 
     counts = [
-        func.count(),
+        func.count().label("total"),
         func.count().filter(_task.completed.is_(True)),
         func.count().filter(and_(pending, _task.due_at < now)),
         func.count().filter(due_within(day)),
         func.count().filter(due_within(week)),
         *(func.count().filter(_task.priority_rank == rank) for rank in range(len(PRIORITIES))),
     ]
-    row = conn.execute(select(*counts).where(_task.user_id == user_id)).one()
-    total, completed, overdue, due_today, due_this_week, *by_rank = map(int, row)
+    around = _pending_due_around(tables, user_id, now)
+    row = conn.execute(select(*counts, *around).where(_task.user_id == user_id)).one()
+    total, completed, overdue, due_today, due_this_week, *by_rank = map(int, row[: len(counts)])
     return Stats(
         total=total,
         completed=completed,
@@ -308,6 +390,8 @@ def stats(  # noqa: PLR0917 - the API's call, as agreed: stats(conn, tables, use
         completion_rate=round(completed / total, 4) if total else 0.0,
         by_priority=dict(zip(PRIORITIES, by_rank, strict=True)),
         top_tags=tag_counts(conn, tables, user_id, top),
+        # "Today" and "this week" hold until the next local midnight.
+        span=_pending_span(row.due_before_now, row.due_from_now).within(*day),
     )
 
 

@@ -9,9 +9,11 @@ shared tables, not from this process's memory.
 
 The same holds for a user's other answers from the tables (their tags, their stats):
 any answer is filed by what it was asked with. An answer judged at a moment (a stats
-of today, an ``overdue`` listing: their ``now``, to the second) is filed with its
-moment, and is of use for that second only: ``Services`` keeps those in a small cache
-of their own, so that they never push out the pages that are asked for again.
+of today, an ``overdue`` listing) is filed without its moment but with the span of
+moments at which it is the same answer, read in the same statement
+(``queries.MomentSpan``: until now passes a pending task's due date, or a midnight),
+and is served again only at a moment in that span. ``Services`` keeps those in a
+cache of their own, so that they never push out the plain pages.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from dataclasses import replace
+from datetime import datetime
 
 from sqlalchemy import Connection
 
 from read_side import queries
-from read_side.queries import TaskFilter
+from read_side.queries import MomentSpan, TaskFilter
 from read_side.tables import ViewTables
 
 Page = tuple[str, int]  # the JSON array of task documents, and the total that match
 Answer = tuple[str, int]  # a JSON document, and a number riding with it (a page's total)
+# An answer, and the moments at which it holds (None: it does not depend on the moment).
+Judged = tuple[Answer, MomentSpan | None]
 
 
 class BuildSwitched(Exception):
@@ -114,31 +120,35 @@ class CachedListings:
         differently. Raises BuildSwitched when another build is live now. ``count``:
         the ChangeCount read before anything else (None: a batch was under way)."""
 
-        def listed() -> Page:
-            documents, total = queries.list_tasks(conn, tables, user_id, spec)
-            return f"[{','.join(documents)}]", total
+        def listed() -> Judged:
+            documents, total, span = queries.list_tasks(conn, tables, user_id, spec)
+            return (f"[{','.join(documents)}]", total), span
 
-        return self.answer(conn, tables, user_id, spec, listed, build_id=build_id, count=count)
+        asked, moment = _filing(spec)
+        return self.answer(
+            conn, tables, user_id, asked, listed, build_id=build_id, count=count, moment=moment
+        )
 
     def kept_at(
-        self, tables: ViewTables, user_id: str, asked: Hashable, position: int
+        self, tables: ViewTables, user_id: str, spec: TaskFilter, position: int
     ) -> Answer | None:
-        """The kept answer, if it was read at the user's ``position`` (read by the
+        """The kept page, if it was read at the user's ``position`` (read by the
         caller: read_side/runtime/async_positions.py); None otherwise."""
-        return self._kept_if(tables, user_id, asked, lambda kept: kept.position == position)
+        return self._kept_if(tables, user_id, spec, lambda kept: kept.position == position)
 
-    def kept(self, tables: ViewTables, user_id: str, asked: Hashable, count: int) -> Answer | None:
-        """The kept answer, if it was read or confirmed under ``count`` (a stable
+    def kept(self, tables: ViewTables, user_id: str, spec: TaskFilter, count: int) -> Answer | None:
+        """The kept page, if it was read or confirmed under ``count`` (a stable
         ChangeCount: the tables have not changed since); None otherwise."""
-        return self._kept_if(tables, user_id, asked, lambda kept: kept.count == count)
+        return self._kept_if(tables, user_id, spec, lambda kept: kept.count == count)
 
     def _kept_if(
-        self, tables: ViewTables, user_id: str, asked: Hashable, current: Callable[[_Kept], bool]
+        self, tables: ViewTables, user_id: str, spec: TaskFilter, current: Callable[[_Kept], bool]
     ) -> Answer | None:
+        asked, moment = _filing(spec)
         key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
-            if stored is None or not current(stored):
+            if stored is None or not current(stored) or not stored.holds_at(moment):
                 return None
             self._pages.move_to_end(key)
             return stored.answer
@@ -149,28 +159,31 @@ class CachedListings:
         tables: ViewTables,
         user_id: str,
         asked: Hashable,
-        compute: Callable[[], Answer],
+        compute: Callable[[], Judged],
         *,
         build_id: int | None = None,
         count: int | None = None,
+        moment: datetime | None = None,
     ) -> Answer:
         """The answer to ``asked`` about the user: kept, or ``compute()``d (on
         ``conn``, after the user's position was read). Raises BuildSwitched as
-        ``page`` does. ``count`` as for ``page``: what the answer is filed under."""
+        ``page`` does. ``count`` as for ``page``: what the answer is filed under.
+        ``moment``: what an answer judged at a moment is judged at (its span must
+        hold it)."""
         position, live = queries.user_position(conn, tables, user_id)
         if build_id is not None and live is not None and live != build_id:
             raise BuildSwitched(live)
         key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
-            if stored is not None and stored.position == position:
+            if stored is not None and stored.position == position and stored.holds_at(moment):
                 self._pages.move_to_end(key)
                 # Confirmed under this count: still the page while the count stands.
                 # (Under none, a batch was under way: the count it had stands.)
                 if count is not None:
                     stored.count = count
                 return stored.answer
-        answer = compute()
+        answer, span = compute()
         size = sys.getsizeof(answer[0])
         if size > self._max_bytes:
             return answer
@@ -178,18 +191,41 @@ class CachedListings:
             replaced = self._pages.pop(key, None)
             if replaced is not None:
                 self._bytes -= replaced.size
-            self._pages[key] = _Kept(position, answer, size, count)
+            self._pages[key] = _Kept(position, answer, size, count, span)
             self._bytes += size
             while len(self._pages) > self._max_pages or self._bytes > self._max_bytes:
                 self._bytes -= self._pages.popitem(last=False)[1].size
         return answer
 
 
+def _filing(spec: TaskFilter) -> tuple[TaskFilter, datetime | None]:
+    """What a page is filed under, and the moment it is asked at: one judged at a moment
+    is filed without it, to be served again at any moment its span holds."""
+    if spec.now is None:
+        return spec, None
+    return replace(spec, now=None), spec.moment()
+
+
 class _Kept:
-    """A kept answer: the user's position it was read at, its size in bytes, and the
-    ChangeCount it was read or last confirmed under (None: none stable)."""
+    """A kept answer: the user's position it was read at, its size in bytes, the
+    ChangeCount it was read or last confirmed under (None: none stable), and for an
+    answer judged at a moment, the moments at which it holds."""
 
-    __slots__ = ("answer", "count", "position", "size")
+    __slots__ = ("answer", "count", "position", "size", "span")
 
-    def __init__(self, position: int, answer: Answer, size: int, count: int | None) -> None:
+    def __init__(
+        self,
+        position: int,
+        answer: Answer,
+        size: int,
+        count: int | None,
+        span: MomentSpan | None = None,
+    ) -> None:
         self.position, self.answer, self.size, self.count = position, answer, size, count
+        self.span = span
+
+    def holds_at(self, moment: datetime | None) -> bool:
+        """Still the answer at ``moment`` (None: asked at none), as far as time goes."""
+        if self.span is None:
+            return moment is None
+        return moment is not None and self.span.holds(moment)

@@ -39,6 +39,8 @@ PASSED_ON = 418
             "tag=%20Work%20&tag=home&tag=WORK&has_due=false",
             TaskFilter(tags=("Work", "home"), has_due=False),
         ),
+        # Given its moment by the layer, as the route gives it.
+        ("overdue=true&sort=due_at", TaskFilter(overdue=True, sort="due_at")),
     ],
 )
 def test_a_plain_query_is_read_as_the_route_reads_it(query: str, spec: TaskFilter) -> None:
@@ -69,7 +71,8 @@ def test_a_plain_query_is_read_as_the_route_reads_it(query: str, spec: TaskFilte
         "has_due=1",
         "has_due=",
         "has_due=true&has_due=false",
-        "overdue=true",
+        "overdue=1",
+        "overdue=true&overdue=true",
         "due_before=2026-01-01T00:00:00Z",
         "as_of=2026-01-01T00:00:00Z",
         "limit=5&unknown=1",
@@ -83,7 +86,8 @@ def test_anything_else_is_left_to_the_route(query: str) -> None:
 def _seed(client: TestClient, user: User) -> None:
     for title, done in [("b milk", False), ("a bread", True), ("c eggs", False)]:
         plan = {"priority": "high", "tags": ["work"], "due_at": "2030-01-01T00:00:00Z"}
-        body = {"title": title, **(plan if title == "c eggs" else {})}
+        late = {"due_at": "2020-01-01T00:00:00Z"}
+        body = {"title": title, **(plan if title == "c eggs" else late)}
         created = client.post(user.tasks_url(), json=body, headers=user.headers)
         assert created.status_code == 201
         if done:
@@ -104,6 +108,8 @@ def _seed(client: TestClient, user: User) -> None:
             "tag=Work&priority=high&has_due=true&sort_by=created_at",
         ),
         ("tag=nope", "tag=nope&sort_by=created_at"),
+        ("overdue=true", "overdue=1"),
+        ("overdue=false&sort=due_at", "overdue=0&sort_by=due_at"),
     ],
 )
 def test_a_plain_listing_answers_as_the_route(
@@ -150,6 +156,7 @@ def test_only_a_plain_listing_of_ones_own_tasks_with_a_known_token_is_answered_h
     assert client.get(user.tasks_url(), headers=user.headers).status_code == 200
     assert _answered_here(client, user.tasks_url(), user.headers)
     assert _answered_here(client, user.tasks_url() + "?sort=title&limit=2", user.headers)
+    assert _answered_here(client, user.tasks_url() + "?overdue=true", user.headers)
     assert _answered_here(client, user.tasks_url(), {"Authorization": f"bearer {user.token}"})
 
     # The same user, a token never seen: verified by the route.

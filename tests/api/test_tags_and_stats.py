@@ -3,13 +3,14 @@ the app's clock fixed and the calendar of the zone asked for, on each backend.""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from read_side import queries
+from read_side.runtime.listings import CachedListings
 from tests.api.test_api import assert_invalid, create
 from tests.support import User, assert_problem, services_of
 
@@ -182,8 +183,8 @@ def test_the_document_describes_both_answers(client: TestClient) -> None:
 def test_answers_judged_at_a_moment_are_kept_apart_from_the_pages(
     client: TestClient, user: User, fixed_clock: datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Stats and overdue listings are kept for their second only, in a cache of their
-    own: a dashboard polling them never pushes out the pages asked for again."""
+    """Stats and overdue listings are kept in a cache of their own: a dashboard polling
+    them never pushes out the pages asked for again."""
     create(client, user, title="due", due_at="2026-03-01T00:00:00Z")
     services = services_of(client)
     pages_before = services.listings.size_bytes
@@ -199,6 +200,72 @@ def test_answers_judged_at_a_moment_are_kept_apart_from_the_pages(
     # A write is seen at once: the user's position filed the answer.
     create(client, user, title="another")
     assert stats_of(client, user)["total"] == first["total"] + 1
+
+
+PARIS_MIDNIGHT = datetime(2026, 3, 29, 22, 0, tzinfo=UTC)  # Monday 30 March begins
+
+
+def test_answers_judged_at_a_moment_hold_until_a_due_date_or_a_midnight_passes(
+    client: TestClient, user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept stats answer or overdue page is served again at a later moment while no
+    pending task's due date and no midnight of the zone lies between: and at every
+    moment it is the answer a fresh read gives."""
+    clock = [NOW]
+    services = services_of(client)
+    monkeypatch.setattr(services, "now", lambda: clock[0])
+    soon = NOW + timedelta(minutes=10)
+    create(client, user, title="late", due_at="2026-03-28T23:30:00Z")
+    create(client, user, title="soon", due_at=soon.isoformat())
+    create(client, user, title="monday", due_at="2026-03-30T10:00:00Z")
+    done = create(client, user, title="done", due_at=(NOW + timedelta(minutes=5)).isoformat())
+    assert client.patch(user.tasks_url(done["id"]) + "/complete", headers=user.headers).is_success
+    create(client, user, title="undated")
+    reads = {"stats": 0, "list_tasks": 0}
+    for name in reads:
+        monkeypatch.setattr(queries, name, _counted(reads, name, getattr(queries, name)))
+
+    def answers() -> tuple[dict[str, Any], list[str]]:
+        overdue = client.get(user.tasks_url(), params={"overdue": "true"}, headers=user.headers)
+        assert overdue.status_code == 200, overdue.text
+        return stats_of(client, user, tz="Europe/Paris"), [t["title"] for t in overdue.json()]
+
+    def fresh() -> tuple[dict[str, Any], list[str]]:
+        # Read through an empty cache, leaving the kept answers where they are.
+        kept, before = services.moments, dict(reads)
+        services.moments = CachedListings()
+        try:
+            return answers()
+        finally:
+            services.moments = kept
+            reads.update(before)  # (not counted)
+
+    moments = [
+        (NOW, 1),
+        (NOW + timedelta(minutes=9), 0),  # the completed task's due date does not count
+        (soon, 0),  # due at this moment: overdue only after it
+        (soon + timedelta(seconds=1), 1),
+        (PARIS_MIDNIGHT - timedelta(seconds=1), 0),
+        (PARIS_MIDNIGHT, 1),  # a new day in Paris: "monday" is due today
+        (NOW, 1),  # an earlier moment is read again
+    ]
+    for moment, read in moments:
+        clock[0] = moment
+        before = dict(reads)
+        kept = answers()
+        # A stats answer is read again at a new Paris day; the overdue page is not.
+        asked_again = {"stats": read, "list_tasks": int(read and moment != PARIS_MIDNIGHT)}
+        assert {n: reads[n] - before[n] for n in reads} == asked_again, moment
+        assert kept == fresh(), moment
+    assert fresh()[1] == ["late"]
+
+
+def _counted(reads: dict[str, int], name: str, query: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads[name] += 1
+        return query(*args, **kwargs)
+
+    return counted
 
 
 def _not_asked(*_: object, **__: object) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import patch
@@ -155,7 +156,7 @@ def test_the_plans_filters_and_sorts_page_as_a_past_list_does(
     ]
     with engine.connect() as conn:
         for spec in SPECS:
-            documents, total = list_tasks(conn, LIVE_TABLES, "lister", spec)
+            documents, total, _ = list_tasks(conn, LIVE_TABLES, "lister", spec)
             page, expected_total = page_of(past, spec)
             titles = [json.loads(document)["title"] for document in documents]
             assert (titles, total) == ([task["title"] for task in page], expected_total), spec
@@ -227,21 +228,35 @@ def test_stats_count_by_the_users_calendar(ledger: TaskLedger, engine: Engine) -
     assert nobody == Stats(0, 0, 0, 0, 0, 0, 0.0, dict.fromkeys(counted.by_priority, 0), [])
 
 
-def test_listings_judged_at_a_moment_are_filed_by_their_moment(
+def test_listings_judged_at_a_moment_are_kept_while_no_pending_due_date_passes(
     ledger: TaskLedger, engine: Engine
 ) -> None:
     planned(ledger, "alice", "late", due_at=DUE)
+    planned(ledger, "alice", "later", due_at=DUE + timedelta(hours=1))
+    done = planned(ledger, "alice", "done", due_at=DUE + timedelta(minutes=30))
+    ledger.set_task_completed("alice", done.id, True)
     Projector(ledger, engine).catch_up()
     listings = CachedListings()
+    tick = timedelta(microseconds=1)
+    moments = [
+        # (moment, tasks overdue then, read again)
+        (DUE - timedelta(minutes=1), 0, True),
+        (DUE, 0, False),  # due at this moment: overdue only after it
+        (DUE + tick, 1, True),
+        (DUE + timedelta(minutes=59), 1, False),  # a completed task's due date passed
+        (DUE + timedelta(hours=1, seconds=1), 2, True),
+        (DUE + timedelta(days=400), 2, False),  # no pending due date is left ahead
+        (DUE, 0, True),  # an earlier moment
+    ]
     with engine.connect() as conn:
-        for second in range(3):
-            moment = DUE + timedelta(seconds=second)
+        for moment, overdue, read in moments:
             spec = TaskFilter(overdue=True, now=moment)
-            # Each moment is its own answer: overdue from the second after it is due.
-            assert listings.page(conn, LIVE_TABLES, "alice", spec)[1] == (second > 0)
-        at_due = TaskFilter(overdue=True, now=DUE)
-        with patch.object(queries, "list_tasks", side_effect=AssertionError("not kept")):
-            assert listings.page(conn, LIVE_TABLES, "alice", at_due)[1] == 0
+            with patch.object(queries, "list_tasks", wraps=queries.list_tasks) as listed:
+                assert listings.page(conn, LIVE_TABLES, "alice", spec)[1] == overdue, moment
+            assert listed.called == read, moment
+            # Every task that is not overdue, judged at the same moment, likewise.
+            others = listings.page(conn, LIVE_TABLES, "alice", replace(spec, overdue=False))
+            assert others[1] == 3 - overdue
 
 
 def test_verify_sees_a_wrong_tag_row(ledger: TaskLedger, engine: Engine) -> None:
@@ -340,5 +355,5 @@ def test_a_big_users_pages_use_the_indexes(engine: Engine, scratch: ViewTables) 
             if conn.dialect.name == "postgresql":
                 assert "Seq Scan" not in plan, plan
         # The page is the one asked for (the plan is of a query that works).
-        documents, total = list_tasks(conn, scratch, BIG, TaskFilter(tags=("RARE",)))
+        documents, total, _ = list_tasks(conn, scratch, BIG, TaskFilter(tags=("RARE",)))
         assert (len(documents), total) == (50, 50)

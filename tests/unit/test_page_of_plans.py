@@ -90,7 +90,7 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[d
 
 def live_page(engine: Any, spec: TaskFilter) -> tuple[list[str], int]:
     with engine.connect() as conn:
-        documents, total = list_tasks(conn, ViewTables.of_build(""), USER, spec)
+        documents, total, _ = list_tasks(conn, ViewTables.of_build(""), USER, spec)
     return [json.loads(document)["title"] for document in documents], total
 
 
