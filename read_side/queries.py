@@ -10,14 +10,18 @@ from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     Row,
     Select,
     Table,
+    Uuid,
     and_,
+    any_,
     bindparam,
     func,
+    literal,
     not_,
     or_,
     select,
@@ -437,10 +441,20 @@ def _user_position(tables: ViewTables) -> Select[Any]:
 list_id_of = lru_cache(maxsize=16_384)(TaskList.create_id)
 
 
-def user_position_statement(tables: ViewTables) -> Select[Any]:
-    """``user_position``'s statement (its parameter: ``list_id``), for a reader of
-    its own (read_side/runtime/async_positions.py)."""
-    return _user_position(tables)
+def positions_statement(tables: ViewTables) -> Select[Any]:
+    """Several users' positions and the live build's id in one statement (PostgreSQL;
+    its parameter: ``list_ids``, an array), for a reader that shares one read among
+    the listings waiting for it (read_side/runtime/async_positions.py). A row per
+    user the tables know, or a single row of NULLs beside the live build's id: users
+    they do not know are at position 0."""
+    owner, build = tables.owner, read_model_build.c
+    live = select(build.id).where(build.state == LIVE).scalar_subquery()
+    wanted = owner.c.list_id == any_(bindparam("list_ids", type_=ARRAY(Uuid())))
+    # The build's id rides on a row of its own when no user matches.
+    one = select(literal(1).label("one")).subquery("one")
+    return select(live.label("live"), owner.c.list_id, owner.c.last_position).select_from(
+        one.outerjoin(owner, wanted)
+    )
 
 
 def user_position(conn: Connection, tables: ViewTables, user_id: str) -> tuple[int, int | None]:
