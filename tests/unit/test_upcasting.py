@@ -46,9 +46,11 @@ def mapper() -> Mapper[UUID]:
 
 @pytest.fixture(params=RELEASES)
 def log(request: pytest.FixtureRequest) -> Iterator[sqlite3.Connection]:
-    """The release's event store, read-only: the committed file is never written."""
+    """The release's event store, read-only: the committed file is never written.
+    (Immutable: a read-only opening of a WAL-mode file would still leave -wal and -shm
+    files beside it in the checkout.)"""
     path = FIXTURES / str(request.param) / "events.sqlite3"
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     yield conn
     conn.close()
 
