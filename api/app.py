@@ -100,7 +100,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.state.services = services
     # Innermost: a plain listing it answers has passed every layer but the routing.
-    app.add_middleware(PlainListings, services=services, route=_route(router, "list_tasks"))
+    routes = {"tasks": "list_tasks", "stats": "task_stats", "tags": "list_tags"}
+    routes_by_path = {what: _route(router, name) for what, name in routes.items()}
+    app.add_middleware(PlainListings, services=services, routes=routes_by_path)
     # Added before CORS, so it runs inside it: its refusals still carry CORS headers.
     app.add_middleware(RequestLimits, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(

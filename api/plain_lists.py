@@ -11,11 +11,16 @@ untouched: another parameter or value, a first-seen token (whose keys may have t
 fetched), another user's tasks (an auditor's read is logged by the route), the read
 tables not served, any error. So the route stays the one place that validates,
 refuses and explains; this is a shortcut for requests it would answer 200.
+
+A dashboard's summaries, ``/stats`` (with at most ``tz``) and ``/tags``, are answered
+here too when they are kept and still hold; anything else about them (a first read, a
+change since) goes to their routes, which read and keep them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable, Mapping
 from dataclasses import replace
 from typing import Any, get_args
 from urllib.parse import parse_qsl
@@ -26,14 +31,14 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.request_context import note_user
-from api.routes import list_response
+from api.routes import known_zone, list_response, summary_response
 from api.services import Services
 from read_side.queries import Order, SortKey, Status, TaskFilter
 from write_side import USER_ID_PATTERN
 from write_side.domain import PRIORITIES, clean_tags
 from write_side.errors import InvalidTask
 
-_PATH = re.compile(r"/api/([^/]+)/tasks")
+_PATH = re.compile(r"/api/([^/]+)/(tasks|stats|tags)")
 _USER_ID = re.compile(USER_ID_PATTERN)
 # The route's own bounds (api/routes.py list_tasks), written as the only spellings
 # taken here: any other (a sign, a space, leading zeros) goes to the route.
@@ -114,15 +119,31 @@ def _split(query_string: bytes) -> tuple[dict[str, str], list[str], list[str]] |
     return asked, repeated["priority"], repeated["tag"]
 
 
-class PlainListings:
-    """ASGI: plain listings by their own user answered here, the rest passed on."""
+def plain_summary(what: str, query_string: bytes) -> tuple[Hashable, bool] | None:
+    """What a ``stats`` or ``tags`` request asks, as its route files the answer, and
+    whether it is judged at a moment (None: the route's to read)."""
+    split = _split(query_string)
+    if split is None or split[1] or split[2]:
+        return None
+    asked = split[0]
+    if what == "tags":
+        return ("tags", False) if not asked else None
+    zone = asked.pop("tz", "UTC")
+    if asked or not known_zone(zone):
+        return None
+    return ("stats", zone), True
 
-    def __init__(self, app: ASGIApp, services: Services, route: BaseRoute) -> None:
+
+class PlainListings:
+    """ASGI: plain listings by their own user answered here, and their kept summaries;
+    the rest passed on."""
+
+    def __init__(self, app: ASGIApp, services: Services, routes: Mapping[str, BaseRoute]) -> None:
         self.app = app
         self.services = services
-        # The route it stands in for: written into the scope, as routing would, so that
-        # the access log and the metrics name the route template.
-        self.route = route
+        # The routes it stands in for, by the path's last part: written into the scope,
+        # as routing would, so that the access log and the metrics name the template.
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -136,21 +157,50 @@ class PlainListings:
         matched = _PATH.fullmatch(scope["path"])
         if matched is None or not _USER_ID.fullmatch(user_id := matched.group(1)):
             return None
-        spec = plain_listing(scope["query_string"])
-        if spec is None:
-            return None
+        what = matched.group(2)
+        if what == "tasks":
+            spec = plain_listing(scope["query_string"])
+            if spec is None or not self._own(scope, user_id):
+                return None
+            page = await self._page(user_id, spec)
+            if page is None:
+                return None
+            response = list_response(self.services, *page, spec)
+        else:
+            summary = plain_summary(what, scope["query_string"])
+            if summary is None or not self._own(scope, user_id):
+                return None
+            asked, at_moment = summary
+            # Judged at the moment the route would judge it at.
+            moment = self.services.now().replace(microsecond=0) if at_moment else None
+            answer = self.services.kept_answer(
+                user_id, asked, moment
+            ) or await self.services.checked_answer(user_id, asked, moment)
+            if answer is None:
+                return None  # read, and kept, by the route
+            response = summary_response(answer[0])
+        scope["route"] = self.routes[what]
+        scope["path_params"] = {"user_id": user_id}
+        return response
+
+    def _own(self, scope: Scope, user_id: str) -> bool:
+        """Whether the request's token is one already verified, of ``user_id``."""
+        services = self.services
+        verifier = services.verifier
+        token = _bearer_token(scope)
+        if verifier is None or token is None or services.health.fault is not None:
+            return False
+        principal = verifier.known(token)
+        if principal is None or principal.user_id != user_id:
+            return False
+        note_user(user_id)
+        return True
+
+    async def _page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
         services = self.services
         if spec.overdue is not None:
             # Judged at the moment the route would judge it at.
             spec = replace(spec, now=services.now().replace(microsecond=0))
-        verifier = services.verifier
-        token = _bearer_token(scope)
-        if verifier is None or token is None or services.health.fault is not None:
-            return None
-        principal = verifier.known(token)
-        if principal is None or principal.user_id != user_id:
-            return None
-        note_user(user_id)
         # From memory on the event loop when it can be told so, else in a route thread.
         page = services.kept_page(user_id, spec) or await services.checked_page(user_id, spec)
         if page is None:
@@ -159,10 +209,7 @@ class PlainListings:
             except Exception:
                 # The route meets the same and answers it (a 503, a problem+json).
                 return None
-        body, total = page
-        scope["route"] = self.route
-        scope["path_params"] = {"user_id": user_id}
-        return list_response(services, body, total, spec)
+        return page
 
 
 def _bearer_token(scope: Scope) -> str | None:

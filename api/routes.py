@@ -432,7 +432,7 @@ def list_tags(user_id: ReadableUser, services: ServicesDep) -> Response:
         counts = queries.tag_counts(conn, tables, user_id)
         return orjson.dumps(_tag_counts(counts)).decode(), None
 
-    return _json_response(services.summary(user_id, "tags", counted))
+    return summary_response(services.summary(user_id, "tags", counted))
 
 
 @cache
@@ -440,9 +440,14 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones())
 
 
+def known_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone's (as ``tz`` is read)."""
+    return name in _zones()
+
+
 def _zone(name: str) -> ZoneInfo:
     # Looked up in the zone database's names first: ZoneInfo would also read a path.
-    if name not in _zones():
+    if not known_zone(name):
         raise invalid_query("tz", name, "tz must be an IANA time zone, e.g. Europe/Paris")
     return ZoneInfo(name)
 
@@ -483,8 +488,12 @@ def task_stats(
         }
         return orjson.dumps(document).decode(), stats.span
 
-    answer = services.summary(user_id, ("stats", tz), counted, moment=now)
-    return _json_response(answer)
+    return summary_response(services.summary(user_id, ("stats", tz), counted, moment=now))
+
+
+def summary_response(document: str) -> Response:
+    """A summary answered (``/tags``, ``/stats``; also for api/plain_lists.py)."""
+    return _json_response(document)
 
 
 def _tag_counts(counts: list[tuple[str, int]]) -> list[dict[str, Any]]:

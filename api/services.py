@@ -39,7 +39,13 @@ from read_side.runtime.engine import (
 )
 from read_side.runtime.health import ReadModelHealth
 from read_side.runtime.keeper import ReadModelKeeper
-from read_side.runtime.listings import BuildSwitched, CachedListings, ChangeCount, Judged
+from read_side.runtime.listings import (
+    BuildSwitched,
+    CachedListings,
+    ChangeCount,
+    Judged,
+    filed,
+)
 from read_side.status import BuildStatus, build_status
 from read_side.tables import DEFAULT_PROJECTION, LIVE_TABLES, ViewTables
 from write_side import TaskLedger
@@ -220,14 +226,21 @@ class Services:
         read on the event loop, is still the one it was read at (PostgreSQL; None: ask
         ``list_page``, on a route thread). Exact as ``list_page``: the database is
         asked, only without a thread or SQLAlchemy."""
+        return await self.checked_answer(user_id, *filed(spec))
+
+    async def checked_answer(
+        self, user_id: str, asked: Hashable, moment: datetime | None = None
+    ) -> tuple[str, int] | None:
+        """``checked_page`` for any kept answer (a page as ``filed`` files it, or a
+        ``summary``'s)."""
         served = self.served
         if self.positions is None or served is None or self.health.fault is not None:
             return None
         found = await self.positions.of(served.tables, user_id)
         if found is None or (found[1] is not None and found[1] != served.id):
             return None  # (a switch made elsewhere is followed by list_page)
-        cache = self.listings if spec.now is None else self.moments
-        return cache.kept_at(served.tables, user_id, spec, found[0])
+        cache = self.listings if moment is None else self.moments
+        return cache.kept_at(served.tables, user_id, asked, found[0], moment=moment)
 
     async def aclose(self) -> None:
         """What ``close`` cannot do from outside the event loop."""
@@ -235,10 +248,16 @@ class Services:
             await self.positions.close()
 
     def kept_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
-        """The page ``list_page`` would answer, from memory alone, when it can be told
-        without the database (None: ask ``list_page``): it is kept, and no batch has
-        been projected since it was read or confirmed, and every batch on the served
-        tables is projected here, so that none can be missed.
+        """The page ``list_page`` would answer, from memory alone (``kept_answer``)."""
+        return self.kept_answer(user_id, *filed(spec))
+
+    def kept_answer(
+        self, user_id: str, asked: Hashable, moment: datetime | None = None
+    ) -> tuple[str, int] | None:
+        """A kept answer (a page as ``filed`` files it, or a ``summary``'s), from memory
+        alone, when it can be told without the database (None: ask the database): it
+        is kept, and no batch has been projected since it was read or confirmed, and
+        every batch on the served tables is projected here, so that none can be missed.
 
         The last holds on SQLite with this process's projector leading the served
         build: its leadership is a lock on a file, which no other process can take
@@ -260,8 +279,8 @@ class Services:
             or not keeper.projects_alone(served)
         ):
             return None
-        cache = self.listings if spec.now is None else self.moments
-        return cache.kept(served.tables, user_id, spec, count)
+        cache = self.listings if moment is None else self.moments
+        return cache.kept(served.tables, user_id, asked, count, moment=moment)
 
     def summary(
         self,
@@ -276,6 +295,7 @@ class Services:
         answer depends on besides them; ``moment``: what an answer judged at a moment
         is judged at (``query`` then says the span of moments it holds for)."""
         cache = self.listings if moment is None else self.moments
+        count = self.changes.stable  # before the user's position is read: see list_page
 
         def answered(conn: Connection, served: Build) -> tuple[str, int]:
             def judged() -> Judged:
@@ -283,7 +303,14 @@ class Services:
                 return (text, 0), span
 
             return cache.answer(
-                conn, served.tables, user_id, asked, judged, build_id=served.id, moment=moment
+                conn,
+                served.tables,
+                user_id,
+                asked,
+                judged,
+                build_id=served.id,
+                count=count,
+                moment=moment,
             )
 
         return self._answered(answered)[0]

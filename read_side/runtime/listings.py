@@ -124,27 +124,47 @@ class CachedListings:
             documents, total, span = queries.list_tasks(conn, tables, user_id, spec)
             return (f"[{','.join(documents)}]", total), span
 
-        asked, moment = _filing(spec)
+        asked, moment = filed(spec)
         return self.answer(
             conn, tables, user_id, asked, listed, build_id=build_id, count=count, moment=moment
         )
 
     def kept_at(
-        self, tables: ViewTables, user_id: str, spec: TaskFilter, position: int
+        self,
+        tables: ViewTables,
+        user_id: str,
+        asked: Hashable,
+        position: int,
+        *,
+        moment: datetime | None = None,
     ) -> Answer | None:
-        """The kept page, if it was read at the user's ``position`` (read by the
-        caller: read_side/runtime/async_positions.py); None otherwise."""
-        return self._kept_if(tables, user_id, spec, lambda kept: kept.position == position)
+        """The kept answer, if it was read at the user's ``position`` (read by the
+        caller: read_side/runtime/async_positions.py) and holds at ``moment``; None
+        otherwise. A page is asked as ``filed(spec)`` says."""
+        return self._kept_if(tables, user_id, asked, moment, lambda kept: kept.position == position)
 
-    def kept(self, tables: ViewTables, user_id: str, spec: TaskFilter, count: int) -> Answer | None:
-        """The kept page, if it was read or confirmed under ``count`` (a stable
-        ChangeCount: the tables have not changed since); None otherwise."""
-        return self._kept_if(tables, user_id, spec, lambda kept: kept.count == count)
+    def kept(
+        self,
+        tables: ViewTables,
+        user_id: str,
+        asked: Hashable,
+        count: int,
+        *,
+        moment: datetime | None = None,
+    ) -> Answer | None:
+        """The kept answer, if it was read or confirmed under ``count`` (a stable
+        ChangeCount: the tables have not changed since) and holds at ``moment``; None
+        otherwise."""
+        return self._kept_if(tables, user_id, asked, moment, lambda kept: kept.count == count)
 
     def _kept_if(
-        self, tables: ViewTables, user_id: str, spec: TaskFilter, current: Callable[[_Kept], bool]
+        self,
+        tables: ViewTables,
+        user_id: str,
+        asked: Hashable,
+        moment: datetime | None,
+        current: Callable[[_Kept], bool],
     ) -> Answer | None:
-        asked, moment = _filing(spec)
         key = (tables.task.name, user_id, asked)
         with self._lock:
             stored = self._pages.get(key)
@@ -198,7 +218,7 @@ class CachedListings:
         return answer
 
 
-def _filing(spec: TaskFilter) -> tuple[TaskFilter, datetime | None]:
+def filed(spec: TaskFilter) -> tuple[TaskFilter, datetime | None]:
     """What a page is filed under, and the moment it is asked at: one judged at a moment
     is filed without it, to be served again at any moment its span holds."""
     if spec.now is None:

@@ -133,8 +133,12 @@ def _answered_here(
     async def behind(scope: Scope, receive: Receive, send: Send) -> None:
         await PlainTextResponse("passed on", PASSED_ON)(scope, receive, send)
 
-    route = next(r for r in router.routes if getattr(r, "name", None) == "list_tasks")
-    plain = PlainListings(behind, services_of(client), route)
+    names = {"tasks": "list_tasks", "stats": "task_stats", "tags": "list_tags"}
+    routes = {
+        what: next(r for r in router.routes if getattr(r, "name", None) == name)
+        for what, name in names.items()
+    }
+    plain = PlainListings(behind, services_of(client), routes)
 
     async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=plain)
@@ -183,3 +187,30 @@ def test_only_a_plain_listing_of_ones_own_tasks_with_a_known_token_is_answered_h
     finally:
         services.health.recovered()
     assert _answered_here(client, user.tasks_url(), user.headers)
+
+
+def test_kept_summaries_of_ones_own_tasks_are_answered_here(client: TestClient, user: User) -> None:
+    _seed(client, user)
+    stats, tags = f"/api/{user.id}/stats", f"/api/{user.id}/tags"
+    # Read first, and kept, by their routes.
+    assert not _answered_here(client, stats, user.headers)
+    assert not _answered_here(client, tags, user.headers)
+    for path in (stats, f"{stats}?tz=UTC", f"{stats}?tz=Europe/Paris", tags):
+        assert client.get(path, headers=user.headers).status_code == 200
+        assert _answered_here(client, path, user.headers), path
+    # Anything else goes to the routes: another zone's first read, a zone unknown, a
+    # parameter they do not take, a repeated one, another user.
+    assert not _answered_here(client, f"{stats}?tz=Asia/Tokyo", user.headers)
+    for odd in ("tz=Mars/Olympus", "tz=UTC&tz=UTC", "tz=UTC&x=1", "tag=a"):
+        assert not _answered_here(client, f"{stats}?{odd}", user.headers), odd
+    assert not _answered_here(client, f"{tags}?limit=5", user.headers)
+    auditor = User(roles=["auditor"])
+    client.get(auditor.tasks_url(), headers=auditor.headers)
+    assert not _answered_here(client, stats, auditor.headers)
+    # A change voids them: read again by the routes.
+    created = client.post(
+        user.tasks_url(), json={"title": "d", "tags": ["new"]}, headers=user.headers
+    )
+    assert created.status_code == 201
+    assert not _answered_here(client, tags, user.headers)
+    assert not _answered_here(client, stats, user.headers)
