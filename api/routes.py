@@ -166,7 +166,7 @@ def _next_occurrence(user_id: str, task_id: UUID) -> dict[str, str]:
     }
 
 
-_ALIAS = "Another name for {}, as some frontends send it"
+_ALIAS = "Another name for {0}, as some frontends send it; sent with {0} and a different value: 422"
 
 StatusParam = Literal["all", "pending", "completed", "incomplete", "complete"]
 SearchQuery = Annotated[SearchText | None, Query(max_length=200)]
@@ -231,10 +231,15 @@ def list_tasks(
     services: ServicesDep,
     *,
     status: Annotated[
-        StatusParam | None,
+        StatusParam,
         Query(description="all (default), pending, completed; incomplete and complete are aliases"),
-    ] = None,
-    sort: queries.SortKey | None = None,
+    ] = "all",
+    # Absent is None, for sort_by to tell it from a sort given. A factory, not `= None`:
+    # OpenAPI would show that None as the default (none at all) instead of created_at.
+    sort: Annotated[
+        queries.SortKey | None,
+        Query(default_factory=lambda: None, json_schema_extra={"default": "created_at"}),
+    ],
     sort_by: Annotated[queries.SortKey | None, Query(description=_ALIAS.format("sort"))] = None,
     order: Literal["asc", "desc"] = "desc",
     q: SearchQuery = None,

@@ -1,6 +1,7 @@
 """The de facto contract of the Phase II frontends and the test suites of other
 backends: ids that are not UUIDs are not found, the spellings they use for the list's
-parameters, /health, PATCH as a partial update, and the list wrapped on request."""
+parameters, /health, PATCH as a partial update, and the list wrapped on request; and
+the OpenAPI document saying so."""
 
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ def _titles(client: TestClient, user: User, **params: Any) -> list[str]:
 
 @pytest.mark.parametrize(
     ("method", "suffix"),
-    [("GET", ""), ("PUT", ""), ("PATCH", ""), ("DELETE", ""), ("PATCH", "/complete")],
+    [
+        ("GET", ""),
+        ("PUT", ""),
+        ("PATCH", ""),
+        ("DELETE", ""),
+        ("PATCH", "/complete"),
+        ("GET", "/history"),
+    ],
 )
 @pytest.mark.parametrize(
     "task_id", ["99999", "not-a-uuid", "1", "0000000-0000-0000-0000-000000000000"]
@@ -86,6 +94,28 @@ def test_status_incomplete_and_complete_are_pending_and_completed(
     assert _titles(client, user, status="complete") == ["done"]
 
 
+def test_the_openapi_document_names_the_aliases_defaults_and_not_found(
+    client: TestClient,
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    listing = {p["name"]: p for p in paths["/api/{user_id}/tasks"]["get"]["parameters"]}
+    for alias, name in (("search", "q"), ("sort_by", "sort")):
+        described = listing[alias]["description"]
+        assert described.startswith(f"Another name for {name},"), described
+        assert f"sent with {name} and a different value: 422" in described
+    status = listing["status"]["schema"]
+    assert {"incomplete", "complete"} <= set(status["enum"])
+    assert (status["default"], listing["sort"]["schema"]["default"]) == ("all", "created_at")
+    assert "get" in paths["/health"]
+    assert "patch" in paths["/api/{user_id}/tasks/{task_id}"]
+    by_id = {path: ops for path, ops in paths.items() if "{task_id}" in path}
+    assert len(by_id) == 3  # the task, …/complete, …/history
+    for operation in (op for ops in by_id.values() for op in ops.values()):
+        task_id = next(p for p in operation["parameters"] if p["name"] == "task_id")
+        assert task_id["description"].endswith("one that is not a UUID is as unknown as any other")
+        assert "404" in operation["responses"]
+
+
 def test_health_is_healthz(client: TestClient) -> None:
     assert client.get("/health").json() == client.get("/healthz").json() == {"status": "ok"}
 
@@ -108,14 +138,20 @@ def test_patch_on_a_task_is_a_partial_update_with_if_match_and_idempotency(
     assert_problem(client.patch(url, json={}, headers=user.headers), 422)
 
 
+@pytest.fixture(params=["tasks", "data"])
+def envelope(request: pytest.FixtureRequest) -> str:
+    """The key, as frontends that read data.tasks or data.data need it."""
+    return str(request.param)
+
+
 @pytest.fixture
-def enveloped(fresh_database: str | None, tmp_path: Path) -> Iterator[TestClient]:
-    with serving(make_settings(fresh_database, tmp_path, list_envelope="tasks")) as client:
+def enveloped(fresh_database: str | None, tmp_path: Path, envelope: str) -> Iterator[TestClient]:
+    with serving(make_settings(fresh_database, tmp_path, list_envelope=envelope)) as client:
         yield client
 
 
 def test_the_list_envelope_wraps_the_page_when_configured(
-    enveloped: TestClient, user: User
+    enveloped: TestClient, envelope: str, user: User
 ) -> None:
     for n in range(3):
         _create(enveloped, user, f"t{n}")
@@ -124,14 +160,14 @@ def test_the_list_envelope_wraps_the_page_when_configured(
     )
     assert response.status_code == 200
     page = response.json()
-    assert list(page) == ["tasks", "total", "limit", "offset"]
-    assert [task["title"] for task in page["tasks"]] == ["t1", "t0"]
+    assert list(page) == [envelope, "total", "limit", "offset"]
+    assert [task["title"] for task in page[envelope]] == ["t1", "t0"]
     assert (page["total"], page["limit"], page["offset"]) == (3, 2, 1)
     assert response.headers["X-Total-Count"] == "3"
     documented = enveloped.get("/openapi.json").json()
     answer = documented["paths"]["/api/{user_id}/tasks"]["get"]["responses"]["200"]
     assert answer["content"]["application/json"]["schema"]["required"] == [
-        "tasks",
+        envelope,
         "total",
         "limit",
         "offset",

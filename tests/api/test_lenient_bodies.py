@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from read_side.documents import DOCUMENT_FIELDS
@@ -69,6 +70,45 @@ def test_a_user_id_in_the_body_never_opens_another_users_path(
     response = client.post(other_user.tasks_url(), json=body, headers=user.headers)
     assert_problem(response, 403)
     assert _listing(client, other_user) == []
+
+
+@pytest.mark.parametrize("method", ["PUT", "PATCH"])
+@pytest.mark.parametrize("claimed", ["caller", "owner"])
+def test_an_echoed_task_never_opens_another_users_task(
+    client: TestClient, user: User, other_user: User, method: str, claimed: str
+) -> None:
+    theirs = client.post(
+        other_user.tasks_url(), json={"title": "theirs"}, headers=other_user.headers
+    )
+    task = theirs.json()
+    user_id = user.id if claimed == "caller" else other_user.id
+    echoed = {**task, "title": "taken", "completed": True, "user_id": user_id}
+    response = client.request(
+        method, other_user.tasks_url(task["id"]), json=echoed, headers=user.headers
+    )
+    assert_problem(response, 403)
+    assert _listing(client, other_user) == [task]
+
+
+def test_a_put_that_echoes_a_planned_task_back_keeps_its_plan(
+    client: TestClient, user: User
+) -> None:
+    plan = {
+        "priority": "high",
+        "tags": ["home", "errands"],
+        "due_at": "2030-05-06T09:30:00Z",
+        "remind_at": "2030-05-06T09:00:00Z",
+        "recurrence": "WEEKLY:MON,WED",
+    }
+    created = client.post(user.tasks_url(), json={"title": "old", **plan}, headers=user.headers)
+    assert created.status_code == 201, created.text
+    task = created.json()
+    echoed = {**task, "title": "new"}
+    updated = client.put(user.tasks_url(task["id"]), json=echoed, headers=user.headers)
+    assert updated.status_code == 200, updated.text
+    unchanged = {**updated.json(), "title": "old", "updated_at": task["updated_at"]}
+    assert unchanged == {**task, "version": task["version"] + 1}
+    assert _listing(client, user) == [updated.json()]
 
 
 def test_a_put_of_only_unknown_or_read_only_fields_changes_nothing_and_is_refused(

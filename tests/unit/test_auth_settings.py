@@ -1,5 +1,6 @@
-"""Auth settings: where the issuer, audience and key set come from, and what production
-refuses. Settings only, from arguments and the environment: no key set, no app."""
+"""Auth settings: where the issuer, audience and key set come from, what production
+refuses, the CORS origins allowed, and the start-up line that names them. Settings only,
+from arguments and the environment: no key set, no app."""
 
 from __future__ import annotations
 
@@ -107,3 +108,74 @@ def test_a_refused_secret_is_not_echoed_in_the_error(
     with pytest.raises(ValueError, match="shorter than 32") as refused:
         Settings(_env_file=None, app_env="production", data_dir=tmp_path, better_auth_secret=weak)
     assert weak not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("app_env", "origins", "allowed"),
+    [
+        ("development", "http://localhost:3000", "http://127.0.0.1:3000"),
+        ("development", "http://127.0.0.1:3000", "http://localhost:3000"),
+        ("development", "http://127.0.0.1:5173,https://app.example.com", "http://localhost:5173"),
+        ("staging", "http://localhost:3000,http://127.0.0.1:8080", None),
+        ("production", "http://localhost:3000,http://127.0.0.1:8080", None),
+    ],
+)
+def test_only_development_allows_the_other_loopback_name_of_an_origin(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, app_env: str, origins: str, allowed: str | None
+) -> None:
+    settings = Settings(
+        _env_file=None,
+        app_env=app_env,
+        data_dir=tmp_path,
+        better_auth_url="https://auth.example.com",
+        cors_origins=origins,
+    )
+    configured = origins.split(",")
+    assert settings.allowed_origins == (configured if allowed is None else [*configured, allowed])
+
+
+JWKS_OFF = "JWKS off (set BETTER_AUTH_URL for Better Auth's EdDSA tokens)"
+DEV_SECRET = "shared secret on (development secret in DATA_DIR)"
+AUTH_JWKS = "JWKS from https://auth.example.com/api/auth/jwks"
+AUTH_ISS = "iss https://auth.example.com"
+
+
+@pytest.mark.parametrize(
+    ("values", "jwks", "shared"),
+    [
+        ({}, JWKS_OFF, DEV_SECRET),
+        ({"better_auth_secret": SECRET}, JWKS_OFF, "shared secret on (HS256)"),
+        (
+            {"better_auth_url": "https://auth.example.com/api/auth"},
+            f"{AUTH_JWKS} ({AUTH_ISS}, aud https://auth.example.com)",
+            "shared secret off",
+        ),
+        (
+            {"jwks_url": "https://keys.example.com/jwks.json"},
+            "JWKS from https://keys.example.com/jwks.json (iss any, aud any)",
+            DEV_SECRET,
+        ),
+        (
+            {
+                "better_auth_url": "https://auth.example.com",
+                "jwt_audience": "taskledger",
+                "better_auth_secret": SECRET,
+            },
+            f"{AUTH_JWKS} ({AUTH_ISS}, aud taskledger)",
+            "shared secret on (HS256)",
+        ),
+        ({"app_env": "staging"}, JWKS_OFF, "shared secret off"),
+    ],
+    ids=["nothing-set", "secret-only", "url-only", "jwks-url-only", "url-and-secret", "staging"],
+)
+def test_the_start_up_line_names_each_auth_mode_and_the_cors_origins(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, values: dict[str, Any], jwks: str, shared: str
+) -> None:
+    settings = Settings(
+        _env_file=None, data_dir=tmp_path, cors_origins="https://app.example.com", **values
+    )
+    assert settings.auth_summary().split("; ") == [
+        f"auth: {jwks}",
+        shared,
+        "CORS origins: https://app.example.com",
+    ]
