@@ -236,7 +236,8 @@ class Services:
         served = self.served
         if self.positions is None or served is None or self.health.fault is not None:
             return None
-        found = await self.positions.of(served.tables, user_id)
+        with timed("query"):
+            found = await self.positions.of(served.tables, user_id)
         if found is None or (found[1] is not None and found[1] != served.id):
             return None  # (a switch made elsewhere is followed by list_page)
         cache = self.listings if moment is None else self.moments

@@ -8,7 +8,7 @@ import re
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.support import User
+from tests.support import User, services_of
 
 _PART = re.compile(r"^([a-z]+);dur=(\d+\.\d{2})$")
 
@@ -49,6 +49,19 @@ def test_a_read_times_its_query(client: TestClient, user: User) -> None:
     assert list(timings(one)) == ["query", "total"]
     tags = client.get(f"/api/{user.id}/tags", headers=user.headers)
     assert list(timings(tags)) == ["query", "total"]
+
+
+def test_a_plain_listing_times_the_database_it_asks(client: TestClient, user: User) -> None:
+    """Plain listings and kept summaries answered before routing: the position read
+    that confirms a kept answer on PostgreSQL is the query; an answer told from memory
+    alone (SQLite, this process's projector leading) asks the database nothing."""
+    client.post(user.tasks_url(), json={"title": "read"}, headers=user.headers)
+    remembered = [] if services_of(client).is_postgres else ["query"]
+    for url in (user.tasks_url(), f"/api/{user.id}/stats", f"/api/{user.id}/tags"):
+        first = client.get(url, headers=user.headers)
+        assert list(timings(first)) == ["query", "total"], url
+        again = client.get(url, headers=user.headers)
+        assert list(timings(again)) == [p for p in ("query", "total") if p not in remembered]
 
 
 def test_every_other_answer_has_its_total(client: TestClient, user: User) -> None:
