@@ -263,7 +263,7 @@ def list_tasks(
     (all must hold); ``sort=due_at`` puts tasks without a due date last either way,
     ``sort=priority`` with ``order=desc`` puts urgent first."""
     spec = queries.TaskFilter(
-        status=cast(queries.Status, STATUS_ALIASES.get(status, status) if status else "all"),
+        status=cast(queries.Status, STATUS_ALIASES.get(status, status)),
         sort=either("sort", sort, "sort_by", sort_by) or "created_at",
         order=order,
         q=either("q", q, "search", search),
