@@ -141,21 +141,69 @@ def _exit_cleanly(*_: object) -> None:
 
 
 @app.command()
-def project() -> None:
-    """Run the projector on its own (one active worker; others wait as standbys)."""
-    from api.services import Services  # noqa: PLC0415 - heavy, only for this command
+def project(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Serve /metrics and /healthz on this port"),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface for --metrics-port to listen on")
+    ] = "127.0.0.1",
+) -> None:
+    """Run the projector on its own (one active worker; others wait as standbys), and
+    with --metrics-port its figures (batches, position, lag, active or standby) and a
+    liveness check over HTTP."""
+    from api.metrics import ProjectorFigures  # noqa: PLC0415 - heavy, only for this command
+    from api.services import Services  # noqa: PLC0415
 
     settings = _settings()
     _logging(settings)
+    _warn_if_pooled(settings)
     services = Services(settings, with_projector=True)
+    figures = None
+    if metrics_port is not None:
+        try:
+            figures = ProjectorFigures(services, metrics_host, metrics_port)
+        except OSError as error:
+            err.print(f"[red]Cannot serve metrics on {metrics_host}:{metrics_port}:[/red] {error}")
+            raise typer.Exit(2) from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     services.start()
-    _said.info("projector running on %s; Ctrl-C stops it", settings.storage.kind)
+    # Answering once started, as the API does: a start-up probe waits for this.
+    if figures is not None:
+        figures.start()
+    where = f"; metrics on {metrics_host}:{metrics_port}" if figures is not None else ""
+    _said.info("projector running on %s%s; Ctrl-C stops it", settings.storage.kind, where)
     while not stop.wait(1.0):
         pass
+    if figures is not None:
+        figures.stop()
     services.close()
+
+
+def _warn_if_pooled(settings: Settings) -> None:
+    """Said when the database is reached through a pooled endpoint (Neon's host
+    ``ep-…-pooler…``: PgBouncer in transaction mode). LISTEN/NOTIFY and the session
+    advisory locks (a projector's leadership, a rebuild's) do not pass it: the projector
+    hears of saves only every PROJECTOR_POLL_SECONDS, and a standby may take a lock
+    the active one still thinks it holds. Each event is still applied once (the
+    position row is locked in each batch), so it is said, not refused: a pooler in
+    session mode that happens to be named so works."""
+    storage = settings.storage
+    host = storage.event_store_env.get("POSTGRES_HOST", "") if storage.kind == "postgres" else ""
+    if "-pooler" in host.lower():
+        _said.warning(
+            "DATABASE_URL's host %s is a pooled endpoint (Neon's -pooler: PgBouncer in "
+            "transaction mode). LISTEN/NOTIFY and session advisory locks do not pass it: "
+            "the projector learns of new events only every PROJECTOR_POLL_SECONDS, and the "
+            "lock that keeps one projector (or one rebuild) at work may be held by two. "
+            "Use the direct endpoint: the same host without -pooler (docker compose: "
+            "PROJECTOR_DATABASE_URL)",
+            host,
+            extra={"host": host},
+        )
 
 
 @app.command()
@@ -425,6 +473,7 @@ def projections_rebuild(
 
     settings = _settings()
     _logging(settings)
+    _warn_if_pooled(settings)
     services = Services(settings, with_projector=False)
     try:
         with _reading():

@@ -12,20 +12,28 @@ scrape, whichever worker answers it, adds up every worker's files. Only counters
 histograms are recorded, which need no multiprocess mode of their own (they add up);
 the one gauge, when each worker started, is kept per worker ("all": a ``pid`` label),
 and tells the scrape whose process figures to read from ``/proc``.
+
+A projector run on its own (``taskledger project --metrics-port``) serves the same
+figures, and whether it is the active projector, on a port of its own (the end of this
+module).
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
+    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -298,3 +306,108 @@ def _build_figures(services: Services) -> Iterable[Metric]:
 
 def _build_labels(status: BuildStatus) -> list[str]:
     return [str(status.build.version), str(status.build.id)]
+
+
+# The projector's own server (`taskledger project --metrics-port`) ------------------
+#
+# A projector process run apart from the API (compose, Kubernetes) records its batches
+# in its own memory: only it can show them. It is one process, so its figures are this
+# process's registry (no multiprocess mode), plus what the databases say, as above.
+
+
+def projector_exposition(services: Services) -> bytes:
+    """What a projector process's ``/metrics`` answers: every figure above, and
+    whether this process is the active projector or a standby."""
+    return generate_latest(_ProjectorScrape(services))
+
+
+class _ProjectorScrape(_Scrape):
+    def collect(self) -> Iterable[Metric]:
+        yield from super().collect()
+        yield GaugeMetricFamily(
+            "taskledger_projector_active",
+            "1 while this process projects (it holds the lock of the live build's "
+            "projection, or builds a new version), 0 while it waits as a standby.",
+            value=1 if _part(self._services) in ("active", "building") else 0,
+        )
+
+
+def _part(services: Services) -> str:
+    """active, building, standby, aside (a newer version is live) or none."""
+    keeper = services.worker
+    if keeper is None:
+        return "none"
+    if keeper.role == "aside":
+        return "aside"
+    if not keeper.is_leader:
+        return "standby"
+    return "building" if keeper.role == "building" else "active"
+
+
+def _metrics_answer(services: Services) -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, projector_exposition(services)
+
+
+def _health_answer(services: Services) -> tuple[int, str, bytes]:
+    # The process answers (a liveness probe): nothing here waits on a database.
+    body = {"status": "ok", "projector": _part(services)}
+    return 200, "application/json", json.dumps(body).encode()
+
+
+_PROJECTOR_ANSWERS = {"/metrics": _metrics_answer, "/healthz": _health_answer}
+# What the projector's server answers GET on (the deployment files' probes and scrape
+# annotations are checked against it).
+PROJECTOR_PATHS = frozenset(_PROJECTOR_ANSWERS)
+
+
+class ProjectorFigures:
+    """``/metrics`` and ``/healthz`` of a projector process, on ``host:port``, served
+    by threads of their own. Bound when made (a port in use fails at once, before the
+    projector starts), answering from ``start()``."""
+
+    def __init__(self, services: Services, host: str, port: int) -> None:
+        self._server = ThreadingHTTPServer((host, port), _handler(services))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="projector-metrics", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.ident is not None:
+            self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(services: Services) -> type[BaseHTTPRequestHandler]:
+    class Answer(BaseHTTPRequestHandler):
+        # A client that sends nothing holds a thread no longer than this.
+        timeout = 10
+        # No "Server: BaseHTTP/0.6 Python/3.11" (the API sends no server header either).
+        server_version, sys_version = "taskledger", ""
+
+        def do_GET(self) -> None:
+            answer = _PROJECTOR_ANSWERS.get(self.path.partition("?")[0])
+            if answer is None:
+                self._send(404, "text/plain; charset=utf-8", b"not found\n")
+                return
+            try:
+                status, content_type, body = answer(services)
+            except Exception as error:
+                log.warning("projector %s failed: %s", self.path, type(error).__name__)
+                status, content_type, body = 500, "text/plain; charset=utf-8", b"failed\n"
+            self._send(status, content_type, body)
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a line per scrape and probe says nothing the figures do not
+
+    return Answer

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -14,10 +15,12 @@ import jwt
 from tests.support import (
     SECRET,
     LiveServer,
+    StartProcess,
     make_settings,
     open_ledger,
     service_env,
     taskledger,
+    wait_for,
 )
 
 
@@ -210,3 +213,30 @@ def test_history_pages_stop_at_until(tmp_path: Path) -> None:
     assert [entry["version"] for entry in page["entries"]] == [4, 5]
     assert page["next_after"] is None and "more events" not in rest.stderr
     assert sorted(task["title"] for task in page["tasks"]) == [f"early {n}" for n in range(4)]
+
+
+POOLED_HOST = "ep-test-pooler.us-east-2.aws.neon.tech"
+
+
+def pooled_name(url: str) -> str:
+    """``url``'s database under a Neon pooled endpoint's host name, still reached at the
+    address it had (libpq connects to ``hostaddr`` and only names ``host``)."""
+    parts = urlsplit(url)
+    return parts._replace(
+        netloc=f"{parts.username}@{POOLED_HOST}:{parts.port or 5432}",
+        query=f"hostaddr={parts.hostname}",
+    ).geturl()
+
+
+def test_projecting_and_rebuilding_through_a_pooled_endpoint_are_warned_of(
+    fresh_postgres_url: str, tmp_path: Path, start_process: StartProcess
+) -> None:
+    warning = f"DATABASE_URL's host {POOLED_HOST} is a pooled endpoint"
+    env = service_env(pooled_name(fresh_postgres_url), tmp_path)
+    # Said, not refused: each event is still applied once.
+    projector = start_process(["project"], env, name="project")
+    wait_for(lambda: "projector running" in projector.output(), 30, "the projector to start")
+    assert warning in projector.output() and "PROJECTOR_DATABASE_URL" in projector.output()
+    rebuilt = taskledger("projections", "rebuild", "--yes", env=env)
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert warning in rebuilt.stderr

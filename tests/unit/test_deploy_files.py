@@ -3,9 +3,9 @@
 Docker and Kubernetes cannot run here, so the Dockerfile, docker-compose.yml and
 deploy/kubernetes/ are parsed and checked: every command is a real ``taskledger``
 command with real options (parsed by the CLI's own click command), every variable is a
-setting the service reads, ports and probe paths are the app's, the image's user is
-not root, the manifests match Kubernetes' schemas, and the image's lock pins every
-dependency within pyproject.toml's bounds.
+setting the service reads, ports and probe paths are the app's (or the projector's
+metrics server's), the image's user is not root, the manifests match Kubernetes'
+schemas, and the image's lock pins every dependency within pyproject.toml's bounds.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 
 from api import cli
 from api.app import create_app
+from api.metrics import PROJECTOR_PATHS
 from api.settings import Settings
 
 # This file's checkout (not tests.support.ROOT): a copy of the tree, with one file
@@ -405,8 +406,25 @@ def test_compose_projectors_are_one_active_and_one_standby() -> None:
     assert invocation(projector["command"]).command == "project"
     assert projector["deploy"]["replicas"] == 2
     healthy_postgres("projector")
-    # No HTTP: the image's /healthz check would call it unhealthy.
-    assert projector["healthcheck"] == {"disable": True}
+
+
+def test_compose_projectors_serve_their_metrics_and_are_healthy_while_alive() -> None:
+    projector = service("projector")
+    project = invocation(projector["command"])
+    assert project.params["metrics_host"] == ALL_INTERFACES
+    port = project.params["metrics_port"]
+    assert port is not None, "the projectors serve no metrics"
+    # On the compose network, not on the host: two replicas would need two host ports.
+    assert [int(exposed) for exposed in projector["expose"]] == [port]
+    assert "ports" not in projector
+    checked, path = url_in(projector["healthcheck"]["test"])
+    assert path == "/healthz" and path in PROJECTOR_PATHS and checked == port
+
+
+def test_compose_projectors_never_fall_back_to_the_api_database() -> None:
+    # On Neon DATABASE_URL is the pooled endpoint, through which LISTEN hears nothing.
+    url = service("projector")["environment"]["DATABASE_URL"]
+    assert interpolated(url) == {"PROJECTOR_DATABASE_URL"}, url
 
 
 def test_compose_stops_slower_than_the_service_drains() -> None:
@@ -553,6 +571,37 @@ def test_projectors_are_one_active_and_one_standby() -> None:
     budget = the("PodDisruptionBudget", "projector")
     assert selects(budget["spec"]["selector"]["matchLabels"], projector)
     assert budget["spec"]["minAvailable"] == 1
+
+
+def scraped(workload: dict[str, Any]) -> tuple[int, str]:
+    """The port and path Prometheus' pod discovery scrapes, from the pods' annotations."""
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    return int(annotations["prometheus.io/port"]), annotations["prometheus.io/path"]
+
+
+def test_projector_pods_serve_their_metrics_and_are_probed() -> None:
+    projector = the("Deployment", "projector")
+    container = only_container(projector)
+    project = invocation(container["command"])
+    assert project.params["metrics_host"] == ALL_INTERFACES
+    port = project.params["metrics_port"]
+    assert port is not None, "the projector pods serve no metrics"
+    assert [entry["containerPort"] for entry in container["ports"]] == [port]
+    assert scraped(projector) == (port, "/metrics") and "/metrics" in PROJECTOR_PATHS
+    for probe in ("startupProbe", "livenessProbe"):
+        path = container[probe]["httpGet"]["path"]
+        assert path == "/healthz" and path in PROJECTOR_PATHS
+        assert probe_port(container, container[probe]) == port
+    # Readiness would say nothing: no Service sends a projector requests.
+    assert "readinessProbe" not in container
+
+
+def test_api_pods_are_scraped_where_they_serve_metrics(get_routes: set[str]) -> None:
+    api = the("Deployment", "api")
+    port, path = scraped(api)
+    assert port == invocation(only_container(api)["command"]).params["port"]
+    assert path == "/metrics" and path in get_routes
 
 
 def test_the_rebuild_job_rebuilds_without_asking() -> None:
