@@ -173,6 +173,8 @@ class Projector:
         self.anchored = tables is LIVE_TABLES if anchored is None else anchored
         # Why the tables may no longer be written, asked in each batch's transaction.
         self.fence = fence
+        # The check row as this process's last batch committed it (None: unknown).
+        self._last_checked: _Checked | None = None
 
     def project_batch(self, stop: int | None = None) -> int:
         """Apply the next batch of events (up to ``stop``); return how many there were.
@@ -215,11 +217,7 @@ class Projector:
             # locks it too, so no batch lands on them after it (read_side.catalogue).
             if self.fence is not None and (reason := self.fence(conn)):
                 raise ProjectionFenced(reason)
-            if self.anchored and (fault := _log_disagrees(conn, self.ledger, self.name, position)):
-                raise ReadModelFault(fault)
-            notifications = self.ledger.recorder.select_notifications(
-                start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
-            )
+            notifications = self._next(conn, position, stop)
             if not notifications:
                 return 0, position
             try:
@@ -235,7 +233,34 @@ class Projector:
             )
             if self.anchored:
                 self._record_last(conn, notifications[-1])
+        if self.anchored:
+            # Committed: what the check row now says, for the next batch to compare.
+            self._last_checked = _Checked.of(notifications[-1])
         return len(notifications), new_position
+
+    def _next(self, conn: Connection, position: int, stop: int | None) -> Sequence[Notification]:
+        """The batch's events after ``position``. For anchored tables, read with the
+        event at ``position`` in the same statement, which must be the one the check
+        row says was applied last: otherwise the log was restored or replaced, and
+        ReadModelFault is raised (one read of the log per batch, not two)."""
+        recorder = self.ledger.recorder
+        if not self.anchored or position == 0:
+            return recorder.select_notifications(
+                start=position, limit=self.batch_size, stop=stop, inclusive_of_start=False
+            )
+        found = recorder.select_notifications(start=position, limit=self.batch_size + 1, stop=stop)
+        last = self._last_checked
+        if last is None or last.position != position:
+            # Not this process's batch before (another projector's, a restart): asked.
+            last = _Checked.read(conn, self.name)
+        if not (found and found[0].id == position and last == _Checked.of(found[0])):
+            self._last_checked = None
+            fault = _log_disagrees(conn, self.ledger, self.name, position)
+            if fault is not None:
+                raise ReadModelFault(fault)
+            # Tables from before the check row: as they are, the next batch records it.
+            return [n for n in found if n.id > position][: self.batch_size]
+        return found[1:]
 
     def catch_up(
         self, stop: int | None = None, on_batch: Callable[[int, float], None] | None = None
@@ -300,8 +325,7 @@ class Projector:
             "digest": _digest(last),
             "applied_at": datetime.now(UTC),
         }
-        which = projection_check.c.name == self.name
-        if conn.execute(update(projection_check).where(which).values(values)).rowcount == 0:
+        if conn.execute(self._sql.record_last, {"check_name": self.name, **values}).rowcount == 0:
             conn.execute(
                 insert(projection_check).values(
                     name=self.name, generation=uuid.uuid4().hex, **values
@@ -406,6 +430,10 @@ def _kept(row: Row) -> Row:
     return row
 
 
+# The check row's columns each batch writes (Projector._record_last).
+_CHECKED = ("position", "originator_id", "originator_version", "digest", "applied_at")
+
+
 class _Statements:
     """The projector's statements, built once: building SQLAlchemy constructs costs
     more CPU than running them."""
@@ -431,6 +459,12 @@ class _Statements:
             update(owner)
             .where(owner.c.list_id == bindparam("row_list_id"))
             .values(last_position=bindparam("last_position"))
+        )
+        check = projection_check.c
+        self.record_last = (
+            update(projection_check)
+            .where(check.name == bindparam("check_name"))
+            .values({name: bindparam(name) for name in _CHECKED})
         )
         this_projection = at.name == bindparam("projection")
         self.touch_position = update(_position).where(this_projection).values(position=at.position)
@@ -754,6 +788,30 @@ def mark_rebuilding(conn: Connection, name: str, reason: str) -> None:
     which = projection_check.c.name == name
     if conn.execute(update(projection_check).where(which).values(values)).rowcount == 0:
         conn.execute(insert(projection_check).values(name=name, **values))
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """What the check row says of the event applied last (or of a stored event)."""
+
+    position: int
+    originator_id: str | None
+    originator_version: int | None
+    digest: str | None
+
+    @classmethod
+    def of(cls, event: Notification) -> _Checked:
+        return cls(event.id, str(event.originator_id), event.originator_version, _digest(event))
+
+    @classmethod
+    def read(cls, conn: Connection, name: str) -> _Checked | None:
+        at = projection_check.c
+        row = conn.execute(
+            select(at.position, at.originator_id, at.originator_version, at.digest).where(
+                at.name == name
+            )
+        ).first()
+        return None if row is None else cls(*row)
 
 
 def _digest(notification: Notification) -> str:
