@@ -1,22 +1,29 @@
 # syntax=docker/dockerfile:1
 # taskledger's image: wheels are built in one stage, and only they (in a virtual
 # environment without pip) reach the runtime stage. Build: docker build -t taskledger .
-# The dependencies are requirements.lock's, checked against their hashes; pin the base
-# image by digest too (python:3.11-slim-bookworm@sha256:…) for byte-for-byte rebuilds.
+# The dependencies are requirements.lock's and the build backend build-requirements.lock's,
+# each checked against its hashes; pin the base image by digest too
+# (python:3.11-slim-bookworm@sha256:…) for byte-for-byte rebuilds.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS wheels
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# The locked dependencies first: this layer is rebuilt only when the lock changes.
+# The locked dependencies first: this layer is rebuilt only when the lock changes. Only
+# their published wheels: an sdist would be built with a build backend fetched unpinned.
 COPY requirements.lock ./
-RUN pip wheel --require-hashes --wheel-dir /wheels -r requirements.lock
+RUN pip wheel --require-hashes --only-binary :all: --wheel-dir /wheels -r requirements.lock
+# The build backend from its lock (this stage only: it never reaches the runtime), then
+# taskledger's wheel built with it, without isolation (which would fetch an unpinned
+# setuptools) and without an index: nothing is resolved at build time.
+COPY build-requirements.lock ./
+RUN pip install --require-hashes --no-deps --root-user-action=ignore -r build-requirements.lock
 COPY pyproject.toml README.md ./
 COPY write_side ./write_side
 COPY read_side ./read_side
 COPY api ./api
 COPY infrastructure ./infrastructure
-RUN pip wheel --no-deps --wheel-dir /wheels .
+RUN pip wheel --no-index --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 # A fixed uid and gid, so that Kubernetes' runAsNonRoot can check them (it needs a

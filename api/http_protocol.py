@@ -21,11 +21,20 @@ per request). What this adds:
 - a problem+json 503 at shutdown to a request still arriving, which uvicorn would
   otherwise wait for until its shutdown timeout and then answer 500.
 
+Each of these answers is a request's answer like any other: it carries an
+``X-Request-ID`` (the one sent, if valid and already read; a new one otherwise), the id
+in its body, ``Server-Timing``, one access line and its count in the metrics. A request
+refused once its head has arrived is also being handled by the app: it shares the app's
+context (api/request_context.py), and the app's middleware counts it, once, with the
+edge's status.
+
 It relies only on uvicorn's long-standing protocol surface: the parser callbacks,
 ``connection_made``, ``data_received``, ``shutdown``, ``self.app``, ``self.headers``,
-``self.connections``, ``self.tasks``, ``self.cycle`` and the request cycle's
-``more_body``, ``keep_alive``, ``response_started``, ``response_complete``,
-``disconnected`` and ``message_event``.
+``self.connections``, ``self.tasks``, ``self.cycle``, ``self.scope``, ``self.url``,
+``self.parser``, ``self.client``, ``self.access_log`` and ``self.access_logger``, the
+request cycle's ``scope``, ``more_body``, ``keep_alive``, ``response_started``,
+``response_complete``, ``disconnected`` and ``message_event``, and the ASGI scope's
+``state``.
 """
 
 from __future__ import annotations
@@ -38,11 +47,25 @@ from typing import Any, cast
 from starlette.types import Receive, Scope, Send
 from uvicorn._types import ASGI3Application
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from api.errors import problem
 from api.limits import MAX_BODY_BYTES
+from api.metrics import request_answered
+from api.request_context import (
+    REQUEST_ID_HEADER,
+    RequestContext,
+    RequestContextMiddleware,
+    context_of,
+    request_id_of,
+    within,
+)
 from api.settings import Settings
 
 # After a refusal the answer is sent, our side shut for writing, and what the client
@@ -63,9 +86,13 @@ def _settings() -> Settings:
     return Settings()
 
 
-async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
+async def _answer_busy(scope: Scope, receive: Receive, send: Send) -> None:
     busy = problem(503, BUSY, headers={"Retry-After": "1", "Connection": "close"})
     await busy(scope, receive, send)
+
+
+# In place of the app: its answer has the id, timing, access line and count of any.
+_busy = RequestContextMiddleware(_answer_busy)
 
 
 class EdgeProtocol(HttpToolsProtocol):
@@ -202,9 +229,10 @@ class EdgeProtocol(HttpToolsProtocol):
         or body is still arriving, and leave a request that has all arrived to finish."""
         if self._refused:
             return  # already answered: closed when its linger ends
-        cycle = self.cycle
+        cycle: RequestResponseCycle | None = self.cycle
         if cycle is None or cycle.response_complete:
             arriving = self._in_head and self._head_bytes > 0
+            cycle = None  # (a head arriving: no app handles it yet)
         else:
             arriving = cycle.more_body and not cycle.response_started
             if arriving:
@@ -218,6 +246,7 @@ class EdgeProtocol(HttpToolsProtocol):
                 503,
                 "the server is shutting down; send the request again",
                 headers={"Retry-After": "1"},
+                cycle=cycle,
             )
         else:
             super().shutdown()
@@ -240,6 +269,7 @@ class EdgeProtocol(HttpToolsProtocol):
             413,
             f"request bodies, with their chunk framing and trailers, are limited to "
             f"{self._max_after_head} bytes",
+            cycle=cycle,
         )
 
     def _arm(self, seconds: float) -> None:
@@ -256,16 +286,57 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._in_head and self._head_bytes:
-            self._refuse(408, f"the request head did not arrive within {self._head_timeout:g} s")
+            self._refuse(
+                408,
+                f"the request head did not arrive within {self._head_timeout:g} s",
+                waited=self._head_timeout,
+            )
         else:
             # Never used, or a body the app did not read: nobody is waiting for an answer.
             self.transport.close()
 
-    def _refuse(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        """Answer ``status`` as problem+json, read no more requests, and close."""
+    def _refuse(
+        self,
+        status: int,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        *,
+        cycle: RequestResponseCycle | None = None,
+        waited: float | None = None,
+    ) -> None:
+        """Answer ``status`` as problem+json, read no more requests, and close.
+        ``cycle``: the request refused once its head had arrived (its app is handling
+        it); ``waited``: how long its head was waited for, if not since the deadline
+        was armed."""
         self._refused = True
+        if waited is None:
+            waited = self._head_waited()
         self._disarm()
-        answer = problem(status, detail, headers=headers)
+        scope: Scope
+        if cycle is not None:
+            scope = cast(Scope, cycle.scope)
+            context = context_of(scope)
+        else:
+            scope = self._head_so_far()
+            context = RequestContext(request_id_of(scope), scope)
+            context.started -= waited
+        context.status, context.duration = status, context.elapsed()
+        with within(context):
+            answer = problem(
+                status,
+                detail,
+                headers={
+                    **(headers or {}),
+                    REQUEST_ID_HEADER: context.request_id,
+                    "Server-Timing": context.server_timing(),
+                },
+            )
+            if self.access_log:
+                self._log_access(scope, status)
+        if cycle is None:
+            # (A request whose head arrived is counted by the app's middleware when
+            # the app is done with it: it answers the edge's status.)
+            request_answered(scope, status, context.duration)
         head = [STATUS_LINE[status]]
         head += [name + b": " + value + b"\r\n" for name, value in answer.raw_headers]
         head.append(b"connection: close\r\n\r\n")
@@ -273,6 +344,34 @@ class EdgeProtocol(HttpToolsProtocol):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _head_waited(self) -> float:
+        """Seconds since the head under way was first waited for: since its first byte,
+        or since the connection opened (when the head deadline was armed)."""
+        if not self._in_head or self._deadline is None:
+            return 0.0
+        return max(0.0, self.loop.time() - (self._deadline.when() - self._head_timeout))
+
+    def _head_so_far(self) -> Scope:
+        """The scope of a head refused before it ended: the headers parsed so far (the
+        X-Request-ID among them, if it came before the refusal), the method if read."""
+        scope = cast(Scope | None, self.scope)
+        if scope is None or "method" in scope:
+            # No head begun on this connection (or this scope is a finished one's).
+            return {"type": "http", "method": "-", "headers": [], "client": self.client}
+        method = self.parser.get_method().decode("ascii") if self.url else "-"
+        return {**scope, "method": method}
+
+    def _log_access(self, scope: Scope, status: int) -> None:
+        # uvicorn's own access line and arguments, for the same fields and format.
+        self.access_logger.info(
+            '%s - "%s %s HTTP/%s" %d',
+            get_client_addr(cast(Any, scope)),
+            scope["method"],
+            get_path_with_query_string(cast(Any, scope)) if "path" in scope else "-",
+            scope.get("http_version", "1.1"),
+            status,
+        )
 
 
 __all__ = ["EdgeProtocol"]

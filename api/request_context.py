@@ -12,6 +12,8 @@ import itertools
 import os
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from time import perf_counter
 from types import TracebackType
@@ -29,6 +31,10 @@ _HEADER = REQUEST_ID_HEADER.lower().encode()
 # unique across processes and replicas): a uuid4 per request cost a system call.
 _ID_PREFIX = secrets.token_hex(8)
 _ids = itertools.count(secrets.randbelow(2**32))
+# Where a request's context is kept in its scope's "state" (the server's dict for that
+# request, shared by every copy of the scope): for the edge (api/http_protocol.py),
+# which may answer a request from outside the task that handles it.
+_STATE_KEY = "taskledger.request"
 
 
 def _new_id_prefix() -> None:
@@ -92,6 +98,27 @@ def current() -> RequestContext | None:
     return _current.get()
 
 
+@contextmanager
+def within(context: RequestContext) -> Iterator[None]:
+    """Runs the block as part of ``context``'s request (its log lines, its problem
+    answers) outside the request's own task: the edge's refusals."""
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def context_of(scope: Scope) -> RequestContext:
+    """The context of the request whose head made ``scope``: the one its middleware
+    opened, or else a new one, which the middleware takes up when it runs."""
+    state = scope["state"]
+    context: RequestContext | None = state.get(_STATE_KEY)
+    if context is None:
+        context = state[_STATE_KEY] = RequestContext(request_id_of(scope), scope)
+    return context
+
+
 def note_user(user_id: str) -> None:
     """The request is authenticated as ``user_id`` (its log lines say so from now on)."""
     if (context := _current.get()) is not None:
@@ -147,12 +174,19 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         context = RequestContext(request_id_of(scope), scope)
+        if (state := scope.get("state")) is not None:
+            # Found there by the edge, if it refuses the request while its body
+            # arrives; or opened there by the edge already. (Taken out at the end: the
+            # scope holding its own context would be a cycle, left to the collector.)
+            context = state.setdefault(_STATE_KEY, context)
         # Not reset afterwards: each request runs in a task of its own, and an error
         # answered outside this middleware (Starlette's 500) still finds its context.
         _current.set(context)
 
         async def send_with_context(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            # (Answered already when the edge refused the request: this answer is
+            # dropped, and the edge's status is the one counted.)
+            if message["type"] == "http.response.start" and context.status is None:
                 context.status = message["status"]
                 context.duration = perf_counter() - context.started
                 message = {
@@ -168,4 +202,6 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_context)
         finally:
+            if state is not None:
+                del state[_STATE_KEY]
             request_answered(scope, context.status, perf_counter() - context.started)

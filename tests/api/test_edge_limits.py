@@ -2,13 +2,15 @@
 capped in bytes and headers (431), pipelined ones too, what follows a head capped (413),
 heads and bodies that never finish closed at their deadlines (408), idle connections
 closed, a connection cap (503) that reads nothing past it, a bounded shutdown that
-answers unfinished requests 503 and lets the ones under way finish."""
+answers unfinished requests 503 and lets the ones under way finish; and each of these
+refusals, like any answer, with its request id, an access line and its count."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import select
 import selectors
 import signal
@@ -18,10 +20,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.limits import MAX_BODY_BYTES
 from tests.support import (
@@ -43,6 +46,8 @@ KEEP_ALIVE = 1
 # Generous: four people run tests at once on two cores.
 MARGIN = 8.0
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: taskledger\r\n"
+NEW_ID = re.compile(r"^[0-9a-f]{32}$")
+REQUESTS = "taskledger_http_request_duration_seconds_count"
 
 
 def edge_env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -343,9 +348,10 @@ def test_sigterm_with_a_half_sent_body_exits_within_the_shutdown_timeout(
     sock.close()
 
 
-def post_head(user: User, length: int) -> bytes:
+def post_head(user: User, length: int, request_id: str | None = None) -> bytes:
+    sent_id = f"X-Request-ID: {request_id}\r\n" if request_id else ""
     return (
-        f"POST {user.tasks_url()} HTTP/1.1\r\nHost: taskledger\r\n"
+        f"POST {user.tasks_url()} HTTP/1.1\r\nHost: taskledger\r\n{sent_id}"
         f"Authorization: Bearer {user.token}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {length}\r\n\r\n"
     ).encode()
@@ -356,7 +362,13 @@ def test_sigterm_answers_a_half_sent_body_503_at_once_and_finishes_a_sent_reques
     live_server: LiveServer, tmp_path: Path, workers: str
 ) -> None:
     data_dir = tmp_path / "data"
-    env = edge_env(data_dir, BODY_TIMEOUT_SECONDS="120", SHUTDOWN_TIMEOUT_SECONDS="10")
+    env = edge_env(
+        data_dir,
+        BODY_TIMEOUT_SECONDS="120",
+        SHUTDOWN_TIMEOUT_SECONDS="10",
+        LOG_FORMAT="json",
+        LOG_LEVEL="info",
+    )
     base_url, proc = live_server(env, "--workers", workers)
     assert proc.proc is not None
     user = User()
@@ -368,8 +380,8 @@ def test_sigterm_answers_a_half_sent_body_503_at_once_and_finishes_a_sent_reques
     sent, half, half_head = connect(base_url), connect(base_url), connect(base_url)
     try:
         sent.sendall(post_head(user, len(body)) + body)
-        half.sendall(post_head(user, 1000) + body[:5])
-        half_head.sendall(HEAD)
+        half.sendall(post_head(user, 1000, "shutdown-body") + body[:5])
+        half_head.sendall(HEAD + b"X-Request-ID: shutdown-head\r\nAccept: */*\r\n")
         time.sleep(0.5)
         started = time.monotonic()
         os.kill(proc.proc.pid, signal.SIGTERM)
@@ -380,7 +392,8 @@ def test_sigterm_answers_a_half_sent_body_503_at_once_and_finishes_a_sent_reques
         assert "shutting down" in problem["detail"]
         assert refused.headers["retry-after"] == "1"
         assert refused.headers["connection"] == "close"
-        assert_problem(parse(read_to_end(half_head, 3)), 503)
+        assert refused_with_id(refused, 503) == "shutdown-body"
+        assert refused_with_id(parse(read_to_end(half_head, 3)), 503) == "shutdown-head"
         assert not select.select([sent], [], [], 0)[0], "answered before the lock was released"
         lock.rollback()
         created = parse(read_to_end(sent, 5))
@@ -397,6 +410,8 @@ def test_sigterm_answers_a_half_sent_body_503_at_once_and_finishes_a_sent_reques
     output = proc.output()
     assert "Traceback" not in output, output
     assert "Exception in ASGI application" not in output, output
+    assert access_line(proc, "shutdown-body")["method"] == "POST"
+    assert access_line(proc, "shutdown-head")["status"] == 503
 
 
 def test_a_streamed_5_mb_trailer_is_413_at_once_and_others_are_served(
@@ -508,3 +523,203 @@ def test_a_pipelined_head_is_capped_as_the_first_one_is(server: tuple[str, LiveP
     # the 60,000-byte head was served.
     body = assert_problem(parse(answer[second_at:]), 431)
     assert "32768 bytes" in body["detail"]
+
+
+# Refusals are answers like any other: an id, an access line, a count ------------------
+
+CAP = 3
+
+
+def refused_with_id(response: httpx.Response, status: int) -> str:
+    """The id a refusal of ``status`` carries, in its header, its body and its timing."""
+    body = assert_problem(response, status)
+    request_id = response.headers["x-request-id"]
+    assert body["request_id"] == request_id
+    assert response.headers["server-timing"].startswith("total;dur="), response.headers
+    return request_id
+
+
+def access_line(proc: LiveProcess, request_id: str) -> dict[str, Any]:
+    """The one access line of the request ``request_id`` (waited for)."""
+
+    def lines() -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+        return [
+            line
+            for line in parsed
+            if line["logger"] == "uvicorn.access" and line.get("request_id") == request_id
+        ]
+
+    wait_for(lambda: bool(lines()), 5, f"the access line of {request_id}")
+    [line] = lines()
+    assert line.keys() >= {"request_id", "method", "route", "status", "duration_ms", "client"}
+    assert line["message"] == f"{line['method']} {line['route'] or '(no route)'} {line['status']}"
+    return line
+
+
+def counted(base_url: str, **labels: str) -> float:
+    """How many requests /metrics counts with these labels (asked once a connection
+    is free)."""
+    answers: list[httpx.Response] = []
+
+    def scraped() -> bool:
+        answers.append(httpx.get(base_url + "/metrics", timeout=10))
+        return answers[-1].status_code == 200
+
+    wait_for(scraped, 10, "a scrape of /metrics")
+    text = answers[-1].text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == REQUESTS and labels.items() <= sample.labels.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def logged(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, LiveProcess, Path]]:
+    """One `taskledger serve` that writes its access lines as JSON, with a connection
+    cap of CAP; its URL, process and data folder."""
+    tmp = tmp_path_factory.mktemp("logged")
+    port = free_port()
+    env = edge_env(tmp / "data", MAX_CONNECTIONS=str(CAP), LOG_FORMAT="json", LOG_LEVEL="info")
+    proc = LiveProcess(["serve", "--port", str(port)], env, tmp / "serve.log")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        proc.start()
+        wait_until_ready(base_url, proc)
+        yield base_url, proc, tmp / "data"
+    finally:
+        proc.stop()
+
+
+# (httptools hands a header over once the next one begins: one follows the id.)
+SENT_ID = b"X-Request-ID: %s\r\nAccept: */*\r\n"
+REFUSED_HEADS = {
+    "bytes": (HEAD + SENT_ID + b"X-Big: " + b"b" * 40_000 + b"\r\n\r\n", 431),
+    "headers": (HEAD + SENT_ID + b"".join(b"X-%d: v\r\n" % i for i in range(101)), 431),
+    "deadline": (HEAD + SENT_ID + b"X-Pad: ", 408),
+}
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        pytest.param("edge/ticket-", True, id="kept"),
+        pytest.param("not one token ", False, id="replaced"),
+    ],
+)
+@pytest.mark.parametrize("refusal", REFUSED_HEADS)
+def test_a_refused_head_carries_its_id_and_is_logged_and_counted(
+    logged: tuple[str, LiveProcess, Path], refusal: str, sent: str, kept: bool
+) -> None:
+    base_url, proc, _ = logged
+    payload, status = REFUSED_HEADS[refusal]
+    sent += refusal
+    before = counted(base_url, method="GET", route="unmatched", status=str(status))
+    sock = connect(base_url)
+    with contextlib.suppress(OSError):  # refused while still sending: the answer waits
+        sock.sendall(payload.replace(b"%s", sent.encode()))
+    answer = parse(read_to_end(sock, HEADER_TIMEOUT + MARGIN))
+    sock.close()
+    request_id = refused_with_id(answer, status)
+    # Before: no X-Request-ID, no request_id, no access line, not counted.
+    if kept:
+        assert request_id == sent
+    else:  # replaced, as on any request
+        assert NEW_ID.match(request_id), request_id
+    line = access_line(proc, request_id)
+    assert (line["method"], line["route"], line["status"]) == ("GET", None, status)
+    if status == 408:
+        assert line["duration_ms"] >= HEADER_TIMEOUT * 1000 * 0.9, line
+    after = counted(base_url, method="GET", route="unmatched", status=str(status))
+    assert after == before + 1
+
+
+def test_a_body_refused_after_its_head_is_counted_once_as_its_routes(
+    logged: tuple[str, LiveProcess, Path],
+) -> None:
+    base_url, proc, _ = logged
+    user = User()
+    route = {"method": "POST", "route": "/api/{user_id}/tasks"}
+    before = {status: counted(base_url, **route, status=status) for status in ("400", "413")}
+    sock = connect(base_url)
+    with contextlib.suppress(OSError):
+        sock.sendall(
+            f"POST {user.tasks_url()} HTTP/1.1\r\nHost: taskledger\r\n"
+            f"X-Request-ID: trailer-1\r\nAuthorization: Bearer {user.token}\r\n"
+            f"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            f"0\r\nX-Trailer: ".encode()
+            + b"t" * (MAX_BODY_BYTES + 64 * 1024)
+        )
+    answer = parse(read_to_end(sock, 10))
+    sock.close()
+    assert refused_with_id(answer, 413) == "trailer-1"
+    assert access_line(proc, "trailer-1")["status"] == 413
+
+    def counted_once() -> bool:
+        return counted(base_url, **route, status="413") == before["413"] + 1
+
+    # The app, whose reading was cut short, answered 400 to no one: it was counted so.
+    wait_for(counted_once, 5, "the 413 counted")
+    assert counted(base_url, **route, status="400") == before["400"]
+
+
+def test_a_connection_past_the_cap_gets_an_id_of_its_own_and_is_logged_and_counted(
+    logged: tuple[str, LiveProcess, Path],
+) -> None:
+    base_url, proc, _ = logged
+    before = counted(base_url, method="other", route="unmatched", status="503")
+    held = [connect(base_url) for _ in range(CAP)]
+    try:
+        time.sleep(0.2)
+        # Refused before any of it is read: its X-Request-ID is never seen.
+        refused = httpx.get(base_url + "/healthz", headers={"X-Request-ID": "unread"})
+    finally:
+        for sock in held:
+            sock.close()
+    request_id = refused_with_id(refused, 503)
+    assert NEW_ID.match(request_id), request_id
+    line = access_line(proc, request_id)
+    assert (line["method"], line["route"], line["status"]) == ("-", None, 503)
+    assert counted(base_url, method="other", route="unmatched", status="503") == before + 1
+
+
+def test_a_request_that_finds_every_slot_busy_carries_its_id_and_is_counted(
+    logged: tuple[str, LiveProcess, Path],
+) -> None:
+    base_url, proc, data_dir = logged
+    before = counted(base_url, method="GET", route="unmatched", status="503")
+    user = User()
+    body = json.dumps({"title": "held"}).encode()
+    # CAP writes waiting for the event store, whose clients have gone: their
+    # connections are closed, but they take every slot until they end.
+    lock = sqlite3.connect(data_dir / "events.sqlite3", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        for _ in range(CAP):
+            sock = connect(base_url)
+            sock.sendall(post_head(user, len(body)) + body)
+            time.sleep(0.2)
+            sock.close()
+        time.sleep(0.5)
+        refused = httpx.get(base_url + "/healthz", headers={"X-Request-ID": "busy-1"})
+    finally:
+        lock.rollback()
+        lock.close()
+    assert refused_with_id(refused, 503) == "busy-1"
+    assert "connection limit" in refused.json()["detail"]
+    line = access_line(proc, "busy-1")
+    assert (line["method"], line["route"], line["status"]) == ("GET", None, 503)
+    # Until the writes end, every request finds the slots busy (and is counted).
+    probes = []
+
+    def served() -> bool:
+        probes.append(httpx.get(base_url + "/healthz").status_code)
+        return probes[-1] == 200
+
+    wait_for(served, 10, "the writes to end")
+    busy = 1 + probes.count(503)
+    assert counted(base_url, method="GET", route="unmatched", status="503") == before + busy

@@ -1,16 +1,19 @@
 """A production server's whole log, after a session of requests: one JSON object per
 line, each request's line with its id, method, route, status, duration and user, the
-projector's with its position and lag; and nowhere the token, the secret, a task's
-title or description, or the text searched for."""
+projector's with its position and lag (and, when a batch fails, the position it failed
+after); and nowhere the token, the secret, a task's title or description, or the text
+searched for."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.support import SECRET, LiveServer, User, bearer, mint, service_env, wait_for
@@ -130,3 +133,52 @@ def test_development_logs_stay_text(live_server: LiveServer, tmp_path: Path) -> 
     [line] = [line for line in server.output().splitlines() if "GET /api/" in line]
     assert f'"GET {user.tasks_url()} HTTP/1.1" 200' in line
     assert not line.startswith("{")
+
+
+def drop_read_table(database_url: str | None, data_dir: Path, table: str) -> None:
+    if database_url is None:
+        with sqlite3.connect(data_dir / "read.sqlite3") as lite:
+            lite.execute(f"DROP TABLE {table}")
+    else:
+        with psycopg.connect(database_url, autocommit=True) as postgres:
+            postgres.execute(f"DROP TABLE {table}")
+
+
+def test_a_failed_projector_batch_is_a_line_with_the_position_it_failed_after(
+    fresh_database: str | None, live_server: LiveServer, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    env = service_env(
+        fresh_database,
+        data_dir,
+        APP_ENV="production",
+        LOG_LEVEL="info",
+        READ_YOUR_WRITES_TIMEOUT_SECONDS="1",
+        # Checked at start only: the failing batch, not a check, finds the table gone.
+        READ_MODEL_CHECK_SECONDS="3600",
+    )
+    base_url, server = live_server(env)
+    user = User()
+    tasks = base_url + user.tasks_url()
+    first = httpx.post(tasks, json={"title": "t", "tags": ["a"]}, headers=user.headers)
+    assert first.status_code == 201 and "x-projection-pending" not in first.headers
+    # The batch that writes the next task's tag fails: its table is gone.
+    drop_read_table(fresh_database, data_dir, "task_tag")
+    second = httpx.post(tasks, json={"title": "t", "tags": ["b"]}, headers=user.headers)
+    assert second.headers["x-projection-pending"] == "true"
+
+    def failures() -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in server.output().splitlines() if line.startswith("{")]
+        return [line for line in lines if line["message"].startswith("projection round failed")]
+
+    wait_for(lambda: bool(failures()), 10, "the projector's failure")
+    server.stop()
+    failed = failures()[0]
+    assert (failed["logger"], failed["level"]) == ("read_side.runtime.worker", "WARNING")
+    assert failed["projection"] == "tasks"
+    # Nothing after the first task's event was applied: the round failed after it.
+    assert failed["position"] == int(first.headers["x-ledger-position"])
+    assert failed["position"] < int(second.headers["x-ledger-position"])
+    assert isinstance(failed["error"], str) and failed["error"] in failed["message"]
+    assert "request_id" not in failed  # the projector's, outside any request
+    lines_of(server.output())  # every line JSON, this one among them

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import shlex
 import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -308,11 +309,11 @@ def test_the_build_context_holds_what_the_image_copies_and_no_secret() -> None:
     assert ignored("api/__pycache__/app.cpython-311.pyc")
 
 
-def locked() -> dict[str, tuple[str, int]]:
-    """requirements.lock: each package's pinned version and how many hashes it has."""
+def locked(lock: str = "requirements.lock") -> dict[str, tuple[str, int]]:
+    """A lock's packages: each one's pinned version and how many hashes it has."""
     pins: dict[str, tuple[str, int]] = {}
     current = ""
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
+    for line in (ROOT / lock).read_text().splitlines():
         if match := re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line):
             current = canonicalize_name(match[1])
             pins[current] = (match[2], 0)
@@ -341,6 +342,49 @@ def test_the_lock_pins_every_dependency_within_pyproject_bounds() -> None:
             assert tool not in pins or tool == "pyyaml", f"{tool} (a test tool) is locked"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes" in dockerfile and "requirements.lock" in dockerfile
+
+
+def pip_commands(stage: Stage) -> list[list[str]]:
+    """The arguments of each ``pip`` command that the stage's RUN instructions run."""
+    commands = []
+    for run in stage.all("RUN"):
+        for command in " ".join(shlex.split(expand(run, stage.variables))).split(" && "):
+            words = command.split()
+            if words[:1] == ["pip"]:
+                commands.append(words[1:])
+    return commands
+
+
+def pip_command(commands: list[list[str]], action: str, target: str) -> int:
+    """Which of the commands is the one ``pip action`` of ``target`` (a lock, or .)."""
+    found = [i for i, args in enumerate(commands) if args[:1] == [action] and target in args]
+    assert len(found) == 1, f"not one pip {action} of {target} in the wheels stage: {commands}"
+    return found[0]
+
+
+def test_the_image_wheel_is_built_by_the_locked_backend_and_nothing_unpinned() -> None:
+    system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    backend = locked("build-requirements.lock")
+    for line in system["requires"]:
+        wanted = Requirement(line)
+        name = canonicalize_name(wanted.name)
+        assert name in backend, f"{wanted.name} (the build backend) is not locked"
+        version, hashes = backend[name]
+        assert wanted.specifier.contains(version) and hashes, f"{name}=={version} ({hashes})"
+    wheels = stages()[0]
+    assert "build-requirements.lock" in " ".join(wheels.all("COPY"))
+    commands = pip_commands(wheels)
+    for args in commands:
+        # Whatever comes from the index is checked against a lock's hashes.
+        assert "--no-index" in args or {"--require-hashes", "-r"} <= set(args), args
+    dependencies = commands[pip_command(commands, "wheel", "requirements.lock")]
+    # A dependency's sdist would be built by a backend fetched unpinned: wheels only.
+    assert "--only-binary :all:" in " ".join(dependencies), dependencies
+    installed = pip_command(commands, "install", "build-requirements.lock")
+    built = pip_command(commands, "wheel", ".")
+    assert installed < built, "the backend is installed after the wheel is built"
+    # Build isolation would fetch the backend again, from the index, unpinned.
+    assert {"--no-build-isolation", "--no-index", "--no-deps"} <= set(commands[built])
 
 
 # docker-compose.yml ----------------------------------------------------------
@@ -464,6 +508,33 @@ def test_compose_defaults_to_its_own_postgres() -> None:
             assert parts.username == postgres["POSTGRES_USER"]
             assert parts.password == postgres["POSTGRES_PASSWORD"]
             assert parts.path == "/" + postgres["POSTGRES_DB"]
+
+
+def compose_commands() -> list[list[str]]:
+    """The README's ``docker compose up`` commands (inline or in a block), as words."""
+    readme = (ROOT / "README.md").read_text()
+    return [shlex.split(line) for line in re.findall(r"docker compose up[^`\n#]*", readme)]
+
+
+def test_the_readme_names_the_compose_postgres_and_scales_on_neon_without_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    major = re.fullmatch(r"postgres:(\d+)[\w.-]*", service("postgres")["image"])
+    assert major is not None
+    said = re.search(r"\*\*Docker Compose\*\*[^:]*: PostgreSQL (\d+)", readme)
+    named = said[1] if said else None
+    assert named == major[1], f"the README's compose runs PostgreSQL {named}; it is {major[0]}"
+    for words in compose_commands():
+        if "--no-deps" in words:
+            # Without services named, `up` starts every one, the local database too.
+            services = [
+                word
+                for i, word in enumerate(words[3:], 3)
+                if not word.startswith("-") and words[i - 1] != "--scale"
+            ]
+            assert services and "postgres" not in services, words
+            assert set(services) <= set(compose()["services"]), words
+    # On Neon (no local database), scaling needs --no-deps too.
+    assert any({"--no-deps", "--scale"} <= set(words) for words in compose_commands())
 
 
 # deploy/kubernetes -----------------------------------------------------------
