@@ -20,8 +20,9 @@ from api.request_context import current
 # One line per read of another user's data, greppable: `grep "taskledger.audit"`.
 audit_log = logging.getLogger("taskledger.audit")
 
-# The search parameters (q, and its alias search), however their names are encoded.
-_SEARCH_KEYS = {"q", "search"}
+# The parameters that carry what users wrote: the search text (q, and its alias
+# search) and the tag filter (a label of their own), however their names are encoded.
+_SEARCH_KEYS = {"q", "search", "tag"}
 
 
 def redacted(path: str) -> str:

@@ -155,6 +155,30 @@ def test_history_shows_task_contents_as_text_never_as_markup_or_terminal_codes(
     assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
 
 
+def test_verify_shows_task_contents_as_text_never_as_markup_or_terminal_codes(
+    tmp_path: Path, live_server: LiveServer
+) -> None:
+    env = service_env(None, tmp_path, COLUMNS="400")
+    base_url, server = live_server(env)
+    headers = {"Authorization": f"Bearer {taskledger('token', 'mallory', env=env).stdout.strip()}"}
+    title = "[link=https://evil.example]click me[/link] \x1b]8;;https://evil.example\x1b\\x"
+    created = httpx.post(
+        f"{base_url}/api/mallory/tasks", json={"title": title}, headers=headers, timeout=10
+    )
+    assert created.status_code == 201, created.text
+    server.stop()
+    # The read table altered by hand to what a user might have typed: verify shows both.
+    with sqlite3.connect(tmp_path / "read.sqlite3") as db:
+        db.execute("UPDATE task_view SET title = ?", ("[/x] bye \x1b[31mred\x1b[0m \u202eltr",))
+    damaged = taskledger("projections", "verify", env=env)
+    assert damaged.returncode == 1, damaged.stderr
+    assert "different" in damaged.stdout
+    assert "[/x] bye" in damaged.stdout  # rich would have refused it as markup: exit 1
+    assert "[link=https://evil.example]click me[/link]" in damaged.stdout
+    assert "\\x1b[31mred" in damaged.stdout and "\\u202eltr" in damaged.stdout  # escaped
+    assert "\x1b" not in damaged.stdout and "\u202e" not in damaged.stdout
+
+
 def test_access_log_lines_can_be_turned_off(tmp_path: Path, live_server: LiveServer) -> None:
     lines = {}
     for setting in ("true", "false"):

@@ -1,4 +1,5 @@
-"""A 422 lists at most MAX_ERRORS errors, however many the request earned."""
+"""A 422 lists at most MAX_ERRORS errors, however many the request earned (in an app of
+its own; on the service's routes: tests/api/test_problem_size.py)."""
 
 from __future__ import annotations
 
