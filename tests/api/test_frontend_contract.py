@@ -135,6 +135,10 @@ def test_patch_on_a_task_is_a_partial_update_with_if_match_and_idempotency(
     again = client.patch(url, json={"completed": True}, headers=headers)
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.json() == patched.json()
+    # The same key for another change: refused, and the task is as the first left it.
+    other = client.patch(url, json={"title": "other"}, headers=headers)
+    assert_problem(other, 422)
+    assert client.get(url, headers=user.headers).json() == patched.json()
     assert_problem(client.patch(url, json={}, headers=user.headers), 422)
 
 
