@@ -961,7 +961,8 @@ def test_cors_simple_request_exposes_the_api_headers(client: TestClient, user: U
     exposed = {
         h.strip().lower() for h in response.headers["Access-Control-Expose-Headers"].split(",")
     }
-    assert {"etag", "x-total-count", "x-ledger-position"} <= exposed
+    # X-Next-Task and Link name a series' next occurrence (Link: a history's next page too).
+    assert {"etag", "x-total-count", "x-ledger-position", "x-next-task", "link"} <= exposed
 
 
 def test_cors_headers_ride_on_errors_too(client: TestClient, user: User) -> None:

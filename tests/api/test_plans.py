@@ -4,6 +4,7 @@ them, the past list with them, and the history's events, on each backend."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -178,13 +179,62 @@ def test_recurrence_short_forms_and_rrules_map_to_one_canonical_rule(
         assert create(client, user, due_at=at(0), recurrence=sent)["recurrence"] == stored
 
 
+def refusal_of_rule(response: Any) -> str:
+    """The message of a 422 that refuses the body's recurrence."""
+    assert_invalid(response, "recurrence")
+    [message] = [e["message"] for e in response.json()["errors"] if e["field"] == "recurrence"]
+    return str(message)
+
+
 @pytest.mark.parametrize(
-    "rule", ["HOURLY", "FREQ=DAILY;INTERVAL=0", "FREQ=MONTHLY;BYMONTHDAY=32", "R" * 501, 7]
+    ("rule", "named"),
+    [
+        ("HOURLY", "'HOURLY' is not NAME=VALUE"),
+        ("FREQ=HOURLY", "FREQ must be one of"),
+        ("FREQ=DAILY;INTERVAL=0", "INTERVAL must be from 1"),
+        ("FREQ=MONTHLY;BYMONTHDAY=32", "BYMONTHDAY must be from -31 to 31"),
+        ("FREQ=DAILY;BYHOUR=9", "BYHOUR is not supported"),
+        ("FREQ=DAILY;COUNT=2;UNTIL=20270101", "COUNT and UNTIL cannot both be given"),
+        ("R" * 501, "at most 500 characters"),
+        (7, "valid string"),
+    ],
 )
-def test_a_rule_that_cannot_be_used_is_refused_naming_recurrence(
-    client: TestClient, user: User, rule: Any
+def test_a_rule_that_cannot_be_used_is_refused_naming_recurrence_and_the_part(
+    client: TestClient, user: User, rule: Any, named: str
 ) -> None:
-    assert_invalid(post(client, user, due_at=at(0), recurrence=rule), "recurrence")
+    assert named in refusal_of_rule(post(client, user, due_at=at(0), recurrence=rule))
+
+
+def test_a_rule_of_500_characters_is_taken_and_one_of_501_refused_for_its_length(
+    client: TestClient, user: User
+) -> None:
+    # Empty parts are skipped: only the length tells these two apart.
+    rule = "FREQ=DAILY;COUNT=3"
+    longest = rule + ";" * (500 - len(rule))
+    assert create(client, user, due_at=at(0), recurrence=longest)["recurrence"] == rule
+    too_long = post(client, user, due_at=at(0), recurrence=longest + ";")
+    assert refusal_of_rule(too_long).endswith("recurrence: must be at most 500 characters")
+
+
+@pytest.mark.parametrize(
+    ("freq", "most"), [("DAILY", 1000), ("WEEKLY", 520), ("MONTHLY", 120), ("YEARLY", 100)]
+)
+def test_intervals_at_and_past_their_limit(
+    client: TestClient, user: User, freq: str, most: int
+) -> None:
+    rule = f"FREQ={freq};INTERVAL={most}"
+    assert create(client, user, due_at=at(0), recurrence=rule)["recurrence"] == rule
+    past = post(client, user, due_at=at(0), recurrence=f"FREQ={freq};INTERVAL={most + 1}")
+    assert refusal_of_rule(past).endswith(f"INTERVAL must be from 1 to {most}")
+
+
+def test_count_at_and_past_its_limits(client: TestClient, user: User) -> None:
+    for count in (1, 10_000):
+        rule = f"FREQ=DAILY;COUNT={count}"
+        assert create(client, user, due_at=at(0), recurrence=rule)["recurrence"] == rule
+    for count in (0, 10_001):
+        past = post(client, user, due_at=at(0), recurrence=f"FREQ=DAILY;COUNT={count}")
+        assert refusal_of_rule(past).endswith("COUNT must be from 1 to 10000")
 
 
 def test_a_rule_needs_a_due_date(client: TestClient, user: User) -> None:
@@ -246,6 +296,69 @@ def test_a_put_of_only_read_only_plan_fields_is_refused(client: TestClient, user
     echoed = put(client, user, task["id"], **{**task, "recurs_from": other["id"], "title": "n"})
     assert echoed.status_code == 200, echoed.text
     assert (echoed.json()["title"], echoed.json()["recurs_from"]) == ("n", None)
+
+
+# The document ------------------------------------------------------------------
+
+
+def body_schema(client: TestClient, name: str) -> dict[str, Any]:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    schema: dict[str, Any] = response.json()["components"]["schemas"][name]
+    return schema
+
+
+def not_null(field: dict[str, Any]) -> dict[str, Any]:
+    """The branch of a nullable field's schema that is not null."""
+    [branch] = [b for b in field["anyOf"] if b != {"type": "null"}]
+    return dict(branch)
+
+
+@pytest.mark.parametrize("name", ["TaskCreate", "TaskUpdate"])
+def test_the_document_gives_the_plan_in_the_bodies_with_its_limits_and_aliases(
+    client: TestClient, name: str
+) -> None:
+    body = body_schema(client, name)
+    fields = body["properties"]
+    assert {"priority", "tags", "due_at", "remind_at", "recurrence"} <= set(fields)
+    # Each field is documented once, under its name; the aliases in the description.
+    assert not {"due_date", "reminder_at", "recurrence_rule"} & set(fields)
+    assert body["description"].endswith(
+        "due_date, reminder_at and recurrence_rule are accepted as other names for due_at, "
+        "remind_at and recurrence (sent under both names, they must be the same)."
+    )
+    priority = not_null(fields["priority"])
+    assert priority == {"type": "string", "enum": ["none", "low", "medium", "high", "urgent"]}
+    tags = not_null(fields["tags"])
+    assert (tags["type"], tags["maxItems"]) == ("array", 20)
+    label, named = tags["items"]["anyOf"]
+    assert (label["type"], label["minLength"], label["maxLength"]) == ("string", 1, 32)
+    assert (named["properties"]["name"], named["required"]) == (label, ["name"])
+    for moment in ("due_at", "remind_at"):
+        assert not_null(fields[moment]) == {"type": "string", "format": "date-time"}
+    rule = not_null(fields["recurrence"])
+    assert (rule["type"], rule["maxLength"]) == ("string", 500)
+    assert {"due_at"} in [set(branch.get("required", ())) for branch in body["anyOf"]]
+    if name == "TaskCreate":
+        assert (fields["priority"]["default"], fields["tags"]["default"]) == ("none", [])
+
+
+def test_rules_the_documented_pattern_matches_are_taken(client: TestClient, user: User) -> None:
+    """The pattern describes the common forms only, but each text it matches is taken:
+    these reach its edges."""
+    field = body_schema(client, "TaskCreate")["properties"]["recurrence"]
+    pattern = re.compile(not_null(field)["pattern"])
+    for rule in [
+        "WEEKLY:MON,TUE,WED,THU,FRI,SAT,SUN",
+        "MONTHLY:31",
+        "RRULE:FREQ=YEARLY;INTERVAL=99;COUNT=9999",
+        "FREQ=WEEKLY;INTERVAL=99;BYDAY=SU,SA;COUNT=1",
+        "FREQ=MONTHLY;BYMONTHDAY=-31;COUNT=9999",
+        "FREQ=MONTHLY;INTERVAL=99;BYMONTHDAY=-28",
+        "FREQ=MONTHLY;INTERVAL=97;BYMONTHDAY=28",
+    ]:
+        assert pattern.search(rule), rule
+        create(client, user, due_at=at(0), recurrence=rule)
 
 
 # Filters and sorts -------------------------------------------------------------

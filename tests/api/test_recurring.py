@@ -1,6 +1,6 @@
 """Recurring tasks over HTTP (issue 12, item 2): completing one adds its next occurrence,
 named by X-Next-Task and a Link, through each way of completing it; idempotent retries
-add nothing more; COUNT ends the series; on each backend."""
+add nothing more; COUNT and UNTIL end the series; on each backend."""
 
 from __future__ import annotations
 
@@ -84,6 +84,24 @@ def test_a_retry_with_the_same_idempotency_key_adds_nothing_more(
     assert listing(client, user)[1] == 2
 
 
+def test_a_retry_names_the_first_next_occurrence_even_once_it_is_deleted(
+    client: TestClient, user: User
+) -> None:
+    # A repeat answers the outcome recorded first (docs/architecture.md, recurring tasks).
+    task = create(client, user, due_at=DUE, recurrence="DAILY")
+    key = {"Idempotency-Key": f"complete-{task['id']}"}
+    following = next_task(complete(client, user, task["id"], "toggle", **key), user)
+    assert client.delete(user.tasks_url(following), headers=user.headers).status_code == 204
+    assert next_task(complete(client, user, task["id"], "toggle", **key), user) == following
+    assert client.get(user.tasks_url(following), headers=user.headers).status_code == 404
+    # Without the key, reopened and completed again: it names none, and adds none.
+    assert complete(client, user, task["id"], "toggle").json()["completed"] is False
+    fresh = complete(client, user, task["id"], "set")
+    assert fresh.status_code == 200, fresh.text
+    assert "X-Next-Task" not in fresh.headers
+    assert listing(client, user)[1] == 1
+
+
 def test_reopening_and_completing_again_keeps_the_one_next_occurrence(
     client: TestClient, user: User
 ) -> None:
@@ -112,6 +130,18 @@ def test_count_ends_the_series(client: TestClient, user: User) -> None:
     assert [t["due_at"][:10] for t in seen] == ["2026-03-09", "2026-03-10", "2026-03-11"]
     assert listing(client, user, status="completed")[1] == 3
     assert listing(client, user)[1] == 3
+
+
+def test_until_ends_the_series(client: TestClient, user: User) -> None:
+    # UNTIL is inclusive: an occurrence at that very moment is the series' last.
+    rule = "FREQ=WEEKLY;BYDAY=MO,WE;UNTIL=20260311T090000Z"
+    task = create(client, user, due_at=DUE, recurrence=rule)
+    following = fetch(client, user, next_task(complete(client, user, task["id"], "set"), user))
+    assert (following["due_at"], following["recurrence"]) == ("2026-03-11T09:00:00Z", rule)
+    last = complete(client, user, following["id"], "put")
+    assert last.status_code == 200, last.text
+    assert "X-Next-Task" not in last.headers
+    assert listing(client, user, status="completed")[1] == listing(client, user)[1] == 2
 
 
 def test_a_task_that_does_not_recur_names_no_next_one(client: TestClient, user: User) -> None:

@@ -20,6 +20,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,5 +194,26 @@ def test_a_rolling_upgrade_from_the_old_release_keeps_lists_complete_throughout(
     )
     assert planned.status_code == 200, planned.text
     assert (planned.json()["priority"], planned.json()["tags"]) == ("high", ["Upgrade"])
+
+    # The past across the upgrade: as of just before the plan, and at the old release's
+    # last version, the list that release wrote, at the defaults; as of the plan, the plan.
+    def past(user: User, **params: str | int) -> list[dict[str, Any]]:
+        params = {"limit": 500, "sort": "created_at", "order": "asc", **params}
+        response = httpx.get(
+            base_url + user.tasks_url(), params=params, headers=user.headers, timeout=30
+        )
+        assert response.status_code == 200, response.text
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    planned_at = datetime.fromisoformat(planned.json()["updated_at"])
+    before = past(alice, as_of=(planned_at - timedelta(microseconds=1)).isoformat())
+    assert [task["id"] for task in before] == [task["id"] for task in USERS[alice.id]["tasks"]]
+    assert all({name: task[name] for name in DEFAULTS} == DEFAULTS for task in before), before
+    assert past(alice, at_version=USERS[alice.id]["version"]) == before
+    assert past(alice, as_of=planned_at.isoformat())[0] == planned.json()
+    # A list read from its old snapshots: as the read tables show it.
+    erin = User("user_erin_longest")
+    assert past(erin, as_of=datetime.now(UTC).isoformat()) == past(erin)
     tags = httpx.get(base_url + f"/api/{alice.id}/tags", headers=alice.headers, timeout=30)
     assert tags.json() == [{"name": "Upgrade", "count": 1}]

@@ -6,6 +6,7 @@ the tag rows."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -285,11 +286,20 @@ def test_verify_sees_a_wrong_tag_row(ledger: TaskLedger, engine: Engine) -> None
 # indexes (their plans, not their timings: a plan does not depend on the machine).
 
 BIG = "big-user"
-BIG_SPECS = {
-    "ix_task_view_user_due": TaskFilter(sort="due_at", order="asc"),
-    "ix_task_view_user_priority": TaskFilter(sort="priority", order="desc"),
-    "ix_task_tag_user_tag": TaskFilter(tags=("rare",)),
-}
+# Each page (those bench/plans.py measures), and the indexes either of which serves
+# it: for some priorities with a due date by due date, the planner may read those
+# priorities' rows and sort them, or walk the due dates and skip the other priorities.
+BIG_PAGES: list[tuple[TaskFilter, tuple[str, ...]]] = [
+    (TaskFilter(sort="due_at", order="asc"), ("ix_task_view_user_due",)),
+    (TaskFilter(sort="priority", order="desc"), ("ix_task_view_user_priority",)),
+    (TaskFilter(tags=("rare",)), ("ix_task_tag_user_tag",)),
+    (
+        TaskFilter(priorities=("high", "urgent"), has_due=True, sort="due_at"),
+        ("ix_task_view_user_due", "ix_task_view_user_priority"),
+    ),
+    # A fifth of the dated tasks are due before it (fill_big_user).
+    (TaskFilter(overdue=True, now=datetime(2026, 1, 5, 4, tzinfo=UTC)), ("ix_task_view_user_due",)),
+]
 
 
 def fill_big_user(conn: Connection, tables: ViewTables) -> None:
@@ -349,11 +359,12 @@ def test_a_big_users_pages_use_the_indexes(engine: Engine, scratch: ViewTables) 
     with engine.connect() as conn:
         conn.execute(text("ANALYZE"))
         conn.commit()
-        for index, spec in BIG_SPECS.items():
+        for spec, indexes in BIG_PAGES:
             plan = plan_of(conn, spec, scratch)
-            assert f"plans_{index}" in plan, plan
-            if conn.dialect.name == "postgresql":
-                assert "Seq Scan" not in plan, plan
+            assert any(f"plans_{index}" in plan for index in indexes), plan
+            # No read of a whole table (SQLite's SCAN, as against SEARCH by an index).
+            assert "Seq Scan" not in plan, plan
+            assert not re.search(r"^SCAN plans_", plan, re.MULTILINE), plan
         # The page is the one asked for (the plan is of a query that works).
         documents, total, _ = list_tasks(conn, scratch, BIG, TaskFilter(tags=("RARE",)))
         assert (len(documents), total) == (50, 50)

@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -38,7 +39,7 @@ from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import task_view
 from tests.support import make_settings
 from write_side import Plan, Task, TaskLedger, TaskList
-from write_side.history import replay
+from write_side.history import PastTasks, replay
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 RELEASES = ["release_092178a", "release_ab762a8"]
@@ -298,6 +299,20 @@ def latest_snapshot(ledger: TaskLedger, stream_id: UUID) -> tuple[StoredEvent, T
     return stored, restored
 
 
+def toggle_until_a_snapshot(ledger: TaskLedger, user_id: str, task_id: UUID) -> None:
+    """Toggle the task until the new code has taken a snapshot of the user's list: one
+    every 100 events, or more for a longer list (less than two per task)."""
+    stream_id = TaskList.create_id(user_id)
+    tasks = ledger.task_list(user_id)
+    assert tasks is not None
+    taken = latest_snapshot_version(ledger, stream_id)
+    for _ in range(2 * max(100, len(tasks.tasks()))):
+        ledger.toggle_task(user_id, task_id)
+        if latest_snapshot_version(ledger, stream_id) != taken:
+            return
+    pytest.fail(f"no snapshot of {user_id} taken after version {taken}")
+
+
 def test_plans_and_series_on_an_old_stream_and_its_next_snapshot(store: Store) -> None:
     """An old task planned, a series begun on the old stream and continued, then
     enough events for the new code to take a snapshot of its own: a load through it
@@ -346,15 +361,7 @@ def test_plans_and_series_on_an_old_stream_and_its_next_snapshot(store: Store) -
         assert history[3].details["recurs_from"] == first.id
         assert history[3].details["due_at"] == following.due_at
 
-        # A snapshot is taken every 100 events, or more for a longer list (less than
-        # two per task): toggle until the new code has taken one.
-        taken = latest_snapshot_version(ledger, stream_id)
-        for _ in range(2 * max(100, len(tasks.tasks()))):
-            ledger.toggle_task(user_id, old)
-            if latest_snapshot_version(ledger, stream_id) != taken:
-                break
-        else:
-            pytest.fail(f"no snapshot of {user_id} taken after version {taken}")
+        toggle_until_a_snapshot(ledger, user_id, old)
         stored, restored = latest_snapshot(ledger, stream_id)
         assert restored.version > expected["version"]
         state = json.loads(stored.state)["state"]
@@ -378,6 +385,75 @@ def test_plans_and_series_on_an_old_stream_and_its_next_snapshot(store: Store) -
         final = ledger.task_list(user_id)
         assert final is not None
         assert [t.recurs_from for t in final.tasks()].count(first.id) == 1
+
+
+def recorded_at(ledger: TaskLedger, user_id: str, version: int) -> datetime:
+    """When the user's event at ``version`` was recorded."""
+    [entry] = ledger.history_page(user_id, after=version - 1, limit=1).entries
+    assert entry.version == version
+    return entry.at
+
+
+def past_as_replayed(ledger: TaskLedger, user_id: str, moment: datetime) -> PastTasks:
+    """The list as of ``moment``, checked against a replay of the whole stream (no
+    snapshot) up to it, and as of the version it gives."""
+    past = ledger.tasks_at(user_id, until=moment)
+    replayed = ledger.history(user_id, until=moment)
+    assert (past.version, past.tasks) == (replayed.entries[-1].version, replayed.tasks), moment
+    assert ledger.tasks_at(user_id, version=past.version) == past, moment
+    return past
+
+
+def test_the_past_across_the_upgrade_is_the_old_releases_and_then_the_plans(
+    store: Store,
+) -> None:
+    """After new commands on an old stream (a plan, a series, a snapshot of the new
+    code's), the list as of the old release's last event, or its version, is what that
+    release read back, at the plans' defaults; a moment after the plan shows it; and a
+    moment between two old snapshots is read from the earlier one, old format and all."""
+    ledger, release = store.ledger, store.release
+    due = datetime(2027, 1, 4, 9, tzinfo=UTC)
+    for user_id in release.snapshotted:
+        expected = release.users[user_id]
+        stream_id = TaskList.create_id(user_id)
+        old_version = expected["version"]
+        old_moment = recorded_at(ledger, user_id, old_version)
+        pairs = list(pairwise(expected["snapshot_versions"]))
+        betweens = [recorded_at(ledger, user_id, (a + b) // 2) for a, b in pairs]
+        old = UUID(expected["tasks"][-1]["id"])
+        ledger.update_task(user_id, old, plan={"priority": "urgent", "tags": ["Upgraded"]})
+        first = ledger.add_task(user_id, "Daily", None, plan=Plan(due_at=due, recurrence="DAILY"))
+        assert first.task is not None
+        assert ledger.set_task_completed(user_id, first.task.id, True).next_task is not None
+        for (earlier, later), moment in zip(pairs, betweens, strict=True):
+            start, end = ledger._snapshots_around(stream_id, moment)
+            assert start is not None, user_id
+            assert (start.version, end) == (earlier, later), user_id
+            past = past_as_replayed(ledger, user_id, moment)
+            assert all(plan_of(task) == DEFAULTS for task in past.tasks), user_id
+        toggle_until_a_snapshot(ledger, user_id, old)
+
+        for past in (
+            ledger.tasks_at(user_id, until=old_moment),
+            ledger.tasks_at(user_id, version=old_version),
+        ):
+            assert past.version == old_version, user_id
+            assert [release.task_json(t) for t in past.tasks] == expected["tasks"], user_id
+            assert all(plan_of(task) == DEFAULTS for task in past.tasks), user_id
+        planned = past_as_replayed(ledger, user_id, recorded_at(ledger, user_id, old_version + 1))
+        assert planned.version == old_version + 1, user_id
+        plans = {task.id: plan_of(task) for task in planned.tasks}
+        assert plans.pop(old) == {**DEFAULTS, "priority": "urgent", "tags": ("Upgraded",)}
+        assert list(plans.values()) == [DEFAULTS] * len(plans), user_id
+        # After the new code's snapshot: read through it, series and all.
+        current = ledger.task_list(user_id)
+        assert current is not None
+        now = past_as_replayed(ledger, user_id, datetime.now(UTC))
+        assert (now.version, now.tasks) == (current.version, current.tasks()), user_id
+        assert current.next_of(first.task.id) is not None, user_id
+        # The moments between the old snapshots, with the new one beside them.
+        for moment in betweens:
+            past_as_replayed(ledger, user_id, moment)
 
 
 def test_the_projector_builds_the_read_tables_from_the_old_log(
