@@ -1,12 +1,15 @@
-"""What snapshots cost on disk: one user grown to N tasks, then each task toggled once
-(2N commands, in-process, through the project's own TaskLedger), on SQLite or PostgreSQL.
+"""What snapshots cost on disk: one user grown to N tasks, then each task toggled R times
+((R+1) N commands, in-process, through the project's own TaskLedger), on SQLite or
+PostgreSQL.
 
     .venv/bin/python -m bench.snapshots [--backend sqlite|postgres] [--tasks N | --quick]
+        [--rounds R]
 
 Printed: the stream's events and the bytes of their state; its snapshot rows, their bytes,
-the latest one's version and what all of them hold against the latest (1.0 when only the
-latest is kept); the storage the database gives the tables (SQLite: the file, and dbstat's
-pages of the snapshots table; PostgreSQL: pg_total_relation_size, TOAST included).
+the versions kept, the latest one's version and what all of them hold against the latest
+(at most 2.0: the older ones kept hold no more bytes than the latest); the storage the
+database gives the tables (SQLite: the file, and dbstat's pages of the snapshots table;
+PostgreSQL: pg_total_relation_size, TOAST included).
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from write_side import TaskLedger, TaskList
 USER = "bench-big"
 
 
-def grow_and_toggle(ledger: TaskLedger, tasks: int) -> float:
-    """N adds then N toggles; returns the seconds they took."""
+def grow_and_toggle(ledger: TaskLedger, tasks: int, rounds: int = 1) -> float:
+    """N adds then ``rounds`` times N toggles; returns the seconds they took."""
     started = time.monotonic()
     ids: list[UUID] = []
     for i in range(tasks):
@@ -40,10 +43,10 @@ def grow_and_toggle(ledger: TaskLedger, tasks: int) -> float:
         ids.append(task.id)
         if (i + 1) % max(tasks // 5, 1) == 0:
             h.log(f"added {i + 1} tasks")
-    for n, task_id in enumerate(ids, 1):
+    for n, task_id in enumerate(ids * rounds, 1):
         ledger.toggle_task(USER, task_id)
         if n % max(tasks // 5, 1) == 0:
-            h.log(f"toggled {n} tasks")
+            h.log(f"toggled {n} times")
     return time.monotonic() - started
 
 
@@ -57,6 +60,7 @@ def stream_figures(ledger: TaskLedger) -> None:
     figure("events in the stream", len(events))
     figure("state of the events", sum(len(e.state) for e in events) / MIB, "MiB", 2)
     figure("snapshot rows", len(snapshots))
+    figure("snapshots kept at versions", " ".join(str(s.originator_version) for s in snapshots))
     figure("state of the snapshots", snapshot_bytes / MIB, "MiB", 2)
     if snapshots:
         latest = snapshots[-1]
@@ -100,6 +104,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="N = 2,000: ~5 s on SQLite, ~20 s on PostgreSQL"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="R: each task toggled R times")
     opts = parser.parse_args()
     tasks = 2000 if opts.quick else opts.tasks
     h.install_signal_handlers()
@@ -111,9 +116,10 @@ def main() -> None:
         try:
             figure("backend", opts.backend)
             figure("tasks added, then toggled", tasks)
-            seconds = grow_and_toggle(ledger, tasks)
+            figure("times each task was toggled", opts.rounds)
+            seconds = grow_and_toggle(ledger, tasks, opts.rounds)
             figure("time for the commands", seconds, "s", 0)
-            figure("commands", 2 * tasks / seconds, "per s", 0)
+            figure("commands", (opts.rounds + 1) * tasks / seconds, "per s", 0)
             stream_figures(ledger)
             storage_figures(ledger, storage, data_dir)
         finally:

@@ -1,6 +1,7 @@
-"""Disk bounded: each stream keeps at most a few snapshots (KEPT_PER_STREAM), the latest
-and others spread out over it for looks at the past, taken at an interval that grows with
-the list, and start-up thins the snapshots that older releases kept. On both backends."""
+"""Disk bounded by the live state: each stream's snapshots total at most twice its latest
+one (the latest, and older ones spread out over the stream for looks at the past, at most
+KEPT_PER_STREAM), taken at an interval that grows with the list; start-up thins the
+snapshots that older releases kept. On both backends."""
 
 from __future__ import annotations
 
@@ -38,31 +39,51 @@ def spread_out(versions: list[int]) -> bool:
     return all(bounds[i + 2] - bounds[i] > MIN_STRETCH for i in range(len(versions) - 1))
 
 
-def test_a_busy_stream_keeps_a_few_snapshots_of_its_state(ledger: TaskLedger) -> None:
+def bytes_against_latest(rows: list[Any]) -> float:
+    """What a stream's snapshot rows hold, in bytes of stored state, against its latest."""
+    return sum(len(row.state) for row in rows) / len(rows[-1].state)
+
+
+def assert_looks_at_the_past_are_right(ledger: TaskLedger, user_id: str) -> None:
+    """As of the moment of each kept snapshot's event, and of the events either side of
+    it, and of a few moments between: what a replay from the stream's start gives."""
+    stream_id = TaskList.create_id(user_id)
+    events: list[Any] = list(ledger.events.get(stream_id))
+    kept = [row.originator_version for row in stored_snapshots(ledger, stream_id)]
+    picked = {v + d for v in kept for d in (-1, 0, 1)} | set(range(1, len(events), 997))
+    for version in sorted(v for v in picked if 1 <= v <= len(events)):
+        moment = events[version - 1].timestamp
+        expected = replay(user_id, events, until=moment).tasks
+        assert ledger.tasks_at(user_id, until=moment).tasks == expected, version
+        assert ledger.tasks_at(user_id, version=version).tasks == expected, version
+
+
+def test_a_busy_stream_of_a_steady_size_keeps_snapshots_within_twice_its_latest(
+    ledger: TaskLedger,
+) -> None:
+    """300 tasks, then each toggled ten times (~3,300 commands): a snapshot of the whole
+    list every 400 events from version 400 on, eight intervals and more."""
     ids = []
     for i in range(300):
         task = ledger.add_task("busy", f"task {i} " + "t" * 150, "d" * 300).task
         assert task is not None
         ids.append(task.id)
-    for round_ in range(4):
+    for round_ in range(10):
         for task_id in ids:
             ledger.toggle_task("busy", task_id)
         if round_ == 0:
             ledger.delete_task("busy", ids.pop())
     stream_id = TaskList.create_id("busy")
     rows = stored_snapshots(ledger, stream_id)
-    # ~1,500 events: a snapshot of the whole list at 100, 200, 400, 800 and 1,200; those
-    # at 100 to 400 are dropped (a replay from the start to 800 is short).
     versions = [row.originator_version for row in rows]
-    total, latest = sum(len(row.state) for row in rows), len(rows[-1].state)
-    print(f"{len(rows)} snapshot(s) at {versions}, {total} bytes; latest {latest} bytes")
-    assert versions == [800, 1200]
-    assert len(rows) <= KEPT_PER_STREAM
-    assert total <= len(rows) * 1.01 * latest  # the list kept its size: each is as big
+    ratio = bytes_against_latest(rows)
+    print(f"{len(rows)} snapshot(s) at {versions}: {ratio:.3f} x the latest")
+    assert versions[-1] >= 3200
+    assert ratio <= 2
     # Taken at an interval of at least the task count: the latest is recent, not stale.
     tasks = ledger.task_list("busy")
     assert tasks is not None
-    assert tasks.version - rows[-1].originator_version < snapshot_interval(len(ids), 100)
+    assert tasks.version - versions[-1] < snapshot_interval(len(ids), 100)
     # And it is right: a process that loads through it gets what a full replay gets.
     elsewhere = TaskLedger(env=dict(ledger.env))
     try:
@@ -72,11 +93,58 @@ def test_a_busy_stream_keeps_a_few_snapshots_of_its_state(ledger: TaskLedger) ->
         assert rebuilt.version == tasks.version
     finally:
         elsewhere.close()
+    assert_looks_at_the_past_are_right(ledger, "busy")
 
 
-def test_a_long_stream_keeps_at_most_a_few_snapshots_spread_over_it(ledger: TaskLedger) -> None:
-    """300 snapshots of one stream, every 100 versions (as a list of under 100 tasks is
-    snapshotted): never more than KEPT_PER_STREAM stored, the latest among them."""
+def save_at_boundaries(ledger: TaskLedger, stream: TaskList, change: Any, times: int) -> None:
+    """``change(stream)`` ``times`` times, saved in batches that end at multiples of 100
+    (where one command at a time would cross the same snapshot boundaries)."""
+    for _ in range(times):
+        change(stream)
+        if stream.version % 100 == 0:
+            ledger.save_outcome(stream, None)
+    ledger.save_outcome(stream, None)
+
+
+def test_a_growing_list_keeps_smaller_snapshots_and_lets_them_go_once_it_shrinks(
+    ledger: TaskLedger,
+) -> None:
+    """3,300 tasks added (a snapshot at each doubling of the interval, each about half
+    the next), then all but 100 deleted and those toggled (~7,100 events)."""
+    stream = TaskList.start("grows")
+    stream_id = TaskList.create_id("grows")
+    save_at_boundaries(ledger, stream, lambda s: s.add(f"task {s.version} " + "t" * 80, None), 3300)
+    grown = stored_snapshots(ledger, stream_id)
+    print("grown:", [(row.originator_version, len(row.state)) for row in grown])
+    # Past snapshots of a growing list are smaller: a spread of them fits.
+    assert [row.originator_version for row in grown] == [800, 1600, 3200]
+    assert bytes_against_latest(grown) <= 2
+    assert_looks_at_the_past_are_right(ledger, "grows")
+
+    def delete_the_first(s: TaskList) -> None:
+        s.delete(s.tasks()[0].id)
+
+    def toggle_one(s: TaskList) -> None:
+        s.toggle(s.tasks()[s.version % 100].id)
+
+    save_at_boundaries(ledger, stream, delete_the_first, 3200)
+    save_at_boundaries(ledger, stream, toggle_one, 600)
+    shrunk = stored_snapshots(ledger, stream_id)
+    print("shrunk:", [(row.originator_version, len(row.state)) for row in shrunk])
+    # What is kept follows the list as it is now, not the largest it has been.
+    assert bytes_against_latest(shrunk) <= 2
+    assert all(len(row.state) <= len(shrunk[-1].state) for row in shrunk)
+    assert shrunk[-1].originator_version >= 7000
+    tasks = ledger.task_list("grows")
+    assert tasks is not None
+    assert len(tasks.tasks()) == 100
+    assert_looks_at_the_past_are_right(ledger, "grows")
+
+
+def test_a_long_stream_keeps_within_twice_its_latest_spread_over_it(ledger: TaskLedger) -> None:
+    """300 snapshots of one stream, every 100 versions, all of one size (as a list of
+    under 100 tasks is snapshotted): never more than twice the latest stored; at the
+    end the latest and one older, the roundest version, past the stream's half."""
     assert ledger.snapshots is not None
     ledger.add_task("long", "the only task", None)
     stream_id = TaskList.create_id("long")
@@ -84,14 +152,14 @@ def test_a_long_stream_keeps_at_most_a_few_snapshots_spread_over_it(ledger: Task
     kept = KeptSnapshots(ledger.snapshots)
     for version in range(100, 30_001, 100):
         kept.keep(replace(taken, originator_version=version))
-        assert len(stored_snapshots(ledger, stream_id)) <= KEPT_PER_STREAM
+        rows = stored_snapshots(ledger, stream_id)
+        assert rows[-1].originator_version == version
+        assert bytes_against_latest(rows) <= 2
+        assert len(rows) <= KEPT_PER_STREAM
     versions = kept.versions(stream_id)
     assert versions == [row.originator_version for row in stored_snapshots(ledger, stream_id)]
-    assert len(versions) == KEPT_PER_STREAM
-    assert versions[-1] == 30_000
+    assert versions == [25_600, 30_000]
     assert spread_out(versions)
-    gaps = [b - a for a, b in zip([0, *versions], versions, strict=False)]
-    assert max(gaps) <= 2 * 30_000 / KEPT_PER_STREAM
     # Another stream's snapshots are its own.
     ledger.add_task("other", "t", None)
     other = TaskList.create_id("other")
@@ -140,6 +208,19 @@ def test_start_up_thins_the_snapshots_an_old_release_kept(
     taken = TaskList.Snapshot.take(ledger.repository.get(far))
     far_versions = list(range(1000, 20_001, 1000))
     ledger.snapshots.put([replace(taken, originator_version=v) for v in far_versions])
+    # One that grew and then shrank, as issue 11's release kept it (8, by count): seven
+    # of the large list it was, then the small one it is (stored as if far apart).
+    for i in range(30):
+        ledger.add_task("shrunk", f"task {i} " + "t" * 150, "d" * 300)
+    shrunk = TaskList.create_id("shrunk")
+    grown: TaskList = ledger.repository.get(shrunk)
+    large = TaskList.Snapshot.take(grown)
+    for task in grown.tasks()[1:]:
+        ledger.delete_task("shrunk", task.id)
+    small = TaskList.Snapshot.take(ledger.repository.get(shrunk))
+    ledger.snapshots.put([replace(large, originator_version=1000 * k) for k in range(1, 8)])
+    ledger.snapshots.put([replace(small, originator_version=8000)])
+    assert bytes_against_latest(stored_snapshots(ledger, shrunk)) > 50
 
     # Two processes starting at once, then a restart: each runs the upgrade step.
     starting = [TaskLedger(env=dict(ledger.env)) for _ in range(2)]
@@ -159,11 +240,17 @@ def test_start_up_thins_the_snapshots_an_old_release_kept(
         # Near the start of a stream, a replay from it is short: only the latest stays.
         assert kept == {"old": [31], "other": [30]}
         assert len(stored_snapshots(restarted, TaskList.create_id("single"))) == 1
-        far_kept = [row.originator_version for row in stored_snapshots(restarted, far)]
-        assert len(far_kept) == KEPT_PER_STREAM
-        assert far_kept[-1] == 20_000
-        assert set(far_kept) < set(far_versions)
+        # A stream of one size keeps its latest and one older one, the roundest.
+        far_rows = stored_snapshots(restarted, far)
+        far_kept = [row.originator_version for row in far_rows]
+        assert far_kept == [16_000, 20_000]
+        assert bytes_against_latest(far_rows) <= 2
         assert spread_out(far_kept)
+        # One that shrank keeps none of its larger past.
+        assert [row.originator_version for row in stored_snapshots(restarted, shrunk)] == [8000]
+        # Every stream within twice its latest.
+        for stream in (old, other, far, shrunk, TaskList.create_id("single")):
+            assert bytes_against_latest(stored_snapshots(restarted, stream)) <= 2
         # The kept snapshot is the one lists load through, and it is right.
         tasks = restarted.task_list("old")
         assert tasks is not None

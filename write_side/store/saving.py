@@ -11,7 +11,13 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, InternalError, ProgrammingError
+from eventsourcing.persistence import (
+    IntegrityError,
+    InternalError,
+    OperationalError,
+    ProgrammingError,
+)
+from psycopg_pool import PoolTimeout
 
 from write_side.domain import TaskList
 from write_side.idempotency import RequestRecord
@@ -38,8 +44,9 @@ class StreamSaver:
     """Saves for ``app``. Snapshots bound the replay of a long stream that is not in
     the cache. They are taken here, from the aggregate just saved: the library's own
     snapshotting would first rebuild it from the store, costing a growing stream tens
-    of milliseconds of CPU, every interval, that every other request waits out. A few
-    snapshots of each stream are kept, spread out over it (see ``KeptSnapshots``)."""
+    of milliseconds of CPU, every interval, that every other request waits out. Each
+    stream keeps its latest snapshot and a few older ones spread out over it, which
+    together hold no more bytes than the latest (see ``KeptSnapshots``)."""
 
     def __init__(
         self,
@@ -103,7 +110,8 @@ class StreamSaver:
 
 def create_tables(app: Application[UUID]) -> None:
     """Create the event store's missing tables (events, snapshots), and thin the
-    snapshots that older releases kept to the few each stream keeps now.
+    snapshots that older releases kept to what each stream keeps now (within twice
+    its latest snapshot's bytes): a one-off step in effect, idempotent.
 
     PostgreSQL's CREATE TABLE IF NOT EXISTS is not safe against another process doing
     the same at that moment (the loser fails on a catalog row: duplicate key, "tuple
@@ -112,15 +120,30 @@ def create_tables(app: Application[UUID]) -> None:
     recorders: list[Any] = [app.recorder]
     if app.snapshots is not None:
         recorders.append(app.snapshots.recorder)
-    for attempt in range(5):
-        try:
-            for recorder in recorders:
-                recorder.create_table()
-            break
-        except (IntegrityError, ProgrammingError, InternalError):
-            if attempt == 4:
-                raise
-            log.info("tables being created by another process; retrying")
-            time.sleep(0.05 * (attempt + 1))
+
+    def create() -> None:
+        for recorder in recorders:
+            recorder.create_table()
+
+    _at_start_up(create)
     if app.snapshots is not None:
-        KeptSnapshots(app.snapshots).prune()
+        _at_start_up(KeptSnapshots(app.snapshots).prune)
+
+
+# What start-up tries again: another process creating the same tables at that moment,
+# and a connection not had within the pool's short wait (0.1 s, sized for requests:
+# write_side/store/postgres_pool.py), which a busy machine opening several processes'
+# first connections at once can exceed. Start-up can wait a little longer than a request.
+_START_UP_RETRIED = (IntegrityError, ProgrammingError, InternalError, OperationalError, PoolTimeout)
+
+
+def _at_start_up(step: Callable[[], object], attempts: int = 10) -> None:
+    for attempt in range(attempts):
+        try:
+            step()
+            return
+        except _START_UP_RETRIED as error:
+            if attempt == attempts - 1:
+                raise
+            log.info("start-up step failed (%s); retrying", type(error).__name__)
+            time.sleep(0.05 * (attempt + 1))

@@ -1,28 +1,33 @@
-"""Snapshots kept at a few per stream, spread over it: their storage stays a small
-multiple of the list they hold, and a moment of the stream's past has one near before it.
+"""Snapshots kept within twice the bytes of each stream's latest one, spread over the
+stream: their storage follows the list as it is now, and a moment of the stream's past
+has one near before it.
 
 A snapshot holds a whole task list; keeping every one (the library's way) made a user
 with 50,000 tasks and 50,000 toggles hold 14.8 GB of snapshots for 30 MB of events.
 Keeping only the latest made a look at the list as it stood earlier (``as_of``,
-``at_version``) replay the stream from its start. So each stream keeps at most
-``KEPT_PER_STREAM``: each new snapshot is stored, then the stream's others are thinned
-(``to_thin``): the latest always stays (a load reads it), and of the rest those whose
-removal leaves the shortest stretch of events without a snapshot go first, so the kept
-ones stay spread out over the stream. Start-up thins the streams that an earlier
-release left with more.
+``at_version``) replay the stream from its start. So each new snapshot is stored, then
+the stream's others are thinned (``to_thin``): the latest always stays (a load reads
+it); older ones stay only while together they hold no more bytes than the latest, at
+most ``KEPT_PER_STREAM`` in all, the roundest versions first (the stream's half, then
+its quarters, ...), so the kept ones stay spread out over the stream. Start-up thins
+the streams that an earlier release left with more.
 
-Disk: at most ``KEPT_PER_STREAM`` (8) snapshots per stream (one more after a crash
-between storing one and thinning, until the stream's next snapshot or the next
-start-up; a stream of fewer than ``MIN_STRETCH`` events keeps only its latest); each is
-the list as it stood at its version, so they total at most 8 times the largest of them (at
-most the largest the list has been). A list that grows takes snapshots of about double
-the size each time: those total about twice the latest.
+Disk: a stream's snapshots total at most twice its latest, which is the list as it
+stands (or stood at most one snapshot interval ago): not the largest it has ever been.
+(One more after a crash between storing one and thinning, until the stream's next
+snapshot or the next start-up.) A list that keeps its size keeps its latest and at most
+one older snapshot of its size; a list that grows takes snapshots of about double the
+size each time, so it keeps a geometric spread of them (each about half the next),
+which fits; one that shrinks lets go of its larger past at once. A stream of fewer than
+``MIN_STRETCH`` events keeps only its latest.
 
 Each process also keeps a few decoded snapshots in memory (``DecodedSnapshots``, bounded
 in bytes) for looks at the past.
 
 The library has no delete, so this module speaks each backend's SQL through the
-recorder's own datastore (its table name, schema and transactions).
+recorder's own datastore (its table name, schema and transactions). A snapshot's size
+is the byte length of its stored state, read by the database without reading the state
+(SQLite's ``length()`` of a BLOB, PostgreSQL's ``octet_length()`` of a ``bytea``).
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ from write_side.store.aggregate_cache import estimate_bytes
 
 log = logging.getLogger(__name__)
 
-# Snapshots kept per stream at most.
+# Snapshots kept per stream at most, whatever their bytes: a look at the past searches
+# them (by binary search, one small read each), and past a few more of them save little.
 KEPT_PER_STREAM = 8
 # A snapshot is not kept for the past when, without it, no moment of the stream would
 # replay more than this many events (about 10 ms of decoding here): a stream shorter
@@ -75,43 +81,75 @@ _VACUUM_OPTIONS = {
 
 
 def to_thin(
-    versions: Sequence[int], keep: int = KEPT_PER_STREAM, stretch: int = MIN_STRETCH
+    snapshots: Sequence[tuple[int, int]],
+    keep: int = KEPT_PER_STREAM,
+    stretch: int = MIN_STRETCH,
 ) -> list[int]:
-    """Which of a stream's snapshot ``versions`` (ascending) to delete: never the
-    latest; otherwise, one at a time, the one whose neighbours are closest (the
-    stream's start counts as one before the first; the older on a tie), while more
-    than ``keep`` remain or while those neighbours are at most ``stretch`` events
-    apart. The same versions always give the same answer, so two processes thinning a
-    stream at once delete the same snapshots."""
-    kept = list(versions)
-    thinned = []
+    """Which of a stream's snapshots to delete, given each one's ``(version, bytes)``,
+    oldest first. Never the latest. Of the older ones, the roundest versions (see
+    ``_roundness``; the older on a tie) are kept first, each only if the older ones
+    kept still hold no more bytes than the latest (one that would overfill them is
+    passed over for a less round one that fits) and fewer than ``keep`` are kept in
+    all. Then, one at a time, the one whose neighbours are closest (the stream's
+    start counts as one before the first; the older on a tie) goes while they are at
+    most ``stretch`` events apart.
+
+    So a stream's snapshots total at most twice its latest: a list of a steady size
+    keeps the latest and one older; a growing list, whose older snapshots are about
+    half the size of the next, keeps a geometric spread; a list that shrank keeps
+    none larger than it is now. The same rows always give the same answer, so two
+    processes thinning a stream at once delete the same snapshots."""
+    if not snapshots:
+        return []
+    *older, (latest, budget) = snapshots
+    chosen: set[int] = set()
+    held = 0  # bytes of the older ones chosen
+    for version, size in sorted(older, key=lambda row: (-_roundness(row[0]), row[0])):
+        if len(chosen) < keep - 1 and held + size <= budget:
+            chosen.add(version)
+            held += size
+    kept = [*sorted(chosen), latest]
     while len(kept) > 1:
-
-        def gap(i: int) -> tuple[int, int]:
-            return kept[i + 1] - (kept[i - 1] if i else 0), i
-
-        shortest, i = min(gap(i) for i in range(len(kept) - 1))
-        if len(kept) <= keep and shortest > stretch:
+        shortest, i = min(
+            (kept[i + 1] - (kept[i - 1] if i else 0), i) for i in range(len(kept) - 1)
+        )
+        if shortest > stretch:
             break
-        thinned.append(kept.pop(i))
-    return sorted(thinned)
+        kept.pop(i)
+    return [version for version, _ in older if version not in kept]
+
+
+def _roundness(version: int) -> int:
+    """How round a version is: 1 + the exponent of the largest power of two dividing it.
+
+    The roundest versions below a stream's end are at about its half, then its
+    quarters, eighths, ...: those kept first stay spread over the stream however long
+    it grows, and as it grows a rounder one comes along and takes an older one's
+    place, so none is kept for ever. (Keeping instead, snapshot by snapshot, the ones
+    whose neighbours are farthest apart never lets go of the first older one kept:
+    a small list of a steady size kept its snapshot at version 1,000 beside the latest
+    at 99,900.) Snapshots are taken at multiples of their interval, 100 times a power
+    of two, so nearly all versions are such multiples."""
+    return (version & -version).bit_length()
 
 
 class _Pruner(Protocol):
-    def versions(self, originator_id: UUID) -> list[int]: ...
+    def sizes(self, originator_id: UUID) -> list[tuple[int, int]]:
+        """The ``(version, bytes)`` of the stream's snapshots, oldest first."""
 
     def delete(self, originator_id: UUID, versions: Sequence[int]) -> None: ...
 
-    def several(self) -> dict[UUID, list[int]]:
-        """The versions of each stream's snapshots, oldest first, for the streams with
-        more than one."""
+    def several(self) -> dict[UUID, list[tuple[int, int]]]:
+        """The ``(version, bytes)`` of each stream's snapshots, oldest first, for the
+        streams with more than one."""
 
     def reclaim_space(self) -> None:
         """Have the database reuse deleted snapshots' space."""
 
 
 class KeptSnapshots:
-    """The snapshot store, kept at ``keep`` snapshots per stream, spread out."""
+    """The snapshot store, kept within twice each stream's latest snapshot (at most
+    ``keep`` snapshots), spread out."""
 
     def __init__(self, store: EventStore[UUID], keep: int = KEPT_PER_STREAM) -> None:
         self._store = store
@@ -132,22 +170,24 @@ class KeptSnapshots:
     def versions(self, originator_id: UUID) -> list[int]:
         """The versions of the stream's snapshots, oldest first (their states unread)."""
         if self._pruner is not None:
-            return self._pruner.versions(originator_id)
+            return [version for version, _ in self._pruner.sizes(originator_id)]
         # In memory (eventsourcing.popo): the rows are at hand anyway.
         rows = self._store.recorder.select_events(originator_id)
         return [row.originator_version for row in rows]
 
     def prune(self) -> int:
         """Thin every stream's snapshots as ``keep`` does (the upgrade step from
-        releases that kept them all, or only the latest); how many were deleted.
-        Idempotent, and one query of the table's index when there is nothing to do."""
+        releases that kept them all, or up to 8 whatever their bytes); how many were
+        deleted. Idempotent, and one query of the table's index and the rows' lengths
+        when there is nothing to do. Two processes starting at once read the same rows
+        and delete the same ones (a row the other deleted first is no error)."""
         if self._pruner is None:
             return 0
         self._pruner.reclaim_space()
         deleted = 0
         try:
-            for stream, versions in self._pruner.several().items():
-                excess = to_thin(versions, self._keep)
+            for stream, sizes in self._pruner.several().items():
+                excess = to_thin(sizes, self._keep)
                 if excess:
                     self._pruner.delete(stream, excess)
                     deleted += len(excess)
@@ -156,13 +196,14 @@ class KeptSnapshots:
             # and each stream's next snapshot thins it meanwhile.
             log.warning("snapshots not thinned now: %s", type(error).__name__)
         if deleted:
-            log.info("deleted %d snapshots (kept %d per stream)", deleted, self._keep)
+            log.info("deleted %d snapshots (kept within twice each stream's latest)", deleted)
         return deleted
 
     def _thin(self, pruner: _Pruner, originator_id: UUID) -> None:
-        # Two processes thinning one stream at once read the same versions, or one reads
-        # them after the other's delete: either way each deletes what is in excess.
-        excess = to_thin(pruner.versions(originator_id), self._keep)
+        # Two processes thinning one stream at once read the same rows, or one reads
+        # them after the other's delete: either way each deletes what is in excess,
+        # and neither deletes the latest it read (nor one it did not read).
+        excess = to_thin(pruner.sizes(originator_id), self._keep)
         if excess:
             pruner.delete(originator_id, excess)
 
@@ -237,18 +278,20 @@ class _SQLitePruner:
         table = recorder.events_table_name
         where = "WHERE originator_id = ?"
         order = "ORDER BY originator_version"
-        self._versions = f"SELECT originator_version FROM {table} {where} {order}"  # noqa: S608
+        # length() of a BLOB is read from the row's header: the state itself is not read.
+        sized = "originator_version, length(state)"
+        self._sizes = f"SELECT {sized} FROM {table} {where} {order}"  # noqa: S608
         self._delete = f"DELETE FROM {table} {where} AND originator_version = ?"  # noqa: S608
         several = f"SELECT originator_id FROM {table} GROUP BY originator_id HAVING count(*) > 1"  # noqa: S608
         self._several = (
-            f"SELECT originator_id, originator_version FROM {table}"  # noqa: S608
+            f"SELECT originator_id, {sized} FROM {table}"  # noqa: S608
             f" WHERE originator_id IN ({several}) ORDER BY originator_id, originator_version"
         )
 
-    def versions(self, originator_id: UUID) -> list[int]:
+    def sizes(self, originator_id: UUID) -> list[tuple[int, int]]:
         with self._recorder.datastore.transaction(commit=False) as cursor:
-            cursor.execute(self._versions, (_key(originator_id),))
-            return [int(row[0]) for row in cursor.fetchall()]
+            cursor.execute(self._sizes, (_key(originator_id),))
+            return [(int(row[0]), int(row[1] or 0)) for row in cursor.fetchall()]
 
     def delete(self, originator_id: UUID, versions: Sequence[int]) -> None:
         key = _key(originator_id)
@@ -257,14 +300,14 @@ class _SQLitePruner:
         with self._recorder.datastore.transaction(commit=True) as cursor:
             cursor.executemany(self._delete, [(key, version) for version in versions])
 
-    def several(self) -> dict[UUID, list[int]]:
+    def several(self) -> dict[UUID, list[tuple[int, int]]]:
         with self._recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(self._several)
             rows = cursor.fetchall()
-        versions: dict[UUID, list[int]] = {}
-        for key, version in rows:
-            versions.setdefault(UUID(key), []).append(int(version))
-        return versions
+        sizes: dict[UUID, list[tuple[int, int]]] = {}
+        for key, version, size in rows:
+            sizes.setdefault(UUID(key), []).append((int(version), int(size or 0)))
+        return sizes
 
     def reclaim_space(self) -> None:
         pass  # SQLite reuses the pages of deleted rows (its free list) by itself
@@ -281,37 +324,41 @@ class _PostgresPruner:
         self._name = recorder.events_table_name
         self._schema = recorder.datastore.schema
         table = Identifier(self._schema, self._name)
-        self._versions = SQL(
-            "SELECT originator_version FROM {table} WHERE originator_id = %s"
-            " ORDER BY originator_version"
+        # octet_length() of a bytea is read from its header (or its TOAST pointer): the
+        # state itself is not read, nor decompressed.
+        self._sizes = SQL(
+            "SELECT originator_version, octet_length(state) AS size FROM {table}"
+            " WHERE originator_id = %s ORDER BY originator_version"
         ).format(table=table)
         self._delete = SQL(
             "DELETE FROM {table} WHERE originator_id = %s AND originator_version = ANY(%s)"
         ).format(table=table)
         self._several = SQL(
-            "SELECT originator_id, originator_version FROM {table} WHERE originator_id IN"
+            "SELECT originator_id, originator_version, octet_length(state) AS size"
+            " FROM {table} WHERE originator_id IN"
             " (SELECT originator_id FROM {table} GROUP BY originator_id HAVING count(*) > 1)"
             " ORDER BY originator_id, originator_version"
         ).format(table=table)
 
-    def versions(self, originator_id: UUID) -> list[int]:
+    def sizes(self, originator_id: UUID) -> list[tuple[int, int]]:
         # The pool's connections are in autocommit: one round trip, prepared once.
         with self._recorder.datastore.get_connection() as conn:
-            rows = conn.execute(self._versions, (originator_id,), prepare=True).fetchall()
-        return [int(row["originator_version"]) for row in rows]
+            rows = conn.execute(self._sizes, (originator_id,), prepare=True).fetchall()
+        return [(int(row["originator_version"]), int(row["size"] or 0)) for row in rows]
 
     def delete(self, originator_id: UUID, versions: Sequence[int]) -> None:
         with self._recorder.datastore.transaction(commit=True) as cursor:
             cursor.execute(self._delete, (originator_id, list(versions)))
 
-    def several(self) -> dict[UUID, list[int]]:
+    def several(self) -> dict[UUID, list[tuple[int, int]]]:
         with self._recorder.datastore.transaction(commit=False) as cursor:
             cursor.execute(self._several)
             rows = cursor.fetchall()
-        versions: dict[UUID, list[int]] = {}
+        sizes: dict[UUID, list[tuple[int, int]]] = {}
         for row in rows:
-            versions.setdefault(row["originator_id"], []).append(int(row["originator_version"]))
-        return versions
+            size = (int(row["originator_version"]), int(row["size"] or 0))
+            sizes.setdefault(row["originator_id"], []).append(size)
+        return sizes
 
     def reclaim_space(self) -> None:
         """Vacuum the snapshots table (and its TOAST table, where big snapshots live)
