@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -337,3 +338,14 @@ def wait_until_ready(base_url: str, proc: LiveProcess, timeout: float = 30) -> N
 # `live_server(env, *serve_args)` (the base URL and the process).
 StartProcess = Callable[..., LiveProcess]
 LiveServer = Callable[..., tuple[str, LiveProcess]]
+
+
+def drop_read_table(database_url: str | None, data_dir: Path, table: str) -> None:
+    """A read table dropped by hand behind a running service's back (on PostgreSQL, in
+    ``database_url``; on SQLite, in ``data_dir``'s read file)."""
+    if database_url is None:
+        with sqlite3.connect(data_dir / "read.sqlite3") as db:
+            db.execute(f"DROP TABLE {table}")
+    else:
+        with psycopg.connect(database_url, autocommit=True) as db:
+            db.execute(f"DROP TABLE {table}")

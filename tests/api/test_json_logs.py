@@ -7,16 +7,23 @@ searched for."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
-from tests.support import SECRET, LiveServer, User, bearer, mint, service_env, wait_for
+from tests.support import (
+    SECRET,
+    LiveServer,
+    User,
+    bearer,
+    drop_read_table,
+    mint,
+    service_env,
+    wait_for,
+)
 
 BASE_FIELDS = {"time", "level", "logger", "message"}
 ACCESS_FIELDS = {"request_id", "method", "route", "status", "duration_ms"}
@@ -133,15 +140,6 @@ def test_development_logs_stay_text(live_server: LiveServer, tmp_path: Path) -> 
     [line] = [line for line in server.output().splitlines() if "GET /api/" in line]
     assert f'"GET {user.tasks_url()} HTTP/1.1" 200' in line
     assert not line.startswith("{")
-
-
-def drop_read_table(database_url: str | None, data_dir: Path, table: str) -> None:
-    if database_url is None:
-        with sqlite3.connect(data_dir / "read.sqlite3") as lite:
-            lite.execute(f"DROP TABLE {table}")
-    else:
-        with psycopg.connect(database_url, autocommit=True) as postgres:
-            postgres.execute(f"DROP TABLE {table}")
 
 
 def test_a_failed_projector_batch_is_a_line_with_the_position_it_failed_after(

@@ -3,17 +3,15 @@ the access log, no URL built from the Host header."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from read_side.runtime.engine import create_read_engine
-from tests.support import SECRET, LiveServer, User, mint, service_env, wait_for
+from tests.support import SECRET, LiveServer, User, drop_read_table, mint, service_env, wait_for
 
 
 def test_a_database_error_names_no_parameter(tmp_path: Path) -> None:
@@ -46,16 +44,6 @@ SEARCH = "narwhal-search-sentinel"
 LATER_TITLE, LATER_TAG = "axolotl-title-sentinel", "pangolin-tag"
 
 
-def _drop_read_table(database_url: str | None, data_dir: Path, table: str) -> None:
-    """A read table dropped by hand behind the service's back."""
-    if database_url is None:
-        with sqlite3.connect(data_dir / "read.sqlite3") as db:
-            db.execute(f"DROP TABLE {table}")
-    else:
-        with psycopg.connect(database_url, autocommit=True) as db:
-            db.execute(f"DROP TABLE {table}")
-
-
 def test_a_debug_log_of_failing_reads_and_writes_holds_nothing_private(
     fresh_database: str | None, tmp_path: Path, live_server: LiveServer
 ) -> None:
@@ -81,7 +69,7 @@ def test_a_debug_log_of_failing_reads_and_writes_holds_nothing_private(
     assert httpx.post(tasks, json=too_long, headers=user.headers).status_code == 422
     assert httpx.get(tasks, params={"q": SEARCH}, headers=user.headers).status_code == 200
 
-    _drop_read_table(fresh_database, data_dir, "task_tag")
+    drop_read_table(fresh_database, data_dir, "task_tag")
     failed = httpx.get(tasks, params={"q": SEARCH, "tag": TAG}, headers=user.headers)
     assert failed.status_code == (503 if fresh_database is None else 500), failed.text
     later = {"title": LATER_TITLE, "tags": [LATER_TAG]}
