@@ -195,9 +195,11 @@ async def _internal(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     answer = await _internal(request, exc)
-    # Starlette sends this answer outside every middleware: it names its id itself.
+    # Starlette sends this answer outside every middleware: it names its id and its
+    # timing itself.
     if (context := current_request()) is not None:
         answer.headers[REQUEST_ID_HEADER] = context.request_id
+        answer.headers["Server-Timing"] = context.server_timing()
     return answer
 
 

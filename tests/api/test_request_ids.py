@@ -121,6 +121,7 @@ def test_an_unhandled_error_names_its_request(tmp_path: Path) -> None:
         answer = client.get("/boom", headers={"X-Request-ID": "bug-report-1"})
     problem = assert_problem(answer, 500)
     assert answer.headers["x-request-id"] == problem["request_id"] == "bug-report-1"
+    assert answer.headers["server-timing"].startswith("total;dur=")
 
 
 def test_the_projector_writes_json_lines_outside_any_request(
