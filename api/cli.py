@@ -27,7 +27,7 @@ from rich.text import Text
 
 from api.logs import logging_config
 from api.progress import replay_progress
-from api.settings import Settings
+from api.settings import LogProfile, Settings
 
 if TYPE_CHECKING:
     from write_side import HistoryPage, Task, TaskLedger
@@ -48,7 +48,13 @@ def _settings() -> Settings:
     try:
         return Settings()
     except (ValidationError, ValueError) as error:
-        err.print(f"[red]Refusing to start:[/red] {error}")
+        profile = LogProfile()
+        if profile.json_logs:
+            # A deployment's log collector reads JSON lines: the refusal is one too.
+            logging.config.dictConfig(logging_config("info", json_lines=True))
+            _said.error("refusing to start: %s", error)
+        else:
+            err.print(f"[red]Refusing to start:[/red] {error}")
         raise typer.Exit(2) from None
 
 

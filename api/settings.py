@@ -42,6 +42,23 @@ class Storage:
     conninfo: str = ""
 
 
+class LogProfile(BaseSettings):
+    """Only what says how to log, read when the whole of Settings could not be (a
+    refused setting): the refusal is then logged in the format the service would log
+    in. Anything not a known value means a deployment, hence JSON lines."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    app_env: str = "development"
+    log_format: str | None = None
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format in ("json", "text"):
+            return self.log_format == "json"
+        return self.app_env != "development"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",

@@ -53,6 +53,20 @@ def test_production_refuses_to_start_without_auth(tmp_path: Path) -> None:
     result = taskledger("serve", "--port", "1", env=env)
     assert result.returncode == 2
     assert "no auth mode" in result.stderr
+    # Said as the service logs there: one JSON object, for the log collector.
+    (line,) = result.stderr.strip().splitlines()
+    said = json.loads(line)
+    assert (said["level"], said["logger"]) == ("ERROR", "taskledger.cli")
+    assert said["message"].startswith("refusing to start")
+
+
+def test_a_refused_setting_is_said_in_the_format_of_the_profile(tmp_path: Path) -> None:
+    for app_env, as_json in (("staging", True), ("development", False)):
+        env = service_env(None, tmp_path, APP_ENV=app_env, DB_POOL_SIZE="many")
+        result = taskledger("serve", "--port", "1", env=env)
+        assert result.returncode == 2
+        assert "db_pool_size" in result.stderr.lower()
+        assert result.stderr.startswith("{") == as_json, app_env
 
 
 def test_zero_configuration_serve_token_create_list(
