@@ -15,8 +15,10 @@ listing arrived, so a write acknowledged before it (projected, hence in the tabl
 shows.
 
 Anything that goes wrong answers None, and the caller takes the route threads' path,
-which meets the same trouble and answers it properly; after a failure this rests a
-second, so that an outage costs each listing one wait, not two.
+which meets the same trouble and answers it properly: a failure, and a read that takes
+longer than a second (one hung read would otherwise hold every listing queued behind
+it, whoever's). After either this rests a second, so that an outage costs each
+listing one wait, not two.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
@@ -35,6 +38,8 @@ from read_side.tables import ViewTables
 log = logging.getLogger(__name__)
 
 REST_SECONDS = 1.0
+# The longest a read may take (a primary-key lookup per user: about a millisecond).
+READ_SECONDS = 1.0
 # A user's position and the live build's id (None: none is live), as queries.user_position.
 Position = tuple[int, int | None]
 
@@ -44,10 +49,21 @@ class AsyncPositions:
     against the server's connection limit), opened on first use, inside the loop; one
     read under way per build's tables at a time."""
 
-    def __init__(self, conninfo: str, *, max_size: int = 2, timeout: float = 0.5) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 2,
+        timeout: float = 0.5,
+        read_seconds: float = READ_SECONDS,
+    ) -> None:
         self._conninfo = conninfo
         self._max_size = max_size
         self._timeout = timeout
+        # Every listing queued waits on the read under way: one that hangs (a lock, a
+        # silent network) must not hold them all. Cancelled, its connection is closed
+        # by the pool (it is not idle), and the listings go to the route threads.
+        self._read_seconds = read_seconds
         self._pool: AsyncConnectionPool | None = None
         # Per build's tables (by name): the statement; the listings queued for the
         # next read, by list id; the task reading them, while there is one.
@@ -101,17 +117,20 @@ class AsyncPositions:
     ) -> tuple[dict[UUID, int], int | None] | None:
         """The positions of these lists (those the tables know), and the live build."""
         try:
-            pool = await self._opened()
-            async with pool.connection(timeout=self._timeout) as conn:
-                statement, constants = self._statement(tables)
-                cursor = await conn.execute(statement, {**constants, "list_ids": list_ids})
-                rows = await cursor.fetchall()
+            rows = await asyncio.wait_for(self._rows(tables, list_ids), self._read_seconds)
         except Exception as error:
             self._resting_until = time.monotonic() + REST_SECONDS
             log.warning("reading positions on the event loop failed (%s)", type(error).__name__)
             return None
         live = rows[0][0] if rows else None
         return {list_id: int(position or 0) for _, list_id, position in rows if list_id}, live
+
+    async def _rows(self, tables: ViewTables, list_ids: list[UUID]) -> list[tuple[Any, ...]]:
+        pool = await self._opened()
+        async with pool.connection(timeout=self._timeout) as conn:
+            statement, constants = self._statement(tables)
+            cursor = await conn.execute(statement, {**constants, "list_ids": list_ids})
+            return await cursor.fetchall()
 
     async def _opened(self) -> AsyncConnectionPool:
         if self._pool is None:

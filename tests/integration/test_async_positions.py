@@ -5,13 +5,15 @@ arrived, so a position committed before a listing asked is the one it gets."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, insert, update
 
 from read_side import queries
-from read_side.runtime.async_positions import AsyncPositions
+from read_side.runtime.async_positions import REST_SECONDS, AsyncPositions
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import LIVE_TABLES
 
@@ -91,3 +93,31 @@ def test_a_failed_read_answers_none_to_every_listing_waiting_for_it(
             await positions.close()
 
     assert asyncio.run(run()) == [None] * 5
+
+
+def test_a_hung_read_answers_none_at_its_deadline_to_every_listing_behind_it(
+    positions_engine: Engine, fresh_postgres_url: str
+) -> None:
+    _move(positions_engine, "alice", 7)
+    positions = AsyncPositions(fresh_postgres_url, read_seconds=0.3)
+    owner = LIVE_TABLES.owner.name
+
+    async def run() -> None:
+        try:
+            assert await positions.of(LIVE_TABLES, "alice") == (7, 0)  # (connected)
+            # A lock held elsewhere (a migration, VACUUM FULL): the next read hangs.
+            with psycopg.connect(fresh_postgres_url) as locker:
+                locker.execute(f"LOCK TABLE {owner} IN ACCESS EXCLUSIVE MODE")
+                started = time.monotonic()
+                asked = [positions.of(LIVE_TABLES, user) for user in ("alice", "bob") * 5]
+                # (Bounded here too: a read with no deadline would wait for the lock.)
+                assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None] * 10
+                assert time.monotonic() - started < 1.5
+                locker.rollback()
+            # It rests a moment (the route threads answer meanwhile), then reads again.
+            await asyncio.sleep(REST_SECONDS + 0.1)
+            assert await positions.of(LIVE_TABLES, "alice") == (7, 0)
+        finally:
+            await positions.close()
+
+    asyncio.run(run())
