@@ -172,7 +172,7 @@ class PlainListings:
                 return None
             asked, at_moment = summary
             # Judged at the moment the route would judge it at.
-            moment = self.services.now().replace(microsecond=0) if at_moment else None
+            moment = self.services.judged_now() if at_moment else None
             answer = self.services.kept_answer(
                 user_id, asked, moment
             ) or await self.services.checked_answer(user_id, asked, moment)
@@ -200,7 +200,7 @@ class PlainListings:
         services = self.services
         if spec.overdue is not None:
             # Judged at the moment the route would judge it at.
-            spec = replace(spec, now=services.now().replace(microsecond=0))
+            spec = replace(spec, now=services.judged_now())
         # From memory on the event loop when it can be told so, else in a route thread.
         page = services.kept_page(user_id, spec) or await services.checked_page(user_id, spec)
         if page is None:

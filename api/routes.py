@@ -476,7 +476,7 @@ def task_stats(
 ) -> Response:
     """The user's tasks counted, from the read tables."""
     # Judged to the second; kept while no due date or midnight passes (a dashboard's poll).
-    zone, now = _zone(tz), services.now().replace(microsecond=0)
+    zone, now = _zone(tz), services.judged_now()
 
     def counted(conn: Connection, tables: ViewTables) -> tuple[str, queries.MomentSpan]:
         stats = queries.stats(conn, tables, user_id, now, zone)

@@ -210,10 +210,20 @@ class Services:
         ask, so that a test of the running app can set it."""
         return datetime.now(UTC)
 
+    def judged_now(self) -> datetime:
+        """``now`` to the second: what stats and overdue listings are judged at, on
+        their routes and on the plain path alike (a past list, at its own moment)."""
+        return self.now().replace(microsecond=0)
+
+    def _kept_for(self, moment: datetime | None) -> CachedListings:
+        """The cache of answers asked at ``moment``: those judged at one are kept
+        apart, so that they never push out the pages asked for again."""
+        return self.listings if moment is None else self.moments
+
     def list_page(self, user_id: str, spec: TaskFilter) -> tuple[str, int]:
         """A page of the user's tasks from the live build (kept while their tasks
         stand still: read_side.runtime.listings)."""
-        cache = self.listings if spec.now is None else self.moments
+        cache = self._kept_for(spec.now)
         count = self.changes.stable  # before the user's position is read
         return self._answered(
             lambda conn, served: cache.page(
@@ -240,7 +250,7 @@ class Services:
             found = await self.positions.of(served.tables, user_id)
         if found is None or (found[1] is not None and found[1] != served.id):
             return None  # (a switch made elsewhere is followed by list_page)
-        cache = self.listings if moment is None else self.moments
+        cache = self._kept_for(moment)
         return cache.kept_at(served.tables, user_id, asked, found[0], moment=moment)
 
     async def aclose(self) -> None:
@@ -280,7 +290,7 @@ class Services:
             or not keeper.projects_alone(served)
         ):
             return None
-        cache = self.listings if moment is None else self.moments
+        cache = self._kept_for(moment)
         return cache.kept(served.tables, user_id, asked, count, moment=moment)
 
     def summary(
@@ -295,7 +305,7 @@ class Services:
         stats), kept like a page while their tasks stand still. ``asked``: what the
         answer depends on besides them; ``moment``: what an answer judged at a moment
         is judged at (``query`` then says the span of moments it holds for)."""
-        cache = self.listings if moment is None else self.moments
+        cache = self._kept_for(moment)
         count = self.changes.stable  # before the user's position is read: see list_page
 
         def answered(conn: Connection, served: Build) -> tuple[str, int]:
