@@ -752,13 +752,7 @@ def _compare(ledger: Application[UUID], position: int, recorded: CheckRow | None
         return None
     if recorded is not None and recorded.position == position:
         found = ledger.recorder.select_notifications(start=position, limit=1)
-        if (
-            found
-            and found[0].id == position
-            and str(found[0].originator_id) == recorded.originator_id
-            and found[0].originator_version == recorded.originator_version
-            and _digest(found[0]) == recorded.digest
-        ):
+        if found and found[0].id == position and _Checked.of(found[0]) == _Checked.of_row(recorded):
             return None
     log_end = int(ledger.recorder.max_notification_id() or 0)
     if position > log_end:
@@ -802,6 +796,10 @@ class _Checked:
     @classmethod
     def of(cls, event: Notification) -> _Checked:
         return cls(event.id, str(event.originator_id), event.originator_version, _digest(event))
+
+    @classmethod
+    def of_row(cls, row: CheckRow) -> _Checked:
+        return cls(row.position, row.originator_id, row.originator_version, row.digest)
 
     @classmethod
     def read(cls, conn: Connection, name: str) -> _Checked | None:
