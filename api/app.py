@@ -22,6 +22,7 @@ from api.errors import install_error_handlers, problem, problem_responses
 from api.limits import RequestLimits
 from api.logs import redact_search_text
 from api.metrics import exposition
+from api.plain_creates import PlainCreates
 from api.plain_lists import PlainListings
 from api.request_context import REQUEST_ID_HEADER, RequestContextMiddleware
 from api.routes import router
@@ -99,10 +100,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         redirect_slashes=False,
     )
     app.state.services = services
-    # Innermost: a plain listing it answers has passed every layer but the routing.
+    # Innermost: a plain listing or create they answer has passed every layer but the
+    # routing.
     routes = {"tasks": "list_tasks", "stats": "task_stats", "tags": "list_tags"}
     routes_by_path = {what: _route(router, name) for what, name in routes.items()}
     app.add_middleware(PlainListings, services=services, routes=routes_by_path)
+    app.add_middleware(PlainCreates, services=services, route=_route(router, "create_task"))
     # Added before CORS, so it runs inside it: its refusals still carry CORS headers.
     app.add_middleware(RequestLimits, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(

@@ -148,16 +148,20 @@ async def request_key(
 ) -> RequestKey | None:
     if idempotency_key is None:
         return None
-    # The same request is the same method, path and JSON body, however it is spaced.
-    body = await request.body()
+    return keyed_request(idempotency_key, request.method, request.url.path, await request.body())
+
+
+def keyed_request(key: str, method: str, path: str, body: bytes) -> RequestKey:
+    """An Idempotency-Key with what it was sent with. The same request is the same
+    method, path and JSON body, however it is spaced."""
     try:
         canonical = (
             json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")) if body else ""
         )
     except (ValueError, RecursionError):
         canonical = body.decode("utf-8", "replace")
-    digest = hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode())
-    return RequestKey(idempotency_key, digest.hexdigest())
+    digest = hashlib.sha256(f"{method} {path}\n{canonical}".encode())
+    return RequestKey(key, digest.hexdigest())
 
 
 IdempotencyKey = Annotated[RequestKey | None, Depends(request_key)]

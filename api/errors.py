@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, cast
 
 from eventsourcing import persistence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import exc as sqlalchemy_errors
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -203,31 +204,52 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     return answer
 
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+# The problems a request's known failures answer, by the failure's class.
+_HANDLERS: dict[type[Exception], Handler] = {
+    RequestValidationError: _validation,
+    HTTPException: _http,
+    AuthenticationFailed: _unauthenticated,
+    Forbidden: _forbidden,
+    TaskNotFound: _not_found,
+    TaskVersionMismatch: _version_mismatch,
+    IdempotencyKeyReused: _key_reused,
+    InvalidTask: _invalid_task,
+    VersionNotReached: _version_not_reached,
+    ReadModelUnavailable: _read_model_unavailable,
+    sqlalchemy_errors.DatabaseError: _database_error,
+    **dict.fromkeys(
+        (
+            KeysUnavailable,
+            NotStarted,
+            ConcurrencyExhausted,
+            # The database is down, restarting or out of connections: worth a retry.
+            persistence.OperationalError,
+            persistence.InterfaceError,
+            sqlalchemy_errors.OperationalError,
+            sqlalchemy_errors.InterfaceError,
+            sqlalchemy_errors.TimeoutError,
+        ),
+        _unavailable,
+    ),
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(AuthenticationFailed, _unauthenticated)
-    app.add_exception_handler(Forbidden, _forbidden)
-    app.add_exception_handler(TaskNotFound, _not_found)
-    app.add_exception_handler(TaskVersionMismatch, _version_mismatch)
-    app.add_exception_handler(IdempotencyKeyReused, _key_reused)
-    app.add_exception_handler(InvalidTask, _invalid_task)
-    app.add_exception_handler(VersionNotReached, _version_not_reached)
-    app.add_exception_handler(ReadModelUnavailable, _read_model_unavailable)
-    app.add_exception_handler(sqlalchemy_errors.DatabaseError, _database_error)
-    for unavailable in (
-        KeysUnavailable,
-        NotStarted,
-        ConcurrencyExhausted,
-        # The database is down, restarting or out of connections: worth a retry.
-        persistence.OperationalError,
-        persistence.InterfaceError,
-        sqlalchemy_errors.OperationalError,
-        sqlalchemy_errors.InterfaceError,
-        sqlalchemy_errors.TimeoutError,
-    ):
-        app.add_exception_handler(unavailable, _unavailable)
+    for failure, handler in _HANDLERS.items():
+        app.add_exception_handler(failure, handler)
+    # Anything else is a 500, answered by Starlette outside every middleware.
     app.add_exception_handler(Exception, _unhandled)
+
+
+def handler_for(error: Exception) -> Handler | None:
+    """The handler the app answers ``error`` with, as Starlette finds it (by the
+    error's classes, nearest first); None for an unexpected error (a 500)."""
+    for cls in type(error).__mro__:
+        if (handler := _HANDLERS.get(cls)) is not None:
+            return handler
+    return None
 
 
 # The headers the handlers above always send with these problems.

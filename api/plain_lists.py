@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import replace
-from typing import Any, get_args
+from typing import get_args
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.request_context import note_user
+from api.known_caller import own_request
 from api.routes import known_zone, list_response, summary_response
 from api.services import Services
 from read_side.queries import Order, SortKey, Status, TaskFilter
@@ -160,7 +160,7 @@ class PlainListings:
         what = matched.group(2)
         if what == "tasks":
             spec = plain_listing(scope["query_string"])
-            if spec is None or not self._own(scope, user_id):
+            if spec is None or not own_request(self.services, scope, user_id):
                 return None
             page = await self._page(user_id, spec)
             if page is None:
@@ -168,7 +168,7 @@ class PlainListings:
             response = list_response(self.services, *page, spec)
         else:
             summary = plain_summary(what, scope["query_string"])
-            if summary is None or not self._own(scope, user_id):
+            if summary is None or not own_request(self.services, scope, user_id):
                 return None
             asked, at_moment = summary
             # Judged at the moment the route would judge it at.
@@ -182,19 +182,6 @@ class PlainListings:
         scope["route"] = self.routes[what]
         scope["path_params"] = {"user_id": user_id}
         return response
-
-    def _own(self, scope: Scope, user_id: str) -> bool:
-        """Whether the request's token is one already verified, of ``user_id``."""
-        services = self.services
-        verifier = services.verifier
-        token = _bearer_token(scope)
-        if verifier is None or token is None or services.health.fault is not None:
-            return False
-        principal = verifier.known(token)
-        if principal is None or principal.user_id != user_id:
-            return False
-        note_user(user_id)
-        return True
 
     async def _page(self, user_id: str, spec: TaskFilter) -> tuple[str, int] | None:
         services = self.services
@@ -210,23 +197,3 @@ class PlainListings:
                 # The route meets the same and answers it (a 503, a problem+json).
                 return None
         return page
-
-
-def _bearer_token(scope: Scope) -> str | None:
-    """The token of a single ``Authorization: Bearer <token>`` header (None: anything
-    else, left to the route's own refusals)."""
-    found: Any = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if found is not None:
-                return None
-            found = value
-    if found is None:
-        return None
-    scheme, _, token = found.partition(b" ")
-    if scheme.lower() != b"bearer" or not token or b" " in token:
-        return None
-    try:
-        return str(token.decode("ascii"))
-    except UnicodeDecodeError:
-        return None

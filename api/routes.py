@@ -48,6 +48,7 @@ from write_side import (
     Change,
     InvalidTask,
     Priority,
+    RequestKey,
     TaskNotFound,
 )
 from write_side.domain import clean_tags
@@ -316,6 +317,14 @@ def list_response(
 async def create_task(
     user_id: WritableUser, body: TaskCreate, services: ServicesDep, request_key: IdempotencyKey
 ) -> Response:
+    return await created(services, user_id, body, request_key)
+
+
+async def created(
+    services: Services, user_id: str, body: TaskCreate, request_key: RequestKey | None
+) -> Response:
+    """The task added, answered 201 (the route's answer, also given by
+    api/plain_creates.py, which answers plain creates before routing)."""
     command = partial(
         services.ledger.add_task,
         user_id,
