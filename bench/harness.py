@@ -484,6 +484,20 @@ def _proc_ticks(pid: int | str, children: bool = False) -> int:
     return ticks
 
 
+def _children(pid: int) -> list[str]:
+    """The live processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(entry.name)
+    return found
+
+
 def _postgres_ticks() -> dict[str, int]:
     ticks = {}
     for entry in Path("/proc").iterdir():
@@ -515,10 +529,11 @@ class CpuMeter:
         self.pg0 = _postgres_ticks()
 
     def _ours(self) -> int:
-        return _proc_ticks("self", children=True) + sum(_proc_ticks(p) for p in self.pids)
+        return _proc_ticks("self", children=True) + sum(self._each())
 
     def _each(self) -> list[int]:
-        return [_proc_ticks(p) for p in self.pids]
+        # With their live children: the workers of `serve --workers N`.
+        return [_proc_ticks(p) + sum(map(_proc_ticks, _children(p))) for p in self.pids]
 
     def stop(self) -> dict[str, float]:
         seconds = time.monotonic() - self.t0

@@ -323,10 +323,13 @@ def workers_phases(storage: h.Storage, opts: argparse.Namespace, out: dict[str, 
         h.wait_projected(server)
         args = [LIST_USER, h.token(LIST_USER), "limit=100"]
         h.wrk("list.lua", server.url, connections=opts.connections, duration=2, args=args)
-        out["workers_list"] = _listed(server, f"list, --workers {opts.workers}", opts, args)
+        with phase("workers_list", out, server, storage, opts):
+            out["workers_list"] = _listed(server, f"list, --workers {opts.workers}", opts, args)
         users = [f"bench-w{i:03d}" for i in range(CREATE_USERS)]
         tokens = h.write_tokens(storage.workdir / "create-tokens", users)
-        out["workers_create"] = _created(server, f"create, --workers {opts.workers}", opts, tokens)
+        with phase("workers_create", out, server, storage, opts):
+            label = f"create, --workers {opts.workers}"
+            out["workers_create"] = _created(server, label, opts, tokens)
     out["workers"] = opts.workers
 
 
@@ -445,6 +448,20 @@ def _workers_rows(result: dict[str, Any], rows: dict[str, str]) -> None:
         rows[f"5 {label}, --workers {n}: ratio to 1 process (target >=1.7)"] = _fmt(ratio, 2) + (
             " ok" if ratio is not None and ratio >= 1.7 else " MISS"
         )
+        # Whether the workers scale with the cores they get: req/s per core of server
+        # CPU against the one process's, and how full the machine was (wrk and the
+        # database share its cores).
+        cpu = result.get("cpu", {})
+        many, single = cpu.get(f"workers_{name}"), cpu.get(name)
+        if many and single and many["server"] and single["server"] and one["rps"]:
+            per_core = (theirs["rps"] / many["server"]) / (one["rps"] / single["server"])
+            rows[f"5 {label}, --workers {n}: server cores used (1 process)"] = (
+                f"{many['server']:.2f} ({single['server']:.2f})"
+            )
+            rows[f"5 {label}, --workers {n}: req/s per server core, ratio to 1"] = _fmt(per_core, 2)
+            rows[f"5 {label}, --workers {n}: machine cores busy (1 process)"] = (
+                f"{many['total']:.2f} ({single['total']:.2f}) of {os.cpu_count()}"
+            )
 
 
 def _against_floor(
