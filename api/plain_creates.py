@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 
-from pydantic import ValidationError
 from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.routing import BaseRoute
@@ -65,7 +65,9 @@ class PlainCreates:
             return
         received, body = await _body(receive)
         asked = None if body is None else _plain_create(scope, body)
-        if body is None or asked is None:
+        # Asked again: the token may have expired while the body arrived (the route
+        # verifies it once the body is read).
+        if body is None or asked is None or not own_request(self.services, scope, user_id):
             await self.app(scope, _given_back(received, receive), send)
             return
         task, key = asked
@@ -98,10 +100,10 @@ async def _body(receive: Receive) -> tuple[list[Message], bytes | None]:
 
 def _given_back(received: list[Message], receive: Receive) -> Receive:
     """``receive`` with the messages already read from it given first."""
-    pending = list(received)
+    pending = deque(received)
 
     async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
+        return pending.popleft() if pending else await receive()
 
     return replay
 
@@ -123,6 +125,8 @@ def _plain_create(scope: Scope, body: bytes) -> tuple[TaskCreate, str | None] | 
         return None
     try:
         task = TaskCreate.model_validate(json.loads(body))
-    except (ValueError, RecursionError, ValidationError):
+    except Exception:
+        # Refused (ValueError, RecursionError, ValidationError), or failed: either is
+        # the route's to answer, by its own reading.
         return None
     return task, None if key is None else key.decode("ascii")

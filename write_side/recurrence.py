@@ -231,7 +231,11 @@ def _until(value: str, zone: tzinfo) -> datetime:
         parsed = datetime.combine(parsed.date(), time(23, 59, 59))
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31 at -01:00 is past the calendar's end in UTC (year 10000).
+        raise InvalidRecurrence(f"UNTIL: {value!r} is outside the calendar") from None
 
 
 def _stepper(rule: str, due_at: datetime) -> tuple[rrule, datetime]:
