@@ -79,6 +79,7 @@ def append_stream(database_url: str, data_dir: Path, events: int) -> Seeded:
             save_at_boundary()
         if stream.pending_events:
             ledger.save_outcome(stream, None)
+        ledger.wait_for_snapshots()  # a long list's are taken in the background
         moments = {}
         for label, fraction in MOMENTS.items():
             version = max(1, round(stream.version * fraction))

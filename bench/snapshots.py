@@ -120,6 +120,7 @@ def main() -> None:
             seconds = grow_and_toggle(ledger, tasks, opts.rounds)
             figure("time for the commands", seconds, "s", 0)
             figure("commands", (opts.rounds + 1) * tasks / seconds, "per s", 0)
+            ledger.wait_for_snapshots()  # a long list's are taken in the background
             stream_figures(ledger)
             storage_figures(ledger, storage, data_dir)
         finally:

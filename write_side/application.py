@@ -10,7 +10,7 @@ from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, Repository
-from eventsourcing.persistence import JSONTranscoder
+from eventsourcing.persistence import JSONTranscoder, Transcoder
 from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Counted, Decide
@@ -30,7 +30,7 @@ from write_side.store.positions import stream_position, stream_positions
 from write_side.store.postgres_pool import tune_pool
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.snapshots import DecodedSnapshots, KeptSnapshots
-from write_side.store.transcodings import TaskAsDict
+from write_side.store.transcodings import LedgerTranscoder, TaskAsDict
 
 # Events read at a time when a reader may stop before the stream's end.
 _CHUNK = 1000
@@ -105,6 +105,15 @@ class TaskLedger(Application[UUID]):
         if max_count > 0 and max_bytes > 0:
             repository.cache = ByteBoundedCache(max_bytes, max_count)
         return repository
+
+    def construct_transcoder(self) -> Transcoder:
+        """The library's JSON transcoder, writing task lists' LayeredDicts as dicts (the
+        same bytes); another one only if TRANSCODER_TOPIC names it."""
+        if self.env.get(self.factory.TRANSCODER_TOPIC):
+            return super().construct_transcoder()
+        transcoder = LedgerTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -330,6 +339,18 @@ class TaskLedger(Application[UUID]):
         """Commands saved, unchanged, rejected (by the rules), exhausted (by conflicts)
         and failed (the store); conflicts retried; idempotent replays."""
         return self._commands.counts
+
+    def wait_for_snapshots(self, timeout: float = 60) -> bool:
+        """Wait until the snapshots of long lists, taken in the background after their
+        commands answered, are stored; whether they all were within ``timeout`` s."""
+        return self._saver.wait_for_snapshots(timeout)
+
+    def close(self) -> None:
+        # The background snapshots first, briefly: they use the store being closed.
+        saver: StreamSaver | None = getattr(self, "_saver", None)
+        if saver is not None:
+            saver.wait_for_snapshots(timeout=10)
+        super().close()
 
     @property
     def save_transactions(self) -> int:

@@ -27,8 +27,10 @@ from write_side.store.snapshots import (
 
 
 def stored_snapshots(ledger: TaskLedger, stream_id: UUID) -> list[Any]:
-    """The stream's snapshot rows, as stored (oldest first)."""
+    """The stream's snapshot rows, as stored (oldest first), once those of long lists,
+    taken in the background, are."""
     assert ledger.snapshots is not None
+    assert ledger.wait_for_snapshots()
     return list(ledger.snapshots.recorder.select_events(stream_id))
 
 

@@ -4,7 +4,9 @@ by another interval."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,13 +42,20 @@ def snapshot_interval(task_count: int, minimum: int) -> int:
     return interval
 
 
+# Lists of at least this many tasks are snapshotted by a thread of their own (see
+# Snapshotter): encoding and storing one of 50,000 tasks took 2 to 6 s here.
+BACKGROUND_SNAPSHOT_TASKS = 2000
+
+
 class StreamSaver:
     """Saves for ``app``. Snapshots bound the replay of a long stream that is not in
     the cache. They are taken here, from the aggregate just saved: the library's own
     snapshotting would first rebuild it from the store, costing a growing stream tens
     of milliseconds of CPU, every interval, that every other request waits out. Each
     stream keeps its latest snapshot and a few older ones spread out over it, which
-    together hold no more bytes than the latest (see ``KeptSnapshots``)."""
+    together hold no more bytes than the latest (see ``KeptSnapshots``). A short list's
+    snapshot is taken before the command answers; a long one's (from
+    ``background_tasks`` tasks on) by the ``Snapshotter``, after it."""
 
     def __init__(
         self,
@@ -54,11 +63,19 @@ class StreamSaver:
         min_snapshot_interval: int = 100,
         *,
         on_committed: Callable[[int], None] | None = None,
+        background_tasks: int = BACKGROUND_SNAPSHOT_TASKS,
     ) -> None:
         self._app = app
         self.min_snapshot_interval = min_snapshot_interval
         self._snapshots = None if app.snapshots is None else KeptSnapshots(app.snapshots)
         self._group_commit = GroupCommit(app.save, on_committed=on_committed)
+        self._background_tasks = background_tasks
+        self._snapshotter = None if self._snapshots is None else Snapshotter(self._snapshots)
+
+    def wait_for_snapshots(self, timeout: float = 60) -> bool:
+        """Wait until the snapshots handed to the background are stored (or given up);
+        whether they all were within ``timeout`` seconds."""
+        return self._snapshotter is None or self._snapshotter.wait(timeout)
 
     @property
     def transactions(self) -> int:
@@ -92,20 +109,87 @@ class StreamSaver:
 
         # The shortest interval first: counting the tasks is only worth it at its ends.
         minimum = self.min_snapshot_interval
-        return crossed(minimum) and crossed(snapshot_interval(len(tasks.tasks()), minimum))
+        return crossed(minimum) and crossed(snapshot_interval(tasks.task_count(), minimum))
 
     def _snapshot(self, tasks: TaskList) -> None:
-        if self._snapshots is None:
+        if self._snapshots is None or self._snapshotter is None:
             return  # snapshotting turned off (IS_SNAPSHOTTING_ENABLED=n)
-        try:
-            self._snapshots.keep(TaskList.Snapshot.take(tasks))
-        except Exception as error:
-            # Only an optimisation, and the events are saved: never fail the command.
-            log.warning("snapshot of %s not taken: %s", tasks.id, type(error).__name__)
+        if tasks.task_count() >= self._background_tasks:
+            self._snapshotter.submit(tasks)
+            return
+        _keep(self._snapshots, tasks)
 
     def _stored(self, events: list[Any]) -> list[Any]:
         first, last = events[0].originator_version, events[-1].originator_version
         return list(self._app.events.get(events[0].originator_id, gt=first - 1, lte=last))
+
+
+def _keep(snapshots: KeptSnapshots, tasks: TaskList) -> None:
+    try:
+        snapshots.keep(TaskList.Snapshot.take(tasks))
+    except Exception as error:
+        # Only an optimisation, and the events are saved: never fail the command.
+        log.warning("snapshot of %s not taken: %s", tasks.id, type(error).__name__)
+
+
+class Snapshotter:
+    """Takes the snapshots of long lists in a thread of its own, after their commands
+    have answered.
+
+    Inline, a snapshot of 50,000 tasks (25 MB of JSON, 2 to 6 s here, most of it the
+    encoding, holding the GIL but for its 5 ms switches) held the user's lock the whole
+    time: that user's next commands waited, each in a route thread, so that every
+    thread of the process waited, and every other user's write and SQLite listing with
+    them. Here it costs the CPU alone.
+
+    Each stream has at most one snapshot waiting: a newer list replaces the one not yet
+    begun (the older would only be thinned away). A list is handed over as a copy (a
+    task list's copy shares its unchanged tasks: see write_side/layered.py), so the
+    command's own list may go on. Snapshots are an optimisation: one not stored when
+    the process ends is taken at the stream's next interval."""
+
+    def __init__(self, snapshots: KeptSnapshots) -> None:
+        self._snapshots = snapshots
+        self._waiting: dict[UUID, TaskList] = {}
+        self._busy = False
+        self._turn = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, tasks: TaskList) -> None:
+        taken = copy.deepcopy(tasks)
+        with self._turn:
+            self._waiting[tasks.id] = taken
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+                self._thread.start()
+            self._turn.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether every list handed over was kept (or given up) within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        with self._turn:
+            while self._waiting or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._turn.wait(remaining)
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._turn:
+                if not self._waiting:
+                    # Ends when idle; the next submit starts another.
+                    self._thread = None
+                    return
+                tasks = self._waiting.pop(next(iter(self._waiting)))  # the oldest first
+                self._busy = True
+            try:
+                _keep(self._snapshots, tasks)
+            finally:
+                with self._turn:
+                    self._busy = False
+                    self._turn.notify_all()
 
 
 def create_tables(app: Application[UUID]) -> None:
