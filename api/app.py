@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -82,6 +82,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         # connections, whose waits are kept short so that an outage fails fast.
         threads = min(settings.worker_threads, settings.db_pool_size)
         to_thread.current_default_thread_limiter().total_tokens = threads
+        services.command_limiter = CapacityLimiter(
+            min(settings.command_threads, settings.db_pool_size)
+        )
         services.start()
         _tune_garbage_collection()
         try:

@@ -9,9 +9,9 @@ from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
 import orjson
+from anyio import to_thread
 from fastapi import APIRouter, Body, Query, Request, Response
 from sqlalchemy import Connection
-from starlette.concurrency import run_in_threadpool
 
 from api.aliases import STATUS_ALIASES, either
 from api.deps import IdempotencyKey, ReadableUser, ServicesDep, TaskId, WritableUser, WriteGuards
@@ -135,8 +135,11 @@ async def _written(
     """The command run (in a thread), and its answer once the read tables show it
     (read-your-writes). The wait is on the event loop: no thread is held while the
     projector catches up. Both are timed for Server-Timing."""
+    # (The wait for the user's turn counts as the command's: it is the wait for the
+    # user's earlier commands, which the command runner's lock would have made.)
     with timed("command"):
-        change = await run_in_threadpool(command)
+        async with services.turns.turn(user_id):
+            change = await to_thread.run_sync(command, limiter=services.command_limiter)
     headers = {"X-Ledger-Position": str(change.position)}
     timeout = services.settings.read_your_writes_timeout_seconds
     # Tables found wrong or being rebuilt show no write reliably, whatever their

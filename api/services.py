@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from anyio import CapacityLimiter
 from sqlalchemy import Connection, inspect
 
 from api import metrics
@@ -22,6 +23,7 @@ from api.keys import JwksKeys
 from api.read_your_writes import ProjectionProgress
 from api.request_context import timed
 from api.settings import Settings
+from api.turns import UserTurns
 from infrastructure.leadership import FileLeadership, Leadership, PostgresLeadership
 from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
@@ -91,6 +93,11 @@ class Services:
             on_counted=metrics.counted,
             on_committed=metrics.committed,
         )
+        # One route thread at most per user's commands (api.turns).
+        self.turns = UserTurns()
+        # The threads commands run in, made at start-up on the event loop (None: the
+        # route threads).
+        self.command_limiter: CapacityLimiter | None = None
         # Built at start-up: in development its shared secret may be made then.
         self.verifier: TokenVerifier | None = None
         self.listings = CachedListings(max_bytes=settings.listing_cache_bytes)

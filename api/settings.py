@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     # Threads for blocking route code per process (writes wait for their projection
     # without one, so few suffice).
     worker_threads: int = Field(default=4, ge=1, le=64)
+    # Threads for commands per process, apart from those (at most one per user: see
+    # api/turns.py). A command's thread mostly waits for its group commit, so more of
+    # them put more commands in each transaction, at little cost to the GIL.
+    command_threads: int = Field(default=8, ge=1, le=64)
     log_level: str = "info"
     # Unset: one JSON object per line in staging and production, text in development.
     log_format: Literal["json", "text"] | None = None
