@@ -82,9 +82,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         # connections, whose waits are kept short so that an outage fails fast.
         threads = min(settings.worker_threads, settings.db_pool_size)
         to_thread.current_default_thread_limiter().total_tokens = threads
-        services.command_limiter = CapacityLimiter(
-            min(settings.command_threads, settings.db_pool_size)
-        )
+        # Commands have threads of their own, more of them: see Settings.command_threads.
+        services.command_limiter = CapacityLimiter(settings.command_threads)
         services.start()
         _tune_garbage_collection()
         try:

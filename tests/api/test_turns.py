@@ -1,6 +1,6 @@
 """A user's commands take turns on the event loop (api/turns.py): however many of one
-user's writes are in flight, they hold one route thread, and other users' commands
-still run beside them."""
+user's writes are in flight, they hold one thread, and other users' commands still run
+beside them, in threads of their own (COMMAND_THREADS), many to a group commit."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from api.turns import UserTurns
-from tests.support import User, in_threads, services_of
+from tests.support import User, in_threads, make_settings, services_of, serving
 
 
 class Occupancy:
@@ -135,3 +136,32 @@ def test_a_cancelled_wait_gives_its_place_up() -> None:
 
     assert asyncio.run(scenario()) == ["holder", "after"]
     assert len(turns) == 0
+
+
+def test_commands_beyond_the_route_threads_share_a_group_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands run in threads of their own (COMMAND_THREADS), not in the few route
+    threads: sixteen users' creates at once wait for the same commit, and go in with it."""
+    settings = make_settings(None, tmp_path, worker_threads=1, command_threads=16)
+    with serving(settings) as client:
+        saver = services_of(client).ledger._saver
+        group_commit = saver._group_commit
+        save = group_commit._save
+
+        def slow_save(*events: Any) -> Any:
+            time.sleep(0.1)  # long enough that the others arrive meanwhile
+            return save(*events)
+
+        monkeypatch.setattr(group_commit, "_save", slow_save)
+        users = [User() for _ in range(16)]
+        answers = in_threads(
+            16,
+            lambda i: client.post(
+                users[i].tasks_url(), json={"title": "x"}, headers=users[i].headers
+            ),
+        )
+        assert [answer.status_code for answer in answers] == [201] * 16
+        # In one route thread they would have been saved one transaction each.
+        assert group_commit.saves == 16
+        assert group_commit.groups <= 4, group_commit.groups
