@@ -457,6 +457,30 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def save_results(path: Path | None, results: list[dict[str, Any]]) -> None:
+    """The raw results as JSON at ``path`` (None: not kept)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+
+
+def print_rows(titles: list[str], lines: list[list[str]]) -> None:
+    """A table: each line's first cell (its name) left-aligned, the figures right-aligned
+    under their titles."""
+    widths = [max(len(cell) for cell in column) for column in zip(titles, *lines, strict=True)]
+    first, *rest = titles
+    print(
+        " | ".join(
+            [first.ljust(widths[0])] + [t.rjust(w) for t, w in zip(rest, widths[1:], strict=True)]
+        )
+    )
+    print("-+-".join("-" * width for width in widths))
+    for label, *cells in lines:
+        aligned = (cell.rjust(width) for cell, width in zip(cells, widths[1:], strict=True))
+        print(" | ".join([label.ljust(widths[0]), *aligned]))
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 

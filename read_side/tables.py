@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import (
     BigInteger,
     Column,
+    Connection,
     DateTime,
+    Dialect,
     Engine,
     Index,
     MetaData,
@@ -18,13 +21,45 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    event,
     text,
 )
+from sqlalchemy.schema import SchemaItem
+from sqlalchemy.sql.compiler import DDLCompiler
+from sqlalchemy.sql.ddl import BaseDDLElement
 from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
 # The name of the projection that keeps these tables (its row in projection_position).
 DEFAULT_PROJECTION = "tasks"
+
+# What PostgreSQL's search index is made of: trigrams of the folded texts (pg_trgm),
+# under the user (btree_gin). Both are contrib modules, trusted since PostgreSQL 13
+# (the database's owner may create them) and offered by the managed services (Neon,
+# RDS, Cloud SQL, Azure, Supabase). Where they cannot be created, the index is not
+# made and a search reads the user's rows, as before read model 3: slower, same answer.
+SEARCH_EXTENSIONS = ("pg_trgm", "btree_gin")
+
+
+# (The signature is SQLAlchemy's DDLIfCallable.)
+def _has_search_extensions(
+    ddl: BaseDDLElement,
+    target: SchemaItem | str,
+    bind: Connection | None,
+    tables: list[Table] | None = None,
+    state: Any = None,
+    *,
+    dialect: Dialect,
+    compiler: DDLCompiler | None = None,
+    checkfirst: bool = False,
+) -> bool:
+    if bind is None:  # (DDL compiled without a database: as PostgreSQL would make it)
+        return True
+    found = bind.execute(
+        text("SELECT count(*) FROM pg_extension WHERE extname = ANY(:names)"),
+        {"names": list(SEARCH_EXTENSIONS)},
+    ).scalar_one()
+    return bool(found == len(SEARCH_EXTENSIONS))
 
 
 class TaskView(SQLModel, table=True):
@@ -33,20 +68,65 @@ class TaskView(SQLModel, table=True):
     __tablename__ = "task_view"
     __table_args__ = (
         # Every listing filters on user_id, then sorts; ties keep creation order.
-        Index("ix_task_view_user_created", "user_id", "created_at", "created_seq"),
+        # (SQLite's is ix_task_view_user_texts, below: the same, and the texts.)
+        Index("ix_task_view_user_created", "user_id", "created_at", "created_seq").ddl_if(
+            dialect="postgresql"
+        ),
         Index("ix_task_view_user_updated", "user_id", "updated_at", "created_seq"),
         # The plan's sorts, and their filters (due before/after, overdue, a priority).
         Index("ix_task_view_user_due", "user_id", "due_at", "created_seq"),
         Index("ix_task_view_user_priority", "user_id", "priority_rank", "created_seq"),
+        # sort=title (read model 3): a walk of the user's titles, no sort of the rows.
+        # SQLite's holds the descriptions too, for a search sorted by title (as the
+        # texts index below does for the default order); PostgreSQL's cannot (below).
+        Index("ix_task_view_user_title", "user_id", "title_folded", "created_seq").ddl_if(
+            dialect="postgresql"
+        ),
+        Index(
+            "ix_task_view_user_title_texts",
+            "user_id",
+            "title_folded",
+            "created_seq",
+            "description_folded",
+        ).ddl_if(dialect="sqlite"),
+        # Search (read model 3). A search compares every one of the user's texts (a
+        # substring, LIKE '%needle%'): SQLite reads them from this narrow index, in the
+        # default listing's order, instead of from the rows (each with its document,
+        # several times wider); a row is read only for a task that matches. It is
+        # SQLite's index of the default listing too: beside another index of the same
+        # order, the planner may walk that one and read every row. (Not in PostgreSQL:
+        # a B-tree entry is limited to 2,704 bytes, which a description of 1,000
+        # characters may pass; its trigram index below has no such limit.)
+        Index(
+            "ix_task_view_user_texts",
+            "user_id",
+            "created_at",
+            "created_seq",
+            "title_folded",
+            "description_folded",
+        ).ddl_if(dialect="sqlite"),
+        # PostgreSQL's: the user's tasks holding the needle's trigrams, found in the
+        # index; the rows found are compared again (LIKE), so the answer is exact.
+        Index(
+            "ix_task_view_search",
+            "user_id",
+            "title_folded",
+            "description_folded",
+            postgresql_using="gin",
+            postgresql_ops={"title_folded": "gin_trgm_ops", "description_folded": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql", callable_=_has_search_extensions),
     )
 
     id: UUID = Field(primary_key=True)
     user_id: str = Field(max_length=128)
     title: str
     description: str | None = None
-    # Title and description as searches compare them (read_side.folding).
-    title_folded: str
-    description_folded: str | None = None
+    # Title and description as searches compare them (read_side.folding). Declared
+    # TEXT (read model 3), not VARCHAR: SQLite's planner takes a VARCHAR for a few
+    # bytes, and would as soon count a user's tasks in an index of their texts as in
+    # one a tenth as wide.
+    title_folded: str = Field(sa_column=Column(Text, nullable=False))
+    description_folded: str | None = Field(default=None, sa_column=Column(Text))
     completed: bool = False
     created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     updated_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -118,6 +198,22 @@ task_tag: Table = TaskTag.__table__  # type: ignore[attr-defined]
 projection_position: Table = ProjectionPosition.__table__  # type: ignore[attr-defined]
 
 
+# Before PostgreSQL makes a task table (a build's too: its copy keeps this listener),
+# the search index's extensions, where the database allows them. (Any error, a lost
+# race of two processes included, leaves the index to _has_search_extensions.)
+@event.listens_for(task_view, "before_create")
+def _create_search_extensions(_table: Table, connection: Connection, **_: Any) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    created = " ".join(f"CREATE EXTENSION IF NOT EXISTS {name};" for name in SEARCH_EXTENSIONS)
+    connection.execute(
+        text(
+            f"DO $$ BEGIN {created} EXCEPTION WHEN OTHERS THEN"
+            " RAISE NOTICE 'taskledger: no search index: %', SQLERRM; END $$"
+        )
+    )
+
+
 @dataclass(frozen=True)
 class ViewTables:
     """The tables one projection writes: the live ones, or a copy under other names
@@ -165,8 +261,12 @@ class ViewTables:
 
 def _renamed(table: Table, prefix: str, metadata: MetaData, suffix: str = "") -> Table:
     copy = table.to_metadata(metadata, name=prefix + table.name + suffix)
-    # Index names are schema-wide in PostgreSQL: give the copies their own.
+    # to_metadata() copies an index's options but not the condition it is made on (a
+    # backend's own index): each copy gets its original's.
+    conditions = {index.name: index._ddl_if for index in table.indexes}
     for index in copy.indexes:
+        index._ddl_if = conditions[index.name]
+        # Index names are schema-wide in PostgreSQL: give the copies their own.
         index.name = quoted_name(f"{prefix}{index.name}{suffix}", quote=None)
     return copy
 

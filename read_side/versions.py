@@ -14,7 +14,7 @@ import hashlib
 
 from read_side.tables import LIVE_TABLES, ViewTables
 
-READ_MODEL_VERSION = 2
+READ_MODEL_VERSION = 3
 
 # The shape of the tables each version was released with. Never edit a recorded
 # shape: a changed table is a new version, with its shape added here.
@@ -22,6 +22,9 @@ SHAPES = {
     1: "7d1aa6864bc7d9c4",
     # The plan: priority, due and reminder moments, recurrence; tags in task_tag.
     2: "f0408a782a5fa67d",
+    # Indexes for a big user's title sort and search (SQLite: the texts in a narrow
+    # index; PostgreSQL: a trigram index).
+    3: "fc7e6e78ebc5b0d2",
 }
 
 # Tables made before versions existed (their shape and logic are whatever the release

@@ -1,0 +1,239 @@
+"""Integration tier: search and title sort (read model 3), on both backends. The pages
+are the ones the log says (list_tasks against page_of over the tasks replayed: the same
+filter, folding, sort, ties and paging, counts included, on every path a search takes),
+and a big user's pages are served by the indexes made for them: their plans, not their
+timings (bench/big_lists.py has those), since a plan does not depend on the machine."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import Connection, Engine, insert, text
+
+from api.history import task_fields
+from read_side.documents import task_document
+from read_side.folding import fold, fold_or_none
+from read_side.projector import Projector
+from read_side.queries import Order, TaskFilter, list_tasks, page_of, page_statement
+from read_side.tables import LIVE_TABLES, ViewTables
+from write_side import TaskLedger
+
+# Titles alike but for case and accents (ties of the title sort), texts a search finds
+# in the title, in the description or in both, and LIKE's own characters.
+TEXTS: list[tuple[str, str | None]] = [
+    ("Buy milk", "at the corner shop"),
+    ("buy MILK", None),
+    ("Café", "with Zoë"),
+    ("cafe", "50% off_today"),
+    ("Straße fegen", "STRASSE"),
+    ("Report", "quarterly report"),
+    ("Zebra", "back\\slash"),
+    ("apple", "an apple a day"),
+    ("Apple", None),
+    ("ab", "xy"),
+    ("İstanbul", "trip"),
+    ("milk run", "buy milk"),
+]
+SEARCHES = [
+    "milk",
+    "MILK",
+    "café",
+    "cafe",
+    "strasse",
+    "report",
+    "50%",
+    "_t",
+    "\\",
+    "ab",
+    "a",
+    "istanbul",
+    "nothing at all",
+    " ",
+]
+
+
+def _specs() -> Iterator[TaskFilter]:
+    for q in SEARCHES:
+        for limit, offset in ((100, 0), (2, 0), (2, 1), (2, 3), (3, 40)):
+            yield TaskFilter(q=q, limit=limit, offset=offset)
+            yield TaskFilter(q=q, sort="title", order="desc", limit=limit, offset=offset)
+        yield TaskFilter(q=q, status="pending", sort="title")
+    orders: tuple[Order, ...] = ("asc", "desc")
+    for order in orders:
+        for limit, offset in ((100, 0), (1, 0), (4, 2), (5, 11), (5, 12)):
+            yield TaskFilter(sort="title", order=order, limit=limit, offset=offset)
+
+
+def test_searches_and_title_sorts_list_what_the_log_says(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    for n, (title, description) in enumerate(TEXTS):
+        task = ledger.add_task("searcher", title, description).task
+        assert task is not None
+        if n % 3 == 0:
+            ledger.toggle_task("searcher", task.id)
+    ledger.add_task("someone-else", "buy milk", "report")
+    Projector(ledger, engine).catch_up()
+    past = [
+        task_fields(task, "searcher")
+        for task in ledger.tasks_at("searcher", until=datetime.now(UTC)).tasks
+    ]
+    with engine.connect() as conn:
+        for spec in _specs():
+            documents, total, _ = list_tasks(conn, LIVE_TABLES, "searcher", spec)
+            page, expected_total = page_of(past, spec)
+            ids = [document.split('"id":"', 1)[1][:36] for document in documents]
+            assert (ids, total) == ([str(task["id"]) for task in page], expected_total), spec
+
+
+# --- a big user: the pages use the indexes ---------------------------------------------
+
+BIG = "big-user"
+RARE = "zanzibar"
+
+
+@pytest.fixture
+def scratch(engine: Engine) -> Iterator[ViewTables]:
+    tables = ViewTables.copy("search_")
+    tables.create(engine)
+    yield tables
+    tables.drop(engine)
+
+
+def fill_big_user(conn: Connection, tables: ViewTables, tasks: int = 30_000) -> None:
+    """``tasks`` tasks, half of them one user's, written straight into the tables;
+    one in 1,500 mentions RARE."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = []
+    for n in range(tasks):
+        values: dict[str, Any] = {
+            "id": uuid4(),
+            "user_id": BIG if n % 2 else f"user-{n % 97}",
+            "title": f"Task {n % 1000} of the plan",
+            "description": f"notes {n}, a trip to {RARE.title()}" if n % 1500 == 1 else f"n{n}",
+            "completed": n % 3 == 0,
+            "created_at": start + timedelta(seconds=n),
+            "updated_at": start + timedelta(seconds=n),
+            "version": 1,
+            "priority": "none",
+            "tags": [],
+            "due_at": None,
+            "remind_at": None,
+            "recurrence": None,
+            "recurs_from": None,
+        }
+        rows.append(
+            {
+                **values,
+                "title_folded": fold(values["title"]),
+                "description_folded": fold_or_none(values["description"]),
+                "created_seq": n,
+                "doc": task_document(values),
+                "tags": "[]",
+            }
+        )
+    conn.execute(insert(tables.task), rows)
+
+
+def plan_of(conn: Connection, spec: TaskFilter, tables: ViewTables, *, total: bool = True) -> str:
+    compiled = page_statement(tables, BIG, spec, total=total).compile(
+        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    if conn.dialect.name == "postgresql":
+        found = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
+        return "\n".join(row[0] for row in found)
+    positional = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
+    return "\n".join(str(row[-1]) for row in found)
+
+
+@pytest.fixture
+def big(engine: Engine, scratch: ViewTables) -> Iterator[Connection]:
+    with engine.begin() as conn:
+        fill_big_user(conn, scratch)
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+        yield conn
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_a_big_users_title_sort_walks_the_title_index(
+    big: Connection, scratch: ViewTables, order: Order
+) -> None:
+    # (The page's plan: its count is the default listing's.)
+    plan = plan_of(big, TaskFilter(sort="title", order=order), scratch, total=False)
+    # (SQLite's title index holds the descriptions too: ..._user_title_texts.)
+    assert "search_ix_task_view_user_title" in plan, plan
+    # No sort of the user's rows: at most of the ties of a title (desc: their creation
+    # order is the index's the other way round), which SQLite calls the RIGHT PART of
+    # the ORDER BY and PostgreSQL an Incremental Sort.
+    assert "USE TEMP B-TREE FOR ORDER BY" not in plan, plan
+    assert not re.search(r"->\s+Sort\b|^Sort\b", plan, re.MULTILINE), plan
+    assert "Seq Scan" not in plan, plan
+    assert not re.search(r"^SCAN ", plan, re.MULTILINE), plan
+    documents, total, _ = list_tasks(big, scratch, BIG, TaskFilter(sort="title", order=order))
+    assert (len(documents), total) == (100, 15_000)
+
+
+def test_a_big_users_search_reads_the_texts_from_an_index(
+    big: Connection, scratch: ViewTables
+) -> None:
+    spec = TaskFilter(q=RARE.upper())
+    for total in (True, False):
+        plan = plan_of(big, spec, scratch, total=total)
+        assert "Seq Scan" not in plan, plan
+        if big.dialect.name == "postgresql":
+            # The trigram index finds the tasks that may match; only they are read.
+            assert "Bitmap Index Scan on search_ix_task_view_search" in plan, plan
+        else:
+            # The count and the page compare the texts in a narrow index of them (the
+            # default order's, or the title's), never in the rows (each with its
+            # document): the page walks the default order's, the count covers.
+            reads = [line for line in plan.splitlines() if "search_task_view" in line]
+            assert "USING INDEX search_ix_task_view_user_texts " in reads[0], plan
+            assert all(re.search(r"search_ix_task_view_user_(title_)?texts ", r) for r in reads)
+            assert not total or re.search(r"COVERING INDEX search_ix_\w+_texts ", reads[1]), plan
+    documents, found, _ = list_tasks(big, scratch, BIG, spec)
+    assert (len(documents), found) == (20, 20)
+
+
+def test_a_big_users_count_of_all_tasks_reads_no_index_of_texts(
+    big: Connection, scratch: ViewTables
+) -> None:
+    # SQLite counts in whichever covering index it deems narrowest: never in one of
+    # the texts (the folded columns are TEXT for it to know they are wide).
+    for spec in (TaskFilter(), TaskFilter(sort="title")):
+        plan = plan_of(big, spec, scratch)
+        count = plan.split("SCALAR SUBQUERY", 1)[-1] if "SCALAR SUBQUERY" in plan else ""
+        assert "texts" not in count, plan
+
+
+def test_a_big_users_search_sorted_by_title_reads_no_row_that_does_not_match(
+    big: Connection, scratch: ViewTables
+) -> None:
+    spec = TaskFilter(q=RARE, sort="title")
+    plan = plan_of(big, spec, scratch, total=False)
+    assert "Seq Scan" not in plan, plan
+    if big.dialect.name == "postgresql":
+        assert "Bitmap Index Scan on search_ix_task_view_search" in plan, plan
+    else:
+        assert "USING INDEX search_ix_task_view_user_title_texts" in plan, plan
+    documents, found, _ = list_tasks(big, scratch, BIG, spec)
+    assert (len(documents), found) == (20, 20)
+
+
+def test_a_needle_without_a_trigram_is_not_looked_up_in_the_trigram_index(
+    big: Connection, scratch: ViewTables
+) -> None:
+    # pg_trgm would read its whole index for it, slower than reading the user's rows.
+    for q in ("ta", "a.b", "%%"):
+        plan = plan_of(big, TaskFilter(q=q), scratch)
+        assert "ix_task_view_search" not in plan, (q, plan)
+    documents, found, _ = list_tasks(big, scratch, BIG, TaskFilter(q="ta", limit=5))
+    assert (len(documents), found) == (5, 15_000)
