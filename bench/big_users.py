@@ -459,12 +459,7 @@ def print_backend(result: dict[str, Any]) -> None:
         if writer is not None:
             lines.append(["  (its writer's creates)", "", *_cells(writer), "", ""])
     titles = ["", *COLUMNS]
-    widths = [max(len(cell) for cell in column) for column in zip(titles, *lines, strict=True)]
-    print(" | ".join(title.rjust(width) for title, width in zip(titles, widths, strict=True)))
-    print("-+-".join("-" * width for width in widths))
-    for label, *cells in lines:
-        aligned = (cell.rjust(width) for cell, width in zip(cells, widths[1:], strict=True))
-        print(" | ".join([label.ljust(widths[0]), *aligned]))
+    h.print_rows(list(titles), lines)
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -536,9 +531,7 @@ def main() -> None:
     if "postgres" in backends:
         h.drop_stale_databases()
     results = [run_backend(backend, load) for backend in backends]
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(results, indent=2, default=str))
+    h.save_results(opts.json, results)
     for result in results:
         print_backend(result)
 

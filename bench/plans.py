@@ -16,7 +16,6 @@ LISTING_CACHE_BYTES=0 (every request runs its query). See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import time
 from collections import Counter
@@ -347,12 +346,7 @@ def print_backend(result: dict[str, Any]) -> None:
                 rows += f" (seeded {_f(row['expected'])})"
             lines.append([label, *_cells(rows, row, c, floor_rps, row["target_p99_ms"])])
     titles = ["", *COLUMNS]
-    widths = [max(len(cell) for cell in column) for column in zip(titles, *lines, strict=True)]
-    print(" | ".join(title.rjust(width) for title, width in zip(titles, widths, strict=True)))
-    print("-+-".join("-" * width for width in widths))
-    for label, *cells in lines:
-        aligned = (cell.rjust(width) for cell, width in zip(cells, widths[1:], strict=True))
-        print(" | ".join([label.ljust(widths[0]), *aligned]))
+    h.print_rows(list(titles), lines)
 
 
 def _cells(
@@ -404,9 +398,7 @@ def main() -> None:
     h.drop_stale_databases()
     backends = ["postgres", "sqlite"] if opts.backend == "both" else [opts.backend]
     results = [run_backend(backend, opts) for backend in backends]
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(results, indent=2, default=str))
+    h.save_results(opts.json, results)
     for result in results:
         print_backend(result)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import subprocess
@@ -641,9 +640,7 @@ def main() -> None:
     for backend in backends:
         h.log(f"=== {backend} ===")
         results.append(run_backend(backend, opts))
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        opts.json.write_text(json.dumps(results, indent=2, default=str))
+    h.save_results(opts.json, results)
     print()
     print_table(results)
 
