@@ -130,7 +130,10 @@ def list_tasks(conn: Connection, tables: ViewTables, user_id: str, spec: TaskFil
     if spec.q:
         # A search's count compares every one of the user's texts, and so does the page
         # of a search that finds less than a page: that page is its own count, and the
-        # texts are read once. (A full page is asked again, with its count.)
+        # texts are read once. A full page is asked again, with its count, rather than
+        # counted apart: page and total stay one statement, one snapshot, as a kept page
+        # needs. (The price: a search with a page or more of sparse matches reads the
+        # texts twice, up to twice the single statement's time.)
         rows = conn.execute(page_statement(tables, user_id, spec, conditions, total=False)).all()
         if len(rows) < spec.limit and (rows or (spec.offset == 0 and spec.overdue is None)):
             span = _span_of(rows[0], spec) if rows else None

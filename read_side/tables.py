@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -30,6 +31,8 @@ from sqlalchemy.sql.ddl import BaseDDLElement
 from sqlalchemy.sql.elements import quoted_name
 from sqlmodel import Field, SQLModel
 
+log = logging.getLogger(__name__)
+
 # The name of the projection that keeps these tables (its row in projection_position).
 DEFAULT_PROJECTION = "tasks"
 
@@ -55,11 +58,25 @@ def _has_search_extensions(
 ) -> bool:
     if bind is None:  # (DDL compiled without a database: as PostgreSQL would make it)
         return True
-    found = bind.execute(
-        text("SELECT count(*) FROM pg_extension WHERE extname = ANY(:names)"),
-        {"names": list(SEARCH_EXTENSIONS)},
-    ).scalar_one()
-    return bool(found == len(SEARCH_EXTENSIONS))
+    # Not merely installed: the index names gin_trgm_ops, which must be on the search
+    # path (an extension made in a schema of its own, as some services do, is not), and
+    # takes btree_gin's default class for the user's column, found wherever it is.
+    usable = bind.execute(_SEARCH_CLASSES).scalar_one()
+    if not usable:
+        log.warning(
+            "%s: no search index (pg_trgm's gin_trgm_ops and btree_gin must be installed "
+            "and on the search path): searches read the user's rows, as read model 2 did",
+            getattr(target, "name", target),
+        )
+    return bool(usable)
+
+
+_SEARCH_CLASSES = text(
+    "SELECT EXISTS (SELECT FROM pg_opclass c JOIN pg_am a ON a.oid = c.opcmethod"
+    " WHERE a.amname = 'gin' AND c.opcname = 'gin_trgm_ops' AND pg_opclass_is_visible(c.oid))"
+    " AND EXISTS (SELECT FROM pg_opclass c JOIN pg_am a ON a.oid = c.opcmethod"
+    " WHERE a.amname = 'gin' AND c.opcdefault AND c.opcintype = 'varchar'::regtype)"
+)
 
 
 class TaskView(SQLModel, table=True):
@@ -198,9 +215,9 @@ task_tag: Table = TaskTag.__table__  # type: ignore[attr-defined]
 projection_position: Table = ProjectionPosition.__table__  # type: ignore[attr-defined]
 
 
-# Before PostgreSQL makes a task table (a build's too: its copy keeps this listener),
-# the search index's extensions, where the database allows them. (Any error, a lost
-# race of two processes included, leaves the index to _has_search_extensions.)
+# Before PostgreSQL makes a task table (a build's too: _renamed gives its copy this
+# listener), the search index's extensions, where the database allows them. (Any error,
+# a lost race of two processes included, leaves the index to _has_search_extensions.)
 @event.listens_for(task_view, "before_create")
 def _create_search_extensions(_table: Table, connection: Connection, **_: Any) -> None:
     if connection.dialect.name != "postgresql":
@@ -261,6 +278,9 @@ class ViewTables:
 
 def _renamed(table: Table, prefix: str, metadata: MetaData, suffix: str = "") -> Table:
     copy = table.to_metadata(metadata, name=prefix + table.name + suffix)
+    if table is task_view:
+        # (to_metadata() copies no listeners.)
+        event.listen(copy, "before_create", _create_search_extensions)
     # to_metadata() copies an index's options but not the condition it is made on (a
     # backend's own index): each copy gets its original's.
     conditions = {index.name: index._ddl_if for index in table.indexes}

@@ -9,9 +9,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, insert, text
 
@@ -20,7 +22,9 @@ from read_side.documents import task_document
 from read_side.folding import fold, fold_or_none
 from read_side.projector import Projector
 from read_side.queries import Order, TaskFilter, list_tasks, page_of, page_statement
+from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import LIVE_TABLES, ViewTables
+from tests.support import make_settings
 from write_side import TaskLedger
 
 # Titles alike but for case and accents (ties of the title sort), texts a search finds
@@ -237,3 +241,54 @@ def test_a_needle_without_a_trigram_is_not_looked_up_in_the_trigram_index(
         assert "ix_task_view_search" not in plan, (q, plan)
     documents, found, _ = list_tasks(big, scratch, BIG, TaskFilter(q="ta", limit=5))
     assert (len(documents), found) == (5, 15_000)
+
+
+def _search_setup(conn: Connection) -> tuple[list[str], list[str]]:
+    extensions = conn.execute(text("SELECT extname FROM pg_extension")).scalars().all()
+    indexes = conn.execute(
+        text("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%search%'")
+    ).scalars()
+    return sorted(extensions), sorted(indexes)
+
+
+def test_a_builds_tables_make_the_extensions_the_live_ones_did_not(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """An upgraded database: its tables were made before read model 3 (no extensions);
+    the build of version 3 beside them makes them, and its search index."""
+    engine = create_read_engine(make_settings(fresh_postgres_url, tmp_path).storage.read_url)
+    try:
+        build = ViewTables.copy("upgraded_")
+        with engine.connect() as conn:
+            assert _search_setup(conn) == (["plpgsql"], [])
+        build.create(engine)
+        with engine.connect() as conn:
+            extensions, indexes = _search_setup(conn)
+        assert {"pg_trgm", "btree_gin"} <= set(extensions)
+        assert indexes == ["upgraded_ix_task_view_search"]
+    finally:
+        engine.dispose()
+
+
+def test_extensions_off_the_search_path_leave_the_index_out_without_failing(
+    fresh_postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Installed in a schema of their own (as some managed services do), the operator
+    class the index names cannot be found: the tables are made without it, and said so."""
+    with psycopg.connect(fresh_postgres_url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA extensions")
+        admin.execute("CREATE EXTENSION pg_trgm SCHEMA extensions")
+        admin.execute("CREATE EXTENSION btree_gin SCHEMA extensions")
+    engine = create_read_engine(make_settings(fresh_postgres_url, tmp_path).storage.read_url)
+    try:
+        create_read_tables(engine)
+        with engine.connect() as conn:
+            assert _search_setup(conn)[1] == []
+            # Searches still answer, from the rows.
+            fill_big_user(conn, LIVE_TABLES, tasks=10)
+            conn.commit()
+            listed = list_tasks(conn, LIVE_TABLES, BIG, TaskFilter(q=RARE))
+        assert listed.total == 1
+        assert "no search index" in caplog.text
+    finally:
+        engine.dispose()
