@@ -10,11 +10,10 @@ event store and the moment the projection position reaches it:
   notice delay = response received - projection reached (the API noticing the projection)
 
 Postgres: commits are seen by LISTENing on the event store's own channel (one NOTIFY
-per insert transaction, delivered in commit order, which is notification-id order
-because inserts hold the table lock until commit); the k-th NOTIFY is matched to the
-k-th smallest X-Ledger-Position returned (each write here is one event, one
-transaction). The projection's NOTIFY carries its position. SQLite: polled every
-~0.5 ms (MAX(rowid) of stored_events, and the position row).
+per insert transaction, which may hold several writes: the group commit), the log's end
+read at each; each write's commit is the first moment the end reached its position. The
+projection's NOTIFY carries its position. SQLite: polled every ~0.5 ms (MAX(rowid) of
+stored_events, and the position row).
 """
 
 from __future__ import annotations
@@ -163,21 +162,13 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
         monotonic_projected.append((best, stamp))
 
     positions = sorted(r["position"] for r in ok)
-    note = ""
     committed: dict[int, float] = {}
-    if backend == "postgres":
-        if len(events) != len(positions):
-            note = (
-                f"event NOTIFYs ({len(events)}) != acknowledged writes ({len(positions)}): "
-                "commit times matched by order may be off"
-            )
-        committed = {p: events[k][1] for k, p in enumerate(positions) if k < len(events)}
-    else:
-        event_records = [(int(p), t) for p, t in events]
-        for p in positions:
-            commit_time = _first_reaching(event_records, p)
-            if commit_time is not None:
-                committed[p] = commit_time
+    # Each write's commit: the first moment the log's end was seen at or past it.
+    event_records = [(int(p), t) for p, t in events]
+    for p in positions:
+        commit_time = _first_reaching(event_records, p)
+        if commit_time is not None:
+            committed[p] = commit_time
     lags: list[float] = []
     latencies: list[float] = []
     notice: list[float] = []
@@ -203,5 +194,4 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
         "write_latency": _summary(latencies),
         "notice_delay": _summary(notice),
         "unmatched": unseen,
-        "note": note,
     }

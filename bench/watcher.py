@@ -5,13 +5,14 @@ Runs as its own process so that its timestamps do not queue behind the load
 generator's event loop or GIL.
 
     watcher.py postgres CONNINFO OUT      LISTEN on the event store's channel (one NOTIFY
-                                          per committed insert transaction, no payload)
-                                          and on taskledger_projection (payload: position)
+                                          per committed insert transaction, no payload: the
+                                          log's end is read on each) and on
+                                          taskledger_projection (payload: position)
     watcher.py sqlite DATA_DIR OUT        polls MAX(rowid) of stored_events and the
                                           projection position every ~0.5 ms
 
 Writes "ready" to stdout once listening/polling; on SIGTERM/SIGINT writes lines
-"e <position or -> <t>" and "p <position> <t>" to OUT and exits.
+"e <position> <t>" and "p <position> <t>" to OUT and exits.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import time
 
 EVENTS_CHANNEL = "taskledger_events"
 PROJECTION_CHANNEL = "taskledger_projection"
+# (The library's channel is its table's name.)
+LOG_END = "SELECT MAX(notification_id) FROM taskledger_events"
 
 _stopping: list[bool] = []
 
@@ -35,15 +38,26 @@ def watch_postgres(conninfo: str) -> list[tuple[str, str, float]]:
     import psycopg  # noqa: PLC0415
 
     records: list[tuple[str, str, float]] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with (
+        psycopg.connect(conninfo, autocommit=True) as conn,
+        psycopg.connect(conninfo, autocommit=True) as reader,
+    ):
         conn.execute(f"LISTEN {EVENTS_CHANNEL}")
         conn.execute(f"LISTEN {PROJECTION_CHANNEL}")
         print("ready", flush=True)
         while not _stopping:
             for notify in conn.notifies(timeout=0.2):
                 now = time.monotonic()
-                kind = "e" if notify.channel == EVENTS_CHANNEL else "p"
-                records.append((kind, notify.payload or "-", now))
+                if notify.channel != EVENTS_CHANNEL:
+                    records.append(("p", notify.payload, now))
+                    continue
+                # A transaction's NOTIFY says nothing of what it committed, and one
+                # may hold several writes (group commit): the log's end, read at once,
+                # is what it reached, stamped when the NOTIFY came (a transaction that
+                # commits meanwhile is stamped early: lags only seem longer).
+                end = reader.execute(LOG_END)
+                found = end.fetchone()
+                records.append(("e", str(found[0] if found and found[0] else 0), now))
     return records
 
 
