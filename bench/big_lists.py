@@ -56,13 +56,11 @@ from typing import Any
 from sqlalchemy import Engine, insert, text
 
 from bench import harness as h
-from read_side.documents import task_document
-from read_side.folding import fold, fold_or_none
 from read_side.queries import TaskFilter, list_tasks
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import ViewTables
 from read_side.versions import READ_MODEL_VERSION
-from tests.support import ROOT, make_settings
+from tests.support import ROOT, make_settings, unplanned_row
 
 USER = "bench-big-lists"
 OTHER_USERS = 500
@@ -121,22 +119,8 @@ def task_row(user: str, n: int, seq: int, rng: random.Random) -> dict[str, Any]:
         "created_at": moment,
         "updated_at": moment,
         "version": 1,
-        "priority": "none",
-        "tags": [],
-        "due_at": None,
-        "remind_at": None,
-        "recurrence": None,
-        "recurs_from": None,
     }
-    return {
-        **values,
-        "title_folded": fold(title),
-        "description_folded": fold_or_none(description),
-        "created_seq": seq,
-        "doc": task_document(values),
-        "tags": "[]",
-        "priority_rank": 0,
-    }
+    return unplanned_row(values, seq)
 
 
 def fill(engine: Engine, tables: ViewTables, tasks: int, others: int) -> float:

@@ -16,13 +16,18 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 import jwt
 import psycopg
+from sqlalchemy import Connection
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from api.settings import Settings
+from read_side.documents import task_document
+from read_side.folding import fold, fold_or_none
 from write_side import TaskLedger
 
 if TYPE_CHECKING:
@@ -349,3 +354,42 @@ def drop_read_table(database_url: str | None, data_dir: Path, table: str) -> Non
     else:
         with psycopg.connect(database_url, autocommit=True) as db:
             db.execute(f"DROP TABLE {table}")
+
+
+def unplanned_row(values: dict[str, Any], seq: int) -> dict[str, Any]:
+    """The task_view row the projector writes for a task without a plan whose document
+    fields are ``values`` (the plan's own fields at their defaults), created at log
+    position ``seq``: for tests and benchmarks that write many tasks straight in."""
+    planned = {
+        **values,
+        "priority": "none",
+        "tags": [],
+        "due_at": None,
+        "remind_at": None,
+        "recurrence": None,
+        "recurs_from": None,
+    }
+    return {
+        **planned,
+        "title_folded": fold(values["title"]),
+        "description_folded": fold_or_none(values["description"]),
+        "created_seq": seq,
+        "doc": task_document(planned),
+        "tags": "[]",
+        "priority_rank": 0,
+    }
+
+
+def query_plan(conn: Connection, statement: ClauseElement) -> str:
+    """The database's plan of ``statement``, its lines joined: PostgreSQL's EXPLAIN, or
+    SQLite's EXPLAIN QUERY PLAN (its details)."""
+    compiled = cast(
+        SQLCompiler,
+        statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True}),
+    )
+    if conn.dialect.name == "postgresql":
+        found = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
+        return "\n".join(row[0] for row in found)
+    positional = tuple(compiled.params[name] for name in compiled.positiontup or ())
+    found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
+    return "\n".join(str(row[-1]) for row in found)

@@ -28,6 +28,7 @@ from read_side.queries import tag_counts as count_tags
 from read_side.runtime.listings import CachedListings
 from read_side.tables import LIVE_TABLES, ViewTables, task_tag
 from read_side.verify import Difference, verify
+from tests.support import query_plan
 from tests.unit.test_page_of_plans import SPECS, TASKS
 from write_side import Plan, Task, TaskLedger
 
@@ -342,15 +343,7 @@ def fill_big_user(conn: Connection, tables: ViewTables) -> None:
 
 
 def plan_of(conn: Connection, spec: TaskFilter, tables: ViewTables) -> str:
-    compiled = page_statement(tables, BIG, spec).compile(
-        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    if conn.dialect.name == "postgresql":
-        found = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
-        return "\n".join(row[0] for row in found)
-    positional = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
-    return "\n".join(str(row[-1]) for row in found)
+    return query_plan(conn, page_statement(tables, BIG, spec))
 
 
 def test_a_big_users_pages_use_the_indexes(engine: Engine, scratch: ViewTables) -> None:

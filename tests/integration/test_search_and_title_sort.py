@@ -18,13 +18,11 @@ import pytest
 from sqlalchemy import Connection, Engine, insert, text
 
 from api.history import task_fields
-from read_side.documents import task_document
-from read_side.folding import fold, fold_or_none
 from read_side.projector import Projector
 from read_side.queries import Order, TaskFilter, list_tasks, page_of, page_statement
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import LIVE_TABLES, ViewTables
-from tests.support import make_settings
+from tests.support import make_settings, query_plan, unplanned_row
 from write_side import TaskLedger
 
 # Titles alike but for case and accents (ties of the title sort), texts a search finds
@@ -124,36 +122,13 @@ def fill_big_user(conn: Connection, tables: ViewTables, tasks: int = 30_000) -> 
             "created_at": start + timedelta(seconds=n),
             "updated_at": start + timedelta(seconds=n),
             "version": 1,
-            "priority": "none",
-            "tags": [],
-            "due_at": None,
-            "remind_at": None,
-            "recurrence": None,
-            "recurs_from": None,
         }
-        rows.append(
-            {
-                **values,
-                "title_folded": fold(values["title"]),
-                "description_folded": fold_or_none(values["description"]),
-                "created_seq": n,
-                "doc": task_document(values),
-                "tags": "[]",
-            }
-        )
+        rows.append(unplanned_row(values, n))
     conn.execute(insert(tables.task), rows)
 
 
 def plan_of(conn: Connection, spec: TaskFilter, tables: ViewTables, *, total: bool = True) -> str:
-    compiled = page_statement(tables, BIG, spec, total=total).compile(
-        dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    if conn.dialect.name == "postgresql":
-        found = conn.exec_driver_sql(f"EXPLAIN {compiled}", compiled.params)
-        return "\n".join(row[0] for row in found)
-    positional = tuple(compiled.params[name] for name in compiled.positiontup or ())
-    found = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", positional)
-    return "\n".join(str(row[-1]) for row in found)
+    return query_plan(conn, page_statement(tables, BIG, spec, total=total))
 
 
 @pytest.fixture
