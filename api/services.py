@@ -93,7 +93,7 @@ class Services:
             on_counted=metrics.counted,
             on_committed=metrics.committed,
         )
-        # One route thread at most per user's commands (api.turns).
+        # One thread at most per user's commands at a time (api.turns).
         self.turns = UserTurns()
         # The threads commands run in, made at start-up on the event loop (None: the
         # route threads).

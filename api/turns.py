@@ -1,13 +1,14 @@
-"""A user's commands take turns on the event loop, not in the route threads.
+"""A user's commands take turns on the event loop, not in threads.
 
 The command runner runs one command per user at a time (``write_side.commands``: a
 per-user lock). A user with sixteen commands in flight (many tabs, a sync client, a
-script) would otherwise hold sixteen route threads, all but one of them blocked on
-that lock, and every other user's listing or write queued behind them: issue 14
-measured a small user's list p99 at 9x its idle figure while one big user wrote.
-Waiting here instead costs a coroutine: each user holds at most one route thread, and
-the others stay free for everyone else. The order is the order of arrival (an asyncio
-lock wakes its waiters first come, first served), as the thread lock's was.
+script) would otherwise hold sixteen threads, all but one of them blocked on that
+lock, and every other user's write queued behind them (when commands shared the four
+route threads, their listings too: issue 14 measured a small user's list p99 at 13x
+its idle figure while one big user wrote). Waiting here instead costs a coroutine:
+each user holds at most one thread, and the others stay free for everyone else. The
+order is the order of arrival (an asyncio lock wakes its waiters first come, first
+served), as the thread lock's was.
 """
 
 from __future__ import annotations
