@@ -10,7 +10,7 @@ from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, Repository
-from eventsourcing.persistence import JSONTranscoder, Transcoder
+from eventsourcing.persistence import InfrastructureFactory, JSONTranscoder, Transcoder
 from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Counted, Decide
@@ -28,6 +28,7 @@ from write_side.idempotency import RequestKey, RequestRecord
 from write_side.store.aggregate_cache import DEFAULT_MAX_BYTES, ByteBoundedCache, MeasuredRepository
 from write_side.store.positions import stream_position, stream_positions
 from write_side.store.postgres_pool import tune_pool
+from write_side.store.postgres_recorders import LedgerPostgresFactory, uses_library_postgres
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.snapshots import DecodedSnapshots, KeptSnapshots
 from write_side.store.transcodings import LedgerTranscoder, TaskAsDict
@@ -85,7 +86,12 @@ class TaskLedger(Application[UUID]):
         self._commands = CommandRunner(self, on_saved, on_counted)
 
     def construct_factory(self, env: Any) -> Any:
-        factory = super().construct_factory(env)
+        # On PostgreSQL, the library's factory with recorders that insert in binary
+        # (write_side/store/postgres_recorders.py); any other factory as configured.
+        if uses_library_postgres(env.get(InfrastructureFactory.PERSISTENCE_MODULE, "")):
+            factory: Any = LedgerPostgresFactory(env=env)
+        else:
+            factory = super().construct_factory(env)
         tune_pool(factory, self._connect_options)
         return factory
 
