@@ -27,7 +27,7 @@ from write_side.history import (
 from write_side.idempotency import RequestKey, RequestRecord
 from write_side.store.aggregate_cache import DEFAULT_MAX_BYTES, ByteBoundedCache, MeasuredRepository
 from write_side.store.positions import stream_position, stream_positions
-from write_side.store.postgres_pool import tune_pool
+from write_side.store.postgres_pool import tune_pool, wait_as_requests
 from write_side.store.postgres_recorders import LedgerPostgresFactory, uses_library_postgres
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.snapshots import DecodedSnapshots, KeptSnapshots
@@ -82,6 +82,7 @@ class TaskLedger(Application[UUID]):
         ``on_committed``: of each event-store transaction, the commands it saved."""
         self._connect_options = dict(connect_options or {})
         super().__init__(env={**(env or {}), "CREATE_TABLE": "false"})
+        wait_as_requests(self.factory)  # built: from now on, requests' short wait
         self._saver = StreamSaver(self, on_committed=on_committed)
         self._commands = CommandRunner(self, on_saved, on_counted)
 

@@ -88,10 +88,14 @@ def test_a_conflict_in_a_group_fails_only_its_own_save(ledger: TaskLedger) -> No
 
 def test_an_interrupted_commit_leaves_no_caller_waiting(ledger: TaskLedger) -> None:
     calls: list[int] = []
+    group: GroupCommit
 
     def interrupted(*events: Any) -> Any:
         calls.append(len(events))
-        time.sleep(0.05)
+        if len(calls) == 1:
+            # The first commit lasts until the other three callers are queued behind it,
+            # however slowly a loaded machine starts their threads.
+            queued(group, 3)
         if len(calls) == 2:
             raise KeyboardInterrupt  # in the thread that leads the second group
         return ledger.save(*events)
@@ -99,7 +103,7 @@ def test_an_interrupted_commit_leaves_no_caller_waiting(ledger: TaskLedger) -> N
     group = GroupCommit(interrupted)
     results = in_threads(4, lambda i: group.save(started(ledger, f"user{i}")))
 
-    assert calls[0] == 2  # the first caller's Started and TaskAdded
+    assert calls == [2, 6]  # the first caller's Started and TaskAdded; then the three's
     assert isinstance(results[0], list)
     # The leader of the second group gets its interrupt; the others in the group learn
     # that the outcome of their save is unknown (503 for a client), never wait forever.
@@ -107,6 +111,14 @@ def test_an_interrupted_commit_leaves_no_caller_waiting(ledger: TaskLedger) -> N
     unknown = [r for r in results[1:] if isinstance(r, CommitInterrupted)]
     assert (len(interrupts), len(unknown)) == (1, 2)
     assert all(isinstance(r, OperationalError) for r in unknown)
+
+
+def queued(group: GroupCommit, count: int, limit: float = 10.0) -> None:
+    """Wait until ``count`` saves wait behind the commit under way in ``group``."""
+    deadline = time.monotonic() + limit
+    while len(group._waiting) < count:
+        assert time.monotonic() < deadline, f"{count} saves never queued"
+        time.sleep(0.002)
 
 
 def test_concurrent_commands_share_transactions(ledger: TaskLedger) -> None:

@@ -3,15 +3,17 @@ connection check a pool runs on checkout. Fails loudly when a release moves it."
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
 from infrastructure.liveness import check_if_spoke
 from tests.support import make_settings, open_ledger
-from write_side.store.postgres_pool import set_check
+from write_side.store.postgres_pool import POOL_WAIT_SECONDS, set_check
 
 
 def test_the_pool_runs_the_check_it_is_given_on_every_checkout(postgres_url: str) -> None:
@@ -45,5 +47,27 @@ def test_the_event_store_pool_checks_connections_only_when_the_server_spoke(
     try:
         pool = ledger.factory.datastore.pool  # type: ignore[attr-defined]
         assert pool._check is check_if_spoke
+    finally:
+        ledger.close()
+
+
+def test_the_event_store_is_built_while_first_connections_are_slow(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the recorders needs a connection: on a busy machine the first one can
+    take longer than the requests' wait (CI once failed so, 'couldn't get a connection
+    after 0.10 sec'). Construction waits longer; requests then wait as before."""
+    connect = psycopg.Connection.connect
+
+    def slow_connect(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(3 * POOL_WAIT_SECONDS)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "connect", classmethod(slow_connect))
+    ledger = open_ledger(make_settings(postgres_url, tmp_path))
+    try:
+        assert ledger.factory.datastore.pool.timeout == POOL_WAIT_SECONDS  # type: ignore[attr-defined]
+        ledger.add_task("alice", "first", None)
+        assert [task.title for task in ledger.task_list("alice").tasks()] == ["first"]  # type: ignore[union-attr]
     finally:
         ledger.close()

@@ -28,6 +28,11 @@ POOL_WAIT_SECONDS = 0.1
 # to 5 minutes; after a long outage its next try could come long after the database
 # is back. Giving up sooner lets the next request that needs a connection try afresh.
 POOL_RECONNECT_SECONDS = 5.0
+# Building the recorders reads the database's types over the pool's first connection,
+# which a busy machine opening several processes' connections at once can take longer
+# than a request's wait to open. Construction waits up to this long; then
+# ``wait_as_requests`` gives the pool the requests' wait.
+START_UP_WAIT_SECONDS = 5.0
 
 
 def tune_pool(factory: Any, connect_options: Mapping[str, str]) -> None:
@@ -37,7 +42,7 @@ def tune_pool(factory: Any, connect_options: Mapping[str, str]) -> None:
     if not isinstance(factory, PostgresFactory):
         return
     pool = factory.datastore.pool
-    pool.timeout = POOL_WAIT_SECONDS
+    pool.timeout = START_UP_WAIT_SECONDS
     pool.reconnect_timeout = POOL_RECONNECT_SECONDS
     # The library's pre-ping costs a round trip per checkout; this pings only
     # connections the server has spoken on.
@@ -45,6 +50,12 @@ def tune_pool(factory: Any, connect_options: Mapping[str, str]) -> None:
     if not isinstance(pool.kwargs, dict):  # eventsourcing sets a dict, never a callable
         raise RuntimeError("eventsourcing has changed: the pool's kwargs are not a dict")
     pool.kwargs.update(connect_options)
+
+
+def wait_as_requests(factory: Any) -> None:
+    """Give the pool of ``factory`` (tuned by ``tune_pool``) the requests' short wait."""
+    if isinstance(factory, PostgresFactory):
+        factory.datastore.pool.timeout = POOL_WAIT_SECONDS
 
 
 def set_check(pool: ConnectionPool[Any], check: Callable[[Any], None]) -> None:
