@@ -29,7 +29,7 @@ from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
 from read_side.catalogue import Build
 from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
-from read_side.queries import MomentSpan, TaskFilter
+from read_side.queries import MomentSpan, TaskFilter, list_id_of
 from read_side.runtime.async_positions import AsyncPositions
 from read_side.runtime.engine import (
     create_read_engine,
@@ -231,7 +231,7 @@ class Services:
         """A page of the user's tasks from the live build (kept while their tasks
         stand still: read_side.runtime.listings)."""
         cache = self._kept_for(spec.now)
-        count = self.changes.stable  # before the user's position is read
+        count = self.changes.stable(list_id_of(user_id))  # before the user's position is read
         return self._answered(
             lambda conn, served: cache.page(
                 conn, served.tables, user_id, spec, build_id=served.id, count=count
@@ -284,7 +284,7 @@ class Services:
         next look; another process may project meanwhile, and a page kept here would be
         answered after a write another process acknowledged. There every listing reads
         the user's position (one indexed lookup)."""
-        count = self.changes.stable
+        count = self.changes.stable(list_id_of(user_id))
         served = self.served
         keeper = self.worker
         if (
@@ -313,7 +313,9 @@ class Services:
         answer depends on besides them; ``moment``: what an answer judged at a moment
         is judged at (``query`` then says the span of moments it holds for)."""
         cache = self._kept_for(moment)
-        count = self.changes.stable  # before the user's position is read: see list_page
+        count = self.changes.stable(
+            list_id_of(user_id)
+        )  # before the user's position is read: see list_page
 
         def answered(conn: Connection, served: Build) -> tuple[str, int]:
             def judged() -> Judged:

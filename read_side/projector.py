@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -119,13 +119,21 @@ class ReadModelFault(Exception):
         self.fault = fault
 
 
+class BatchUnderWay(Protocol):
+    """A batch as its watcher follows it: told the streams the batch may change (in
+    its transaction, before it commits), then that its transaction has ended
+    (``changed``: whether the tables may have changed; False only when nothing was
+    applied)."""
+
+    def tell(self, streams: Iterable[Hashable]) -> None: ...
+
+    def ended(self, *, changed: bool) -> None: ...
+
+
 class BatchWatcher(Protocol):
-    """Told when a batch's transaction begins, and when it has ended (``changed``:
-    whether the tables may have changed; False only when nothing was applied)."""
+    """Told when each batch's transaction begins (read_side.runtime.listings.ChangeCount)."""
 
-    def batch_begins(self) -> None: ...
-
-    def batch_ended(self, *, changed: bool) -> None: ...
+    def batch_begins(self) -> BatchUnderWay: ...
 
 
 class ProjectionFenced(Exception):
@@ -184,16 +192,14 @@ class Projector:
             # SQLite: the batch takes the write lock and commits (a sync of the WAL)
             # even when it finds nothing, and the idle projector looks every poll.
             return 0
-        watcher = self.watcher
-        if watcher is not None:
-            watcher.batch_begins()
+        batch = None if self.watcher is None else self.watcher.batch_begins()
         changed = True  # unless known otherwise: a failure may come after the commit
         try:
-            applied, position = self._apply_batch(stop)
+            applied, position = self._apply_batch(stop, batch)
             changed = applied > 0
         finally:
-            if watcher is not None:
-                watcher.batch_ended(changed=changed)
+            if batch is not None:
+                batch.ended(changed=changed)
         # Told after the watcher: whoever learns of the position here (a write waiting
         # to answer) finds every page from before it out of date already.
         if applied and self.on_projected is not None:
@@ -209,8 +215,9 @@ class Projector:
             return False  # a log restored from before the tables: the batch says so
         return (log_end if stop is None else min(log_end, stop)) <= position
 
-    def _apply_batch(self, stop: int | None) -> tuple[int, int]:
-        """The batch's transaction: the events applied, and the position reached."""
+    def _apply_batch(self, stop: int | None, batch: BatchUnderWay | None) -> tuple[int, int]:
+        """The batch's transaction: the events applied, and the position reached
+        (``batch`` is told the streams of the events before they are applied)."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
             # Asked with the position row locked: a switch that retires these tables
@@ -220,6 +227,8 @@ class Projector:
             notifications = self._next(conn, position, stop)
             if not notifications:
                 return 0, position
+            if batch is not None:
+                batch.tell({notification.originator_id for notification in notifications})
             try:
                 self._apply_all(conn, notifications)
             except Exception:

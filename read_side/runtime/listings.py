@@ -21,7 +21,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import replace
 from datetime import datetime
 
@@ -42,43 +42,106 @@ class BuildSwitched(Exception):
 
 
 class ChangeCount:
-    """A sequence lock over the served tables, counted by the batches this process's
-    projector commits (``BatchWatcher``): moved on each time a batch changed the
-    tables, and unreadable while any batch is under way (two may overlap while a
-    stopped worker's last one finishes).
+    """A sequence lock over the served tables, per stream (a user's task list), moved
+    by the batches this process's projector commits (``BatchWatcher``): a stream's
+    count moves on each time a batch changed it, and is unreadable while a batch that
+    may change it is under way (two may overlap while a stopped worker's last one
+    finishes). Until a batch has told its streams, every stream is.
 
-    A page filed with the count it was read under is still the tables' page while the
-    count stands there, provided every batch on those tables is this process's own:
-    it is then answered from memory alone, without asking the database for the user's
-    position (``CachedListings.kept``). A batch that applied nothing leaves the count
-    where it was: pages read meanwhile are as good as before it."""
+    A page filed with the count its user's stream had when it was read is still the
+    tables' page while that count stands there, provided every batch on those tables is
+    this process's own: it is then answered from memory alone, without asking the
+    database for the user's position (``CachedListings.kept``). Another user's batch
+    leaves it so; a batch that applied nothing leaves every count where it was.
 
-    def __init__(self) -> None:
-        self._value = 0
-        self._under_way = 0
+    Counts are a sequence number of the batches that changed anything: a stream's is
+    that of the last batch that changed it. Only the ``max_streams`` changed last are
+    remembered: any other stream's count is the floor, at least the count of every
+    stream forgotten, which moves on as streams are forgotten. A count can thus move
+    without a change (a page is read again), never stand still across one."""
+
+    def __init__(self, max_streams: int = 65_536) -> None:
+        self._sequence = 0
+        self._floor = 0
+        self._last: OrderedDict[Hashable, int] = OrderedDict()
+        self._max_streams = max_streams
+        # Batches under way whose streams are not yet told, and the streams of those
+        # that told them (a stream twice when two batches may change it).
+        self._untold = 0
+        self._busy: dict[Hashable, int] = {}
         self._lock = threading.Lock()
 
-    @property
-    def stable(self) -> int | None:
-        """The count now; None while a batch is under way."""
+    def stable(self, stream: Hashable) -> int | None:
+        """The stream's count now; None while a batch under way may change it."""
         with self._lock:
-            return None if self._under_way else self._value
+            if self._untold or stream in self._busy:
+                return None
+            return self._last.get(stream, self._floor)
 
-    def batch_begins(self) -> None:
+    def batch_begins(self) -> Batch:
+        """A batch's transaction begins: every stream is unreadable until ``tell``."""
         with self._lock:
-            self._under_way += 1
-
-    def batch_ended(self, *, changed: bool) -> None:
-        with self._lock:
-            self._under_way -= 1
-            if changed:
-                self._value += 1
+            self._untold += 1
+        return Batch(self)
 
     def moved(self) -> None:
         """The tables changed otherwise (rebuilt, switched, found wrong, or moved on
-        by a projector that is not this process's)."""
+        by a projector that is not this process's): every count moves."""
         with self._lock:
-            self._value += 1
+            self._move_all()
+
+    def _move_all(self) -> None:
+        self._sequence += 1
+        self._floor = self._sequence
+        self._last.clear()
+
+    def _told(self, streams: frozenset[Hashable]) -> None:
+        with self._lock:
+            self._untold -= 1
+            for stream in streams:
+                self._busy[stream] = self._busy.get(stream, 0) + 1
+
+    def _ended(self, streams: frozenset[Hashable] | None, *, changed: bool) -> None:
+        with self._lock:
+            if streams is None:
+                self._untold -= 1
+                if changed:  # which streams, unknown
+                    self._move_all()
+                return
+            for stream in streams:
+                left = self._busy.pop(stream) - 1
+                if left:
+                    self._busy[stream] = left
+            if not changed:
+                return
+            self._sequence += 1
+            for stream in streams:
+                self._last[stream] = self._sequence
+                self._last.move_to_end(stream)
+            while len(self._last) > self._max_streams:
+                self._floor = self._last.popitem(last=False)[1]
+
+
+class Batch:
+    """One batch under way, as its ChangeCount follows it."""
+
+    __slots__ = ("_count", "_streams")
+
+    def __init__(self, count: ChangeCount) -> None:
+        self._count = count
+        self._streams: frozenset[Hashable] | None = None
+
+    def tell(self, streams: Iterable[Hashable]) -> None:
+        """The streams this batch may change (once, before it commits)."""
+        if self._streams is not None:
+            raise RuntimeError("a batch tells its streams once")
+        self._streams = frozenset(streams)
+        self._count._told(self._streams)
+
+    def ended(self, *, changed: bool) -> None:
+        """The batch's transaction has ended (``changed``: it may have changed the
+        tables; False only when nothing was applied)."""
+        self._count._ended(self._streams, changed=changed)
 
 
 class CachedListings:
