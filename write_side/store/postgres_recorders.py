@@ -3,12 +3,13 @@ binary instead of one array of the library's composite type.
 
 The library hands its insert one parameter, an array of ``stored_event_<id type>``
 composites. psycopg dumps composites as text, in Python, quoting each field with
-regular expressions: a snapshot of a 50,000-task list (25 MB of state) took 2.4 s to
-insert here and held the interpreter lock for up to 0.5 s at a time, while every other
-request of the process waited (a small user's list p99 reached 621 ms on PostgreSQL,
-83 ms on SQLite). Sent as ``unnest(uuid[], bigint[], text[], bytea[])`` in binary, the
-same insert takes 0.3 s and never holds the lock for more than ~20 ms; a group commit
-of 7 events costs 0.4 ms of CPU instead of 0.7 (bench/store_inserts.py measures both).
+regular expressions: a snapshot of a 50,000-task list (25 MB of state) took 1.3 s to
+insert on a quiet machine here (2.4 s on a busy one) and held the interpreter lock for
+up to 0.2 s at a time (0.5 s), while every other request of the process waited (a small
+user's list p99 reached 621 ms on PostgreSQL). Sent as ``unnest(uuid[], bigint[],
+text[], bytea[])`` in binary, the same insert takes 0.3 s and holds the lock for at
+most ~13 ms; a group commit of 7 events costs 0.5 ms of CPU instead of 0.6
+(bench/store_inserts.py measures both; bench/README.md has the figures).
 
 The rows inserted, their order (so the notification ids that the events take in
 turn) and the statement's result are the library's. Only the parameters' encoding
