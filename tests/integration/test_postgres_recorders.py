@@ -4,15 +4,18 @@ reads back and numbers is what the library's own recorders did."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
 from uuid import uuid4
 
+import psycopg
 import pytest
 from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder
+from psycopg.sql import SQL, Identifier
 from psycopg.types import composite
 
 from tests.support import make_settings, open_ledger
@@ -121,3 +124,37 @@ def test_a_database_written_by_the_library_s_recorders_reads_the_same(
         ]
     finally:
         ledger.close()
+
+
+def test_an_insert_still_locks_the_table_and_notifies(
+    pg_ledger: TaskLedger, fresh_postgres_url: str
+) -> None:
+    """The library's insert takes the events table's EXCLUSIVE lock until commit (so
+    that notification ids commit in order: readers never pass over a gap filled in
+    later) and NOTIFYs its channel (which wakes projectors): the array insert keeps
+    both, as the next class in line after them."""
+    recorder = pg_ledger.recorder
+    assert isinstance(recorder, LedgerApplicationRecorder)
+    table = recorder.events_table_name
+    pg_ledger.add_task("alice", "first", None)  # the tables exist, the stream started
+    saved = threading.Event()
+
+    def save() -> None:
+        pg_ledger.add_task("alice", "second", None)
+        saved.set()
+
+    with (
+        psycopg.connect(fresh_postgres_url, autocommit=True) as listener,
+        psycopg.connect(fresh_postgres_url) as holder,
+    ):
+        listener.execute(SQL("LISTEN {}").format(Identifier(recorder.channel_name)))
+        # ROW SHARE conflicts with EXCLUSIVE, not with the ROW EXCLUSIVE of any insert.
+        holder.execute(SQL("LOCK TABLE {} IN ROW SHARE MODE").format(Identifier(table)))
+        writer = threading.Thread(target=save)
+        writer.start()
+        assert not saved.wait(0.5)  # the insert waits for the table's lock
+        holder.rollback()
+        writer.join(10)
+        assert saved.is_set()
+        heard = [n.channel for n in listener.notifies(timeout=5, stop_after=1)]
+        assert heard == [recorder.channel_name]
