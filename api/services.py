@@ -284,14 +284,17 @@ class Services:
         next look; another process may project meanwhile, and a page kept here would be
         answered after a write another process acknowledged. There every listing reads
         the user's position (one indexed lookup)."""
+        keeper = self.worker
+        # Leading, before the count is read: a worker that takes the lead moves every
+        # count before it says it leads, so no page kept before is filed under the count
+        # read next (read_side/runtime/worker.py).
+        if self.is_postgres or keeper is None or not keeper.is_leader:
+            return None
         count = self.changes.stable(list_id_of(user_id))
         served = self.served
-        keeper = self.worker
         if (
             count is None
             or served is None
-            or self.is_postgres
-            or keeper is None
             or self.health.fault is not None
             # (On SQLite, a look at the lock file: still the one this process locked.)
             or not keeper.projects_alone(served)

@@ -131,9 +131,13 @@ class BatchUnderWay(Protocol):
 
 
 class BatchWatcher(Protocol):
-    """Told when each batch's transaction begins (read_side.runtime.listings.ChangeCount)."""
+    """Told when each batch's transaction begins (read_side.runtime.listings.ChangeCount),
+    and when the tables may have changed by other hands: the projector's worker takes
+    the lead (another process led until now)."""
 
     def batch_begins(self) -> BatchUnderWay: ...
+
+    def moved(self) -> None: ...
 
 
 class ProjectionFenced(Exception):
@@ -217,7 +221,7 @@ class Projector:
 
     def _apply_batch(self, stop: int | None, batch: BatchUnderWay | None) -> tuple[int, int]:
         """The batch's transaction: the events applied, and the position reached
-        (``batch`` is told the streams of the events before they are applied)."""
+        (``batch`` is told the streams of the events before they are written)."""
         with self.engine.begin() as conn:
             position = self._lock_position(conn)
             # Asked with the position row locked: a switch that retires these tables
@@ -227,10 +231,8 @@ class Projector:
             notifications = self._next(conn, position, stop)
             if not notifications:
                 return 0, position
-            if batch is not None:
-                batch.tell({notification.originator_id for notification in notifications})
             try:
-                self._apply_all(conn, notifications)
+                self._apply_all(conn, notifications, batch)
             except Exception:
                 # Cached owners may come from rows this rollback removes.
                 self._owners.clear()
@@ -353,9 +355,18 @@ class Projector:
             return 0
         return int(value)
 
-    def _apply_all(self, conn: Connection, notifications: Sequence[Notification]) -> None:
+    def _apply_all(
+        self,
+        conn: Connection,
+        notifications: Sequence[Notification],
+        batch: BatchUnderWay | None = None,
+    ) -> None:
         decode = self._decode
         events = [(decode(n), n.id) for n in notifications]
+        if batch is not None:
+            # The decoded ids (UUIDs, whatever type the store keeps them as), before
+            # anything is written: the streams whose kept pages this batch may change.
+            batch.tell({event.originator_id for event, _ in events})
         rows = self._rows(conn, RowChanges.rows_needed(event for event, _ in events))
         changes = RowChanges()
         owner_of = partial(self._owner_of, conn)

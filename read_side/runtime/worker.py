@@ -90,6 +90,10 @@ class ProjectorWorker:
             if not self.leadership.acquire():
                 self._stop.wait(self.standby_interval)
                 continue
+            # Until now another process may have projected: pages this one kept meanwhile
+            # are told apart from the tables before anyone can see it leads.
+            if self.projector.watcher is not None:
+                self.projector.watcher.moved()
             self.is_leader = True
             log.info("projector %s: active", self.projector.name, extra=_about(self.projector.name))
             try:

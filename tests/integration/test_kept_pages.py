@@ -13,7 +13,8 @@ from sqlalchemy import Engine
 from api.services import Services
 from api.settings import Settings
 from read_side.projector import Projector
-from read_side.queries import TaskFilter
+from read_side.queries import TaskFilter, list_id_of
+from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.runtime.listings import ChangeCount
 from tests.support import make_settings, wait_for
 from write_side import TaskLedger, TaskList
@@ -140,6 +141,69 @@ def test_a_position_this_process_did_not_project_voids_the_kept_pages(
     assert services.kept_page("alice", SPEC) is None
 
 
+def test_a_page_kept_on_standby_is_not_answered_from_memory_after_taking_the_lead(
+    tmp_path: Path,
+) -> None:
+    """Two processes on one SQLite data dir: the standby keeps a page, the leader
+    projects the user's next write and goes; the standby takes the lead. The page it
+    kept lacks that write, and no batch of its own moved the user's count: taking the
+    lead moves every count (found by an adversarial review of the per-stream count)."""
+    settings = make_settings(None, tmp_path)
+    leader = Services(settings, with_projector=True)
+    leader.start()
+    standby: Services | None = None
+    try:
+        wait_for(lambda: leader.worker is not None and leader.worker.is_leader, 10, "leading")
+        _written(leader, "a")
+        standby = Services(settings, with_projector=True)
+        standby.start()
+        wait_for(lambda: standby is not None and standby.health.serving, 10, "serving")
+        assert _titles(standby.list_page("alice", SPEC)) == ["a"]  # kept, read from the DB
+        _written(leader, "b")  # projected and acknowledged by the leader
+        leader.close()
+        wait_for(
+            lambda: (
+                standby is not None
+                and standby.worker is not None
+                and standby.served is not None
+                and standby.worker.projects_alone(standby.served)
+            ),
+            15,
+            "the standby leads",
+        )
+        kept = standby.kept_page("alice", SPEC)
+        assert kept is None or _titles(kept) == ["a", "b"]
+        assert _titles(standby.list_page("alice", SPEC)) == ["a", "b"]
+    finally:
+        leader.close()
+        if standby is not None:
+            standby.close()
+
+
+def test_a_batch_tells_its_streams_as_uuids_whatever_the_store_keeps(
+    tmp_path: Path,
+) -> None:
+    """With ORIGINATOR_ID_TYPE=text SQLite hands the ids back as text: the batch tells
+    the decoded events' ids, the UUIDs a listing asks its count by."""
+    settings = make_settings(None, tmp_path)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ledger = TaskLedger(env={**settings.storage.event_store_env, "ORIGINATOR_ID_TYPE": "text"})
+    engine = create_read_engine(settings.storage.read_url)
+    try:
+        ledger.create_tables()
+        create_read_tables(engine)
+        count = ChangeCount()
+        projector = Projector(ledger, engine, watcher=count)
+        ledger.add_task("alice", "a", None)
+        assert isinstance(ledger.recorder.select_notifications(1, 1)[0].originator_id, str)
+        before = count.stable(list_id_of("alice"))
+        assert projector.project_batch() > 0
+        assert count.stable(list_id_of("alice")) != before
+    finally:
+        engine.dispose()
+        ledger.close()
+
+
 class _Seen:
     """A watcher that notes what it is told: the batch began (None), its streams, it
     ended (whether it changed anything)."""
@@ -150,6 +214,9 @@ class _Seen:
     def batch_begins(self) -> _Seen:
         self.batches.append(None)
         return self
+
+    def moved(self) -> None:
+        self.batches.append("moved")
 
     def tell(self, streams: Iterable[Hashable]) -> None:
         self.batches.append(set(streams))
