@@ -287,8 +287,9 @@ class Services:
         keeper = self.worker
         # Leading, before the count is read: a worker that takes the lead moves every
         # count before it says it leads, so no page kept before is filed under the count
-        # read next (read_side/runtime/worker.py).
-        if self.is_postgres or keeper is None or not keeper.is_leader:
+        # read next (read_side/runtime/worker.py); and the same worker after it.
+        leading = None if keeper is None else keeper.worker
+        if self.is_postgres or keeper is None or leading is None or not leading.is_leader:
             return None
         count = self.changes.stable(list_id_of(user_id))
         served = self.served
@@ -298,6 +299,7 @@ class Services:
             or self.health.fault is not None
             # (On SQLite, a look at the lock file: still the one this process locked.)
             or not keeper.projects_alone(served)
+            or keeper.worker is not leading
         ):
             return None
         cache = self._kept_for(moment)
