@@ -288,8 +288,10 @@ class Services:
         # Leading, before the count is read: a worker that takes the lead moves every
         # count before it says it leads, so no page kept before is filed under the count
         # read next (read_side/runtime/worker.py); and the same worker after it.
-        leading = None if keeper is None else keeper.worker
-        if self.is_postgres or keeper is None or leading is None or not leading.is_leader:
+        if self.is_postgres or keeper is None:
+            return None
+        leading = keeper.worker
+        if leading is None or not leading.is_leader:
             return None
         count = self.changes.stable(list_id_of(user_id))
         served = self.served
@@ -318,9 +320,8 @@ class Services:
         answer depends on besides them; ``moment``: what an answer judged at a moment
         is judged at (``query`` then says the span of moments it holds for)."""
         cache = self._kept_for(moment)
-        count = self.changes.stable(
-            list_id_of(user_id)
-        )  # before the user's position is read: see list_page
+        # Before the user's position is read: see list_page.
+        count = self.changes.stable(list_id_of(user_id))
 
         def answered(conn: Connection, served: Build) -> tuple[str, int]:
             def judged() -> Judged:

@@ -359,7 +359,7 @@ class Projector:
         self,
         conn: Connection,
         notifications: Sequence[Notification],
-        batch: BatchUnderWay | None = None,
+        batch: BatchUnderWay | None,
     ) -> None:
         decode = self._decode
         events = [(decode(n), n.id) for n in notifications]
