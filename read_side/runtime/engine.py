@@ -52,13 +52,24 @@ def create_read_engine(url: str, *, pool_size: int = 10, autocommit: bool = Fals
         max_overflow=0,
         # A request must not hang when the database is away.
         pool_timeout=5,
-        connect_args={"connect_timeout": 5},
+        connect_args={"connect_timeout": 5, **_plan_options(autocommit)},
         **options,
     )
     # Instead of a round trip per checkout (pool_pre_ping), a connection is pinged only
     # when the server has spoken on it while it was idle, i.e. has likely ended it.
     event.listen(engine, "checkout", _discard_if_ended)
     return engine
+
+
+def _plan_options(autocommit: bool) -> dict[str, Any]:
+    # The queries' statements are never prepared on the server. psycopg prepares a
+    # statement after its fifth run on a connection; from the sixth run of a prepared
+    # statement on, PostgreSQL may plan it once for any parameters (a generic plan), and
+    # the listing's parameters are just what plans should differ on: a 50,000-task
+    # user's search then took 70-110 ms instead of 20-30 (bench/big_lists.py). Unnamed
+    # statements are planned for their values every time, and pass through any
+    # connection pooler. (The projector's statements, by key, keep their prepared plans.)
+    return {"prepare_threshold": None} if autocommit else {}
 
 
 def _discard_if_ended(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

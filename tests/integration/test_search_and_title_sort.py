@@ -15,11 +15,19 @@ from uuid import uuid4
 
 import psycopg
 import pytest
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, case, insert, text, update
 
 from api.history import task_fields
 from read_side.projector import Projector
-from read_side.queries import Order, TaskFilter, list_tasks, page_of, page_statement
+from read_side.queries import (
+    DEEP_OFFSET,
+    Order,
+    TaskFilter,
+    keys_find_page,
+    list_tasks,
+    page_of,
+    page_statement,
+)
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import LIVE_TABLES, ViewTables
 from tests.support import make_settings, query_plan, unplanned_row
@@ -216,6 +224,86 @@ def test_a_needle_without_a_trigram_is_not_looked_up_in_the_trigram_index(
         assert "ix_task_view_search" not in plan, (q, plan)
     documents, found, _ = list_tasks(big, scratch, BIG, TaskFilter(q="ta", limit=5))
     assert (len(documents), found) == (5, 15_000)
+
+
+DEEP_PAGES = [
+    TaskFilter(sort=sort, order=order, status=status, limit=50, offset=offset)
+    for sort in ("created_at", "updated_at", "title", "due_at")
+    for order in ("asc", "desc")
+    for status in ("all", "pending")
+    for offset in (DEEP_OFFSET, 9_990)
+]
+
+
+def test_a_big_users_deep_pages_are_the_pages_the_rows_give(
+    big: Connection, scratch: ViewTables
+) -> None:
+    # A deep page found by the index's keys (PostgreSQL) is the page found by reading
+    # the rows in order: the same tasks, the same order, ties included, the same count.
+    # (Priorities in four ranks, due dates with a fifth of them missing: ties and
+    # NULLs for every sort.)
+    task = scratch.task.c
+    big.execute(
+        update(scratch.task).values(
+            priority_rank=task.created_seq % 4,
+            due_at=case((task.created_seq % 5 == 0, None), else_=task.updated_at),
+        )
+    )
+    for spec in DEEP_PAGES:
+        assert keys_find_page(spec)
+        listed = list_tasks(big, scratch, BIG, spec)
+        rows = big.execute(page_statement(scratch, BIG, spec)).all()
+        assert rows, spec
+        assert (listed.documents, listed.total) == ([row.doc for row in rows], rows[0].total)
+
+
+def test_a_big_users_deep_page_is_found_in_the_sort_index_alone(
+    big: Connection, scratch: ViewTables, fresh_database: str | None
+) -> None:
+    if big.dialect.name != "postgresql" or fresh_database is None:
+        pytest.skip("PostgreSQL's sort indexes hold the page's keys; SQLite reads its rows")
+    # As autovacuum would have done: the tasks' pages marked all visible.
+    with psycopg.connect(fresh_database, autocommit=True) as admin:
+        admin.execute(f"VACUUM ANALYZE {scratch.task.name}")
+    sorts = {"title": "title", "created_at": "created", "due_at": "due"}
+    for sort, index in sorts.items():
+        for status in ("all", "pending"):
+            spec = TaskFilter(sort=sort, status=status, offset=10_000)  # type: ignore[arg-type]
+            plan = query_plan(big, page_statement(scratch, BIG, spec, deep=True))
+            walk = rf"Index Only Scan (Backward )?using search_ix_task_view_user_{index} on"
+            assert re.search(walk, plan), plan
+            assert "Seq Scan" not in plan, plan
+    # A user's tasks are counted in the narrowest index of them, which holds no ids.
+    plan = query_plan(big, page_statement(scratch, BIG, TaskFilter()))
+    assert "Index Only Scan using search_ix_task_view_user_priority on" in plan, plan
+    # Shallow pages and filtered ones read the rows as before.
+    assert not keys_find_page(TaskFilter(sort="title", offset=DEEP_OFFSET - 1))
+    assert not keys_find_page(TaskFilter(q="report", offset=10_000))
+    # (The priority's index holds no ids: the one PostgreSQL counts a user's tasks in.)
+    assert not keys_find_page(TaskFilter(sort="priority", offset=10_000))
+    assert not keys_find_page(TaskFilter(priorities=("high",), offset=10_000))
+    assert not keys_find_page(TaskFilter(overdue=True, offset=10_000))
+
+
+def test_the_queries_are_planned_for_their_parameters(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    """No query statement is prepared on the server: from its sixth run, PostgreSQL
+    may plan a prepared one once for any user (a generic plan), though a 50,000-task
+    user's search wants another plan than a new user's."""
+    url = make_settings(fresh_postgres_url, tmp_path).storage.read_url
+    engine = create_read_engine(url, pool_size=1, autocommit=True)
+    try:
+        create_read_tables(engine)
+        with engine.connect() as conn:
+            fill_big_user(conn, LIVE_TABLES, tasks=3_000)
+            for _ in range(12):
+                list_tasks(conn, LIVE_TABLES, BIG, TaskFilter(q=RARE))
+                list_tasks(conn, LIVE_TABLES, BIG, TaskFilter(sort="title", offset=1_000))
+            prepared = conn.execute(text("SELECT statement FROM pg_prepared_statements"))
+            assert prepared.scalars().all() == []
+    finally:
+        engine.dispose()
 
 
 def _search_setup(conn: Connection) -> tuple[list[str], list[str]]:
