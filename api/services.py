@@ -234,7 +234,13 @@ class Services:
         count = self.changes.stable(list_id_of(user_id))  # before the user's position is read
         return self._answered(
             lambda conn, served: cache.page(
-                conn, served.tables, user_id, spec, build_id=served.id, count=count
+                conn,
+                served.tables,
+                user_id,
+                spec,
+                build_id=served.id,
+                count=count,
+                page_keys=versions.holds_page_keys(served.version),
             )
         )
 

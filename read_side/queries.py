@@ -123,9 +123,18 @@ class Stats:
     span: MomentSpan = field(default=MomentSpan(None, None), compare=False)
 
 
-def list_tasks(conn: Connection, tables: ViewTables, user_id: str, spec: TaskFilter) -> Listed:
+def list_tasks(
+    conn: Connection,
+    tables: ViewTables,
+    user_id: str,
+    spec: TaskFilter,
+    *,
+    page_keys: bool = True,
+) -> Listed:
     """One page of a user's tasks, as their JSON documents, and the number of tasks that
-    match in all, from the read model build whose ``tables`` are served."""
+    match in all, from the read model build whose ``tables`` are served. ``page_keys``:
+    the build's sort indexes hold read_side.tables.PAGE_KEYS (read_side.versions.
+    holds_page_keys: false for a build of an older version)."""
     conditions = _conditions(tables, user_id, spec)
     if spec.q:
         # A search's count compares every one of the user's texts, and so does the page
@@ -138,7 +147,7 @@ def list_tasks(conn: Connection, tables: ViewTables, user_id: str, spec: TaskFil
         if len(rows) < spec.limit and (rows or (spec.offset == 0 and spec.overdue is None)):
             span = _span_of(rows[0], spec) if rows else None
             return Listed([row.doc for row in rows], spec.offset + len(rows), span)
-    deep = conn.dialect.name == "postgresql" and keys_find_page(spec)
+    deep = page_keys and conn.dialect.name == "postgresql" and keys_find_page(spec)
     rows = conn.execute(page_statement(tables, user_id, spec, conditions, deep=deep)).all()
     if not rows:
         # Past the last page the count has no row to ride on.
@@ -209,7 +218,8 @@ def keys_find_page(spec: TaskFilter) -> bool:
     those filtered by status at most, in any order but the priority's."""
     # (Compared whole, so that a filter added later is one they do not hold.)
     unfiltered = TaskFilter(status=spec.status, sort=spec.sort, order=spec.order)
-    narrowed = replace(spec, limit=unfiltered.limit, offset=0, now=None)
+    # (An empty search is none: _conditions and list_tasks read it so.)
+    narrowed = replace(spec, limit=unfiltered.limit, offset=0, now=None, q=spec.q or None)
     return spec.offset >= DEEP_OFFSET and narrowed == unfiltered and spec.sort != "priority"
 
 

@@ -29,6 +29,16 @@ SHAPES = {
     4: "687f6151148bf52b",
 }
 
+# The first version whose PostgreSQL sort indexes hold read_side.tables.PAGE_KEYS: an
+# older build, served while this code builds its own beside it, has its pages read from
+# the rows (found by keys its indexes lack, a deep page took 2-3 times as long).
+PAGE_KEYS_SINCE = 4
+
+
+def holds_page_keys(version: int) -> bool:
+    return version >= PAGE_KEYS_SINCE
+
+
 # Tables made before versions existed (their shape and logic are whatever the release
 # that made them had): adopted as this version, and rebuilt in the background.
 UNVERSIONED = 0

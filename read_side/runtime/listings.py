@@ -177,14 +177,18 @@ class CachedListings:
         *,
         build_id: int | None = None,
         count: int | None = None,
+        page_keys: bool = True,
     ) -> Page:
         """A page from the build whose ``tables`` are served (``build_id``). Pages are
         filed by build: two versions of the read model may show the same position
         differently. Raises BuildSwitched when another build is live now. ``count``:
-        the ChangeCount read before anything else (None: a batch was under way)."""
+        the ChangeCount read before anything else (None: a batch was under way).
+        ``page_keys``: as queries.list_tasks."""
 
         def listed() -> Judged:
-            documents, total, span = queries.list_tasks(conn, tables, user_id, spec)
+            documents, total, span = queries.list_tasks(
+                conn, tables, user_id, spec, page_keys=page_keys
+            )
             return (f"[{','.join(documents)}]", total), span
 
         asked, moment = filed(spec)

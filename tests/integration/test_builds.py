@@ -4,13 +4,14 @@ adopted and rebuilt, a rolling upgrade between two code versions, a stall notice
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import Engine, event, inspect, select, text
 
 from api.services import ReadModelUnavailable, Services, leadership_for
 from api.settings import Settings
@@ -433,3 +434,29 @@ def test_a_switch_waits_for_the_new_build_and_fences_the_old_one(
     assert old.position() == switched_at
     new.catch_up()
     assert _titles(engine, build, "alice") == ["one", "two"]
+
+
+@pytest.mark.parametrize("version", [3, READ_MODEL_VERSION])
+def test_a_deep_page_is_found_by_its_keys_only_in_a_build_whose_indexes_hold_them(
+    fresh_postgres_url: str, tmp_path: Path, version: int
+) -> None:
+    """While a newer process builds its version beside the one served, it serves the
+    older build's tables: their sort indexes hold no ids (before read model 4), so a
+    deep page is read from the rows there, as that version's code read it."""
+    settings = make_settings(fresh_postgres_url, tmp_path)
+    statements: list[str] = []
+    with _running(settings, version) as services:
+        services.ledger.add_task("alice", "a task", None)
+        last = services.ledger.last_position()
+        wait_for(lambda: services.projected_position() == last, 20, "projected")
+
+        def seen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(statement)
+
+        event.listen(services.query_engine, "before_cursor_execute", seen)
+        services.list_page("alice", TaskFilter(sort="title", offset=600))
+        event.remove(services.query_engine, "before_cursor_execute", seen)
+    paged = [s for s in statements if "ORDER BY" in s]
+    assert paged, statements
+    by_keys = any(re.search(r"JOIN \(SELECT", s) for s in paged)
+    assert by_keys == (version >= 4), paged

@@ -276,6 +276,8 @@ def test_a_big_users_deep_page_is_found_in_the_sort_index_alone(
     # A user's tasks are counted in the narrowest index of them, which holds no ids.
     plan = query_plan(big, page_statement(scratch, BIG, TaskFilter()))
     assert "Index Only Scan using search_ix_task_view_user_priority on" in plan, plan
+    # An empty search is none (as _conditions reads it).
+    assert keys_find_page(TaskFilter(q="", sort="title", offset=10_000))
     # Shallow pages and filtered ones read the rows as before.
     assert not keys_find_page(TaskFilter(sort="title", offset=DEEP_OFFSET - 1))
     assert not keys_find_page(TaskFilter(q="report", offset=10_000))
