@@ -5,6 +5,7 @@ snapshots that older releases kept. On both backends."""
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
+import pytest
 
 from api.settings import Settings
 from tests.support import make_settings, open_ledger
 from write_side import TaskLedger, TaskList
 from write_side.history import replay
-from write_side.store.saving import snapshot_interval
+from write_side.store import transcodings
+from write_side.store.saving import YIELD_EVERY_TASKS, Snapshotter, snapshot_interval
 from write_side.store.snapshots import (
     KEPT_PER_STREAM,
     MIN_STRETCH,
@@ -320,3 +323,43 @@ def test_a_decoded_snapshot_is_reused_as_a_list_of_its_own(ledger: TaskLedger) -
     small = DecodedSnapshots(ledger.snapshots, max_bytes=100)
     assert small.at(stream_id, 4, tasks.modified_on) is not None
     assert small.bytes == 0
+
+
+def test_a_background_snapshot_hands_the_interpreter_lock_over_as_it_encodes(
+    ledger: TaskLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot of a long list, taken in the background, lets every other thread
+    (the event loop's too) take the interpreter lock each YIELD_EVERY_TASKS tasks; a
+    command's own encoding does not."""
+    tasks = TaskList.start("long")
+    for n in range(1_000):
+        tasks.add(f"task {n}", "its description")
+    ledger.save(tasks)
+    store = ledger.snapshots
+    assert store is not None
+    handed_over: list[str] = []
+    monkeypatch.setattr(
+        transcodings, "_hand_over", lambda: handed_over.append(threading.current_thread().name)
+    )
+    snapshot = TaskList.Snapshot.take(tasks)
+    encoded = store.mapper.to_stored_event(snapshot).state
+    assert handed_over == []
+    snapshotter = Snapshotter(KeptSnapshots(store))
+    snapshotter.submit(tasks)
+    assert snapshotter.wait(30)
+    assert handed_over == ["snapshots"] * (1_000 // YIELD_EVERY_TASKS)
+    # The same bytes, and the list they hold.
+    stored = store.get(tasks.id, desc=True, limit=1)
+    (kept,) = list(stored)
+    assert isinstance(kept, TaskList.Snapshot)
+    assert _untimed(store.mapper.to_stored_event(kept).state) == _untimed(encoded)
+    restored = kept.mutate(None)
+    assert isinstance(restored, TaskList)
+    assert [t.title for t in restored.tasks()] == [t.title for t in tasks.tasks()]
+
+
+def _untimed(state: bytes) -> dict[str, Any]:
+    """A snapshot's stored state, but for the moment it was taken."""
+    fields = json.loads(state)
+    del fields["timestamp"]
+    return dict(fields)

@@ -25,6 +25,7 @@ from write_side.domain import TaskList
 from write_side.idempotency import RequestRecord
 from write_side.store.group_commit import GroupCommit
 from write_side.store.snapshots import KeptSnapshots
+from write_side.store.transcodings import yielding
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ def snapshot_interval(task_count: int, minimum: int) -> int:
 # Lists of at least this many tasks are snapshotted by a thread of their own (see
 # Snapshotter): encoding and storing one of 50,000 tasks took 2 to 6 s here.
 BACKGROUND_SNAPSHOT_TASKS = 2000
+# How many tasks a background snapshot encodes between two hand-overs of the
+# interpreter lock: about a millisecond's work.
+YIELD_EVERY_TASKS = 64
 
 
 class StreamSaver:
@@ -185,7 +189,8 @@ class Snapshotter:
                 tasks = self._waiting.pop(next(iter(self._waiting)))  # the oldest first
                 self._busy = True
             try:
-                _keep(self._snapshots, tasks)
+                with yielding(YIELD_EVERY_TASKS):
+                    _keep(self._snapshots, tasks)
             finally:
                 with self._turn:
                     self._busy = False
