@@ -144,7 +144,10 @@ class Snapshotter:
     encoding, holding the GIL but for its 5 ms switches) held the user's lock the whole
     time: that user's next commands waited, each in a route thread, so that every
     thread of the process waited, and every other user's write and SQLite listing with
-    them. Here it costs the CPU alone.
+    them. Here it costs the CPU alone, and it hands the interpreter lock over every
+    YIELD_EVERY_TASKS tasks it encodes, so that every other thread, the event loop's
+    too, waits for it at most that long (instead of its 5 ms switches, which with
+    the other busy threads kept a small user's list waiting 75-170 ms at its p99).
 
     Each stream has at most one snapshot waiting: a newer list replaces the one not yet
     begun (the older would only be thinned away). A list is handed over as a copy (a
