@@ -100,6 +100,16 @@ class ProjectionProgress:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
+                if future.done():
+                    # Woken by an advance that a reset lowered again since (a check
+                    # that read the position before the advance): wait anew, polling,
+                    # instead of spinning on the resolved future until the deadline.
+                    future = loop.create_future()
+                    waiter = (position, loop, future)
+                    with self._lock:
+                        if self._position >= position:
+                            return True
+                        self._waiters.append(waiter)
                 try:
                     await asyncio.wait_for(
                         asyncio.shield(future), min(remaining, self._poll_interval)

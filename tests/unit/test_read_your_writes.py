@@ -75,3 +75,29 @@ def test_an_advance_still_wakes_every_waiter_at_once() -> None:
         assert asyncio.run(waits()) == [True] * 100
     finally:
         progress.close()
+
+
+def test_a_reset_after_the_advance_that_woke_a_waiter_does_not_strand_it() -> None:
+    """A check that read the position before the projector's notice resets it lower
+    just after that notice woke a write: the write waits on, polling, and finds its
+    position at the next poll (it used to spin on its resolved wake-up until its
+    deadline, and answer pending)."""
+    table = [8]
+    progress = ProjectionProgress(lambda: table[0], poll_interval=0.2)
+    progress.advance(8)
+
+    async def run() -> tuple[bool, float]:
+        started = time.monotonic()
+        waiting = asyncio.ensure_future(progress.wait(10, timeout=2.0))
+        await asyncio.sleep(0.05)  # registered; its first poll is at 0.2 s
+        table[0] = 10
+        progress.advance(10)  # the notice: the waiter's wake-up is resolved
+        progress.reset(8)  # the check's stale reading, applied after it
+        return await waiting, time.monotonic() - started
+
+    try:
+        reached, took = asyncio.run(run())
+    finally:
+        progress.close()
+    assert reached
+    assert took < 1.0, took
