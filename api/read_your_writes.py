@@ -11,6 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
 
+# A writer waiting on an event loop: (position, its loop, its future).
+_Waiter = tuple[int, asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
 
 class ProjectionProgress:
     """The highest log position known to be in the read tables.
@@ -36,8 +39,7 @@ class ProjectionProgress:
         self._on_advanced = on_advanced
         self._position = 0
         self._lock = threading.Lock()
-        # Writers waiting on an event loop: (position, their loop, their future).
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters: list[_Waiter] = []
         # The read of the position under way, per event loop, that waiters share.
         self._reading: dict[asyncio.AbstractEventLoop, asyncio.Future[int]] = {}
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="position-reader")
@@ -88,12 +90,10 @@ class ProjectionProgress:
 
     async def _wait(self, position: int, timeout: float) -> bool:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        waiter = (position, loop, future)
-        with self._lock:
-            if self._position >= position:
-                return True
-            self._waiters.append(waiter)
+        waiter = self._register(position, loop)
+        if waiter is None:
+            return True
+        future = waiter[2]
         deadline = loop.time() + timeout
         try:
             while self._position < position:
@@ -104,12 +104,11 @@ class ProjectionProgress:
                     # Woken by an advance that a reset lowered again since (a check
                     # that read the position before the advance): wait anew, polling,
                     # instead of spinning on the resolved future until the deadline.
-                    future = loop.create_future()
-                    waiter = (position, loop, future)
-                    with self._lock:
-                        if self._position >= position:
-                            return True
-                        self._waiters.append(waiter)
+                    renewed = self._register(position, loop)
+                    if renewed is None:
+                        return True
+                    waiter = renewed
+                    future = waiter[2]
                 try:
                     await asyncio.wait_for(
                         asyncio.shield(future), min(remaining, self._poll_interval)
@@ -137,6 +136,15 @@ class ProjectionProgress:
             with self._lock:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+
+    def _register(self, position: int, loop: asyncio.AbstractEventLoop) -> _Waiter | None:
+        """A waiter for ``position`` that ``advance`` will wake; None if reached."""
+        waiter = (position, loop, loop.create_future())
+        with self._lock:
+            if self._position >= position:
+                return None
+            self._waiters.append(waiter)
+        return waiter
 
     async def _shared_refresh(self, loop: asyncio.AbstractEventLoop) -> None:
         """One read of the position for all the waiters whose poll interval passed,
