@@ -31,7 +31,7 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from read_side.catalogue import LIVE, read_model_build
 from read_side.documents import PRIORITIES, PRIORITY_RANKS
 from read_side.folding import fold
-from read_side.tables import ViewTables
+from read_side.tables import SORTS_HOLDING_PAGE_KEYS, ViewTables
 from write_side.domain import TaskList
 
 Status = Literal["all", "pending", "completed"]
@@ -215,12 +215,13 @@ DEEP_OFFSET = 500
 def keys_find_page(spec: TaskFilter) -> bool:
     """Whether a page lies deep enough to be found by the keys of PostgreSQL's sort
     indexes alone (read_side.tables.PAGE_KEYS): the listings they hold every column of,
-    those filtered by status at most, in any order but the priority's."""
+    those filtered by status at most, in an order whose index holds them."""
     # (Compared whole, so that a filter added later is one they do not hold.)
     unfiltered = TaskFilter(status=spec.status, sort=spec.sort, order=spec.order)
     # (An empty search is none: _conditions and list_tasks read it so.)
     narrowed = replace(spec, limit=unfiltered.limit, offset=0, now=None, q=spec.q or None)
-    return spec.offset >= DEEP_OFFSET and narrowed == unfiltered and spec.sort != "priority"
+    held = _SORT_COLUMNS.get(spec.sort, spec.sort) in SORTS_HOLDING_PAGE_KEYS
+    return spec.offset >= DEEP_OFFSET and narrowed == unfiltered and held
 
 
 def _span_columns(

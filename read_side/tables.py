@@ -322,3 +322,11 @@ def _renamed(table: Table, prefix: str, metadata: MetaData, suffix: str = "") ->
 
 
 LIVE_TABLES = ViewTables(task=task_view, owner=task_list_owner, tag=task_tag)
+
+# The columns whose PostgreSQL index (user_id, column, created_seq) holds PAGE_KEYS:
+# the orders in which a deep page is found by its keys alone (read_side.queries).
+SORTS_HOLDING_PAGE_KEYS = frozenset(
+    list(index.columns)[1].name
+    for index in task_view.indexes
+    if index.dialect_options["postgresql"].get("include") == PAGE_KEYS
+)
