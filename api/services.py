@@ -401,7 +401,10 @@ class Services:
                     raise
                 return
             if found.generation != self._generation:
-                if self._generation is not None:
+                # (New tables' first projected batch writes the check row, and with it
+                # their first generation: from "" is no rebuild. Resetting the position
+                # then could lower one the projector's news had raised since the read.)
+                if self._generation:
                     # Rebuilt: pages and positions remembered from before are void.
                     self.forget_answers()
                     self.progress.reset(found.position)

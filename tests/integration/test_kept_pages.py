@@ -8,11 +8,11 @@ from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from api.services import Services
 from api.settings import Settings
-from read_side.projector import Projector
+from read_side.projector import Projector, projection_check
 from read_side.queries import TaskFilter, list_id_of
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.runtime.listings import ChangeCount
@@ -124,6 +124,30 @@ def test_a_kept_page_is_answered_from_memory_until_a_batch_is_projected(
     assert services.worker is not None
     services.worker.stop()
     assert services.kept_page("alice", SPEC) is None
+
+
+def test_the_first_batch_projected_into_new_tables_is_no_rebuild(
+    fresh_database: str | None, tmp_path: Path
+) -> None:
+    # New tables have no check row (generation ""): the first batch writes one, with
+    # the tables' first generation. The pages kept and the counts since stand.
+    settings = make_settings(fresh_database, tmp_path, read_model_check_seconds=3600)
+    services = Services(settings, with_projector=True)
+    services.start()  # its check at start-up finds no generation
+    try:
+        wait_for(lambda: services.health.serving and services.worker is not None, 10, "serving")
+        _written(services, "a")
+        count = services.changes.stable("alice")
+        assert count is not None
+        services.check_read_model()  # finds the first generation
+        assert services.changes.stable("alice") == count
+        # A rebuild's new generation still voids them.
+        with services.read_engine.begin() as conn:
+            conn.execute(update(projection_check).values(generation="rebuilt"))
+        services.check_read_model()
+        assert services.changes.stable("alice") != count
+    finally:
+        services.close()
 
 
 def test_a_position_this_process_did_not_project_voids_the_kept_pages(
