@@ -28,7 +28,12 @@ from infrastructure.leadership import FileLeadership, Leadership, PostgresLeader
 from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
 from read_side.catalogue import Build
-from read_side.projector import PROJECTION_CHANNEL, check_read_model, read_position
+from read_side.projector import (
+    PROJECTION_CHANNEL,
+    check_read_model,
+    is_first_generation,
+    read_position,
+)
 from read_side.queries import MomentSpan, TaskFilter, list_id_of
 from read_side.runtime.async_positions import AsyncPositions
 from read_side.runtime.engine import (
@@ -401,10 +406,11 @@ class Services:
                     raise
                 return
             if found.generation != self._generation:
-                # (New tables' first projected batch writes the check row, and with it
-                # their first generation: from "" is no rebuild. Resetting the position
-                # then could lower one the projector's news had raised since the read.)
-                if self._generation:
+                # From no check row to the one new tables' first batch writes is no
+                # rebuild (a reset then could lower a position the projector's news had
+                # raised since the read). From no check row to a rebuild's is one.
+                first = self._generation == "" and is_first_generation(found.generation)
+                if self._generation is not None and not first:
                     # Rebuilt: pages and positions remembered from before are void.
                     self.forget_answers()
                     self.progress.reset(found.position)

@@ -530,6 +530,7 @@ def _lag_rows(key: str, lag: dict[str, Any], rows: dict[str, str]) -> None:
     put(f"3 lag{tag} write p50 ms", lag["write_latency"]["p50_ms"], 1)
     put(f"3 lag{tag} write p99 ms", lag["write_latency"]["p99_ms"], 1)
     put(f"3 lag{tag} write max ms", lag["write_latency"]["max_ms"], 1)
+    put(f"3 lag{tag} write p99 ms from its schedule", lag["write_latency_from_due"]["p99_ms"], 1)
     put(f"3 lag{tag} commit p50/p99 ms", lag["commit_delay"]["p50_ms"], 1)
     rows[f"3 lag{tag} commit p50/p99 ms"] += f"/{lag['commit_delay']['p99_ms']:.1f}"
     put(f"3 lag{tag} notice p99 ms", lag["notice_delay"]["p99_ms"], 1)

@@ -109,6 +109,18 @@ class ReadModelCheck:
 # A row of ``projection_check``.
 CheckRow = SQLRow[Any]
 
+# The generation that new tables' first batch gives them when it writes their check
+# row: told apart from a rebuild's (mark_rebuilding), which voids what came before.
+_FIRST = "first-"
+
+
+def first_generation() -> str:
+    return _FIRST + uuid.uuid4().hex
+
+
+def is_first_generation(generation: str) -> bool:
+    return generation.startswith(_FIRST)
+
 
 class ReadModelFault(Exception):
     """The log is no longer the one the tables were projected from: nothing of it was
@@ -339,7 +351,7 @@ class Projector:
         if conn.execute(self._sql.record_last, {"check_name": self.name, **values}).rowcount == 0:
             conn.execute(
                 insert(projection_check).values(
-                    name=self.name, generation=uuid.uuid4().hex, **values
+                    name=self.name, generation=first_generation(), **values
                 )
             )
 
