@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,15 +75,22 @@ def test_forgotten_streams_still_move_on_every_change() -> None:
     assert count.stable("carol") == after["carol"]
 
 
-@pytest.fixture
-def services(fresh_database: str | None, tmp_path: Path) -> Iterator[Services]:
-    running = Services(make_settings(fresh_database, tmp_path), with_projector=True)
+@contextmanager
+def _serving(settings: Settings) -> Iterator[Services]:
+    """Services with their projector, started and serving."""
+    running = Services(settings, with_projector=True)
     running.start()
     try:
         wait_for(lambda: running.health.serving and running.worker is not None, 10, "serving")
         yield running
     finally:
         running.close()
+
+
+@pytest.fixture
+def services(fresh_database: str | None, tmp_path: Path) -> Iterator[Services]:
+    with _serving(make_settings(fresh_database, tmp_path)) as running:
+        yield running
 
 
 def _written(services: Services, title: str, user_id: str = "alice") -> None:
@@ -132,10 +140,8 @@ def test_the_first_batch_projected_into_new_tables_is_no_rebuild(
     # New tables have no check row (generation ""): the first batch writes one, with
     # the tables' first generation. The pages kept and the counts since stand.
     settings = make_settings(fresh_database, tmp_path, read_model_check_seconds=3600)
-    services = Services(settings, with_projector=True)
-    services.start()  # its check at start-up finds no generation
-    try:
-        wait_for(lambda: services.health.serving and services.worker is not None, 10, "serving")
+    # (Its check at start-up finds no generation.)
+    with _serving(settings) as services:
         _written(services, "a")
         count = services.changes.stable("alice")
         assert count is not None
@@ -146,8 +152,6 @@ def test_the_first_batch_projected_into_new_tables_is_no_rebuild(
             conn.execute(update(projection_check).values(generation="rebuilt"))
         services.check_read_model()
         assert services.changes.stable("alice") != count
-    finally:
-        services.close()
 
 
 def test_from_no_check_row_a_rebuild_lowers_the_position_writes_wait_on(
@@ -158,20 +162,16 @@ def test_from_no_check_row_a_rebuild_lowers_the_position_writes_wait_on(
     # starts again from nothing. A write up to the old position waits for the rebuild
     # (found by a review: taken for the first batch's, the old position stood).
     settings = make_settings(fresh_database, tmp_path, read_model_check_seconds=3600)
-    writer = Services(settings, with_projector=True)
-    writer.start()
-    try:
+    with _serving(settings) as writer:
         for title in "abc":
-            change = writer.ledger.add_task("alice", title, None)
-        wait_for(lambda: writer.progress.position >= change.position, 10, "projected")
-    finally:
-        writer.close()
+            _written(writer, title)
+        projected = writer.progress.position
     replica = Services(settings, with_projector=False)
     with replica.read_engine.begin() as conn:
         conn.execute(delete(projection_check))
     replica.start()
     try:
-        assert replica.progress.position == change.position
+        assert replica.progress.position == projected
         served = replica.served
         assert served is not None
         leader = Projector(
@@ -180,7 +180,7 @@ def test_from_no_check_row_a_rebuild_lowers_the_position_writes_wait_on(
         leader.reset("a test restored the log")
         replica.check_read_model()
         assert replica.progress.position == 0
-        assert not asyncio.run(replica.progress.wait(change.position, 0.2))
+        assert not asyncio.run(replica.progress.wait(projected, 0.2))
     finally:
         replica.close()
 
