@@ -29,6 +29,7 @@ from infrastructure.listener import PostgresListener
 from read_side import catalogue, versions
 from read_side.catalogue import Build
 from read_side.projector import (
+    NO_GENERATION,
     PROJECTION_CHANNEL,
     check_read_model,
     is_first_generation,
@@ -409,7 +410,7 @@ class Services:
                 # From no check row to the one new tables' first batch writes is no
                 # rebuild (a reset then could lower a position the projector's news had
                 # raised since the read). From no check row to a rebuild's is one.
-                first = self._generation == "" and is_first_generation(found.generation)
+                first = self._generation == NO_GENERATION and is_first_generation(found.generation)
                 if self._generation is not None and not first:
                     # Rebuilt: pages and positions remembered from before are void.
                     self.forget_answers()

@@ -109,6 +109,8 @@ class ReadModelCheck:
 # A row of ``projection_check``.
 CheckRow = SQLRow[Any]
 
+# The generation of tables that have no check row yet (nothing projected into them).
+NO_GENERATION = ""
 # The generation that new tables' first batch gives them when it writes their check
 # row: told apart from a rebuild's (mark_rebuilding), which voids what came before.
 _FIRST = "first-"
@@ -761,7 +763,7 @@ def check_read_model(
     for column in read:
         # A column no index covers: the table's own pages are read.
         conn.execute(select(column).limit(1)).first()
-    generation = recorded.generation if recorded is not None else ""
+    generation = recorded.generation if recorded is not None else NO_GENERATION
     if recorded is not None and recorded.rebuilding is not None:
         return ReadModelCheck(position, generation, recorded.rebuilding, rebuilding=True)
     return ReadModelCheck(position, generation, _compare(ledger, position, recorded))
