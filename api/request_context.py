@@ -183,6 +183,14 @@ class RequestContextMiddleware:
         # answered outside this middleware (Starlette's 500) still finds its context.
         _current.set(context)
 
+        counted_already = False
+
+        def counted() -> None:
+            nonlocal counted_already
+            if not counted_already:
+                counted_already = True
+                request_answered(scope, context.status, perf_counter() - context.started)
+
         async def send_with_context(message: Message) -> None:
             # (Answered already when the edge refused the request: this answer is
             # dropped, and the edge's status is the one counted.)
@@ -197,6 +205,10 @@ class RequestContextMiddleware:
                         (b"server-timing", context.server_timing().encode("ascii")),
                     ],
                 }
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Counted before its last bytes go out: a client that has the answer
+                # finds it in the next scrape (uvicorn writes on send).
+                counted()
             await send(message)
 
         try:
@@ -204,4 +216,4 @@ class RequestContextMiddleware:
         finally:
             if state is not None:
                 del state[_STATE_KEY]
-            request_answered(scope, context.status, perf_counter() - context.started)
+            counted()

@@ -4,6 +4,7 @@ worker's requests, whichever worker answers the scrape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,8 +17,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from starlette.types import Message, Receive, Scope, Send
 
 from api.keys import JwksKeys, KeyNotInSet, KeysUnavailable
+from api.metrics import UNMATCHED
+from api.request_context import RequestContextMiddleware
 from tests.jwks_server import JwksServer
 from tests.support import LiveServer, User, in_threads, service_env
 
@@ -122,6 +126,35 @@ def test_commands_are_counted_by_outcome_with_their_transactions_and_waits(
     # answered from the user's last position).
     assert grew("taskledger_read_your_writes_wait_seconds_count", outcome="projected") >= 4
     assert grew("taskledger_projector_batch_events_sum") >= 2
+
+
+def test_a_request_is_counted_before_its_last_byte_goes_out() -> None:
+    # A client that has its answer finds it in the next scrape, whichever worker
+    # answers that: counting after the app returns left a window the client could see.
+    labels = {"method": "GET", "route": UNMATCHED, "status": "200"}
+
+    def answered() -> float:
+        return REGISTRY.get_sample_value(REQUESTS, labels) or 0.0
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    counted_at: list[tuple[bool, float]] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            counted_at.append((message.get("more_body", False), answered()))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b""}
+
+    before = answered()
+    scope = {"type": "http", "method": "GET", "path": "/elsewhere", "headers": []}
+    asyncio.run(RequestContextMiddleware(app)(scope, receive, send))
+    assert counted_at == [(True, before), (False, before + 1)]
+    assert answered() == before + 1
 
 
 def test_jwks_fetches_are_counted_by_outcome() -> None:
