@@ -535,7 +535,7 @@ def projections_verify(
     every difference. Projectors may keep running. Exits 1 when there is any
     difference."""
     from api.services import Services  # noqa: PLC0415
-    from read_side import catalogue  # noqa: PLC0415
+    from read_side import catalogue, versions  # noqa: PLC0415
     from read_side.verify import verify  # noqa: PLC0415
 
     settings = _settings()
@@ -560,6 +560,7 @@ def projections_verify(
                     tables=build.tables,
                     name=build.projection,
                     on_progress=advance,
+                    counts=versions.holds_task_counts(build.version),
                 )
         finally:
             services.close()
@@ -569,7 +570,7 @@ def projections_verify(
         f"{result.replayed_rows} replayed rows, {len(result.differences)} differences"
     )
     if result.differences:
-        table = Table("task", "difference", "fields (live -> replayed)")
+        table = Table("task or user", "difference", "fields (live -> replayed or counted)")
         for difference in result.differences:
             fields = ", ".join(
                 f"{name}: {live!r} -> {replayed!r}"

@@ -246,7 +246,7 @@ class Services:
                 spec,
                 build_id=served.id,
                 count=count,
-                page_keys=versions.holds_page_keys(served.version),
+                version=served.version,
             )
         )
 

@@ -41,6 +41,8 @@ class RowChanges:
     retagged: set[UUID] = field(default_factory=set)
     # The position of each stream's last event in the batch.
     last_positions: dict[UUID, int] = field(default_factory=dict)
+    # How each stream's live tasks and completed tasks changed: [tasks, completed].
+    counted: dict[UUID, list[int]] = field(default_factory=dict)
 
     @staticmethod
     def rows_needed(events: Iterable[Any]) -> set[UUID]:
@@ -50,7 +52,8 @@ class RowChanges:
         for event in events:
             if isinstance(event, TaskList.TaskAdded):
                 added.add(event.task_id)
-            elif isinstance(event, _CHANGES):
+            elif isinstance(event, (*_CHANGES, TaskList.TaskDeleted)):
+                # (A deleted task's row too: whether it was completed is counted.)
                 needed.add(event.task_id)
         return needed - added
 
@@ -86,6 +89,7 @@ class RowChanges:
                     "recurs_from": event.recurs_from,
                     **_plan(event),
                 }
+                self._count(list_id, tasks=1)
             case TaskList.TaskEdited():
                 self._change(
                     event,
@@ -104,10 +108,16 @@ class RowChanges:
             case TaskList.TaskReopened():
                 self._change(event, rows, completed=False)
             case TaskList.TaskDeleted():
-                if self.added.pop(event.task_id, None) is None:
-                    self.changed.pop(event.task_id, None)
-                    self.retagged.discard(event.task_id)
-                    self.deleted.add(event.task_id)
+                task_id = event.task_id
+                row = self.added.pop(task_id, None)
+                if row is None:
+                    row = self.changed.pop(task_id, None) or rows.get(task_id)
+                    self.retagged.discard(task_id)
+                    self.deleted.add(task_id)
+                if row is not None:
+                    self._count(
+                        event.originator_id, tasks=-1, completed=-1 if row["completed"] else 0
+                    )
             case _:
                 # Events this projection has no use for (e.g. added by a later
                 # version) move the position on and change nothing.
@@ -123,7 +133,15 @@ class RowChanges:
                 row = self.changed[task_id] = dict(rows[task_id])
             except KeyError:
                 raise LookupError(f"event on task {task_id}, which has no row") from None
+        was_completed = row["completed"]
         row.update(values, updated_at=event.timestamp, version=row["version"] + 1)
+        if row["completed"] != was_completed:
+            self._count(event.originator_id, completed=1 if row["completed"] else -1)
+
+    def _count(self, list_id: UUID, *, tasks: int = 0, completed: int = 0) -> None:
+        counts = self.counted.setdefault(list_id, [0, 0])
+        counts[0] += tasks
+        counts[1] += completed
 
     def tag_rows(self) -> list[Row]:
         """The task_tag rows of the tasks added, and of those retagged, as they end."""

@@ -400,7 +400,7 @@ class Projector:
             conn.execute(
                 sql.add_owner,
                 [
-                    {"list_id": list_id, "user_id": user_id, "last_position": positions[list_id]}
+                    _owner_row(changes, list_id, user_id)
                     for list_id, user_id in changes.owners.items()
                 ],
             )
@@ -419,11 +419,18 @@ class Projector:
             conn.execute(sql.delete_tags, {"ids": list(untagged)})
         if tags := changes.tag_rows():
             conn.execute(sql.add_tags, tags)
-        moved = [
-            {"row_list_id": list_id, "last_position": position}
-            for list_id, position in positions.items()
-            if list_id not in changes.owners
-        ]
+        moved = []
+        for list_id, position in positions.items():
+            if list_id not in changes.owners:
+                tasks, completed = changes.counted.get(list_id, _UNCOUNTED)
+                moved.append(
+                    {
+                        "row_list_id": list_id,
+                        "last_position": position,
+                        "more_tasks": tasks,
+                        "more_completed": completed,
+                    }
+                )
         if moved:
             conn.execute(sql.move_owner, moved)
 
@@ -451,6 +458,22 @@ _PLAN = ("priority", "priority_rank", "tags", "due_at", "remind_at", "recurrence
 # The columns an event on an existing task may change.
 _CHANGING = ("title", "description", *_FOLDED, "completed", "updated_at", "version", *_PLAN)
 _CHANGED = (*_CHANGING, "doc")
+
+
+# A stream whose batch changed no count (it edited or planned tasks only).
+_UNCOUNTED = (0, 0)
+
+
+def _owner_row(changes: RowChanges, list_id: UUID, user_id: str) -> Row:
+    # A new task_list_owner row: its stream's position and counts as the batch ends.
+    tasks, completed = changes.counted.get(list_id, _UNCOUNTED)
+    return {
+        "list_id": list_id,
+        "user_id": user_id,
+        "last_position": changes.last_positions[list_id],
+        "tasks": tasks,
+        "completed_tasks": completed,
+    }
 
 
 def _task_row(row: Row) -> Row:
@@ -492,7 +515,11 @@ class _Statements:
         self.move_owner = (
             update(owner)
             .where(owner.c.list_id == bindparam("row_list_id"))
-            .values(last_position=bindparam("last_position"))
+            .values(
+                last_position=bindparam("last_position"),
+                tasks=owner.c.tasks + bindparam("more_tasks"),
+                completed_tasks=owner.c.completed_tasks + bindparam("more_completed"),
+            )
         )
         check = projection_check.c
         self.record_last = (
@@ -573,10 +600,11 @@ class _Bulk:
         )
         self.delete_tasks = statement("DELETE FROM {task} WHERE id = ANY(%s)")
         self.delete_tags = statement("DELETE FROM {tag} WHERE task_id = ANY(%s)")
-        moving = ("list_id", "last_position")
+        moving = ("list_id", "last_position", "tasks", "completed_tasks")
         arrays = (owner.c[name].type.compile(dialect=dialect) + "[]" for name in moving)
         self.move_owner = statement(
-            "UPDATE {owner} AS o SET last_position = v.last_position "
+            "UPDATE {owner} AS o SET last_position = v.last_position, "
+            "tasks = o.tasks + v.tasks, completed_tasks = o.completed_tasks + v.completed_tasks "
             "FROM unnest({arrays}) AS v({columns}) WHERE o.list_id = v.list_id",
             arrays=SQL(", ").join(SQL("%s::" + kind) for kind in arrays),
             columns=names(moving),
@@ -604,8 +632,7 @@ class _Bulk:
             with cursor.copy(self.copy_owner) as copy:
                 copy.set_types(types)
                 for list_id, user_id in changes.owners.items():
-                    position = positions[list_id]
-                    owner = {"list_id": list_id, "user_id": user_id, "last_position": position}
+                    owner = _owner_row(changes, list_id, user_id)
                     copy.write_row([owner[name] for name in self.owner_columns])
         if changes.added or changes.changed:
             columns = self.task_columns
@@ -630,7 +657,16 @@ class _Bulk:
                     copy.write_row([tag[name] for name in self.tag_columns])
         moved = [list_id for list_id in positions if list_id not in changes.owners]
         if moved:
-            cursor.execute(self.move_owner, [moved, [positions[list_id] for list_id in moved]])
+            counts = [changes.counted.get(list_id, _UNCOUNTED) for list_id in moved]
+            cursor.execute(
+                self.move_owner,
+                [
+                    moved,
+                    [positions[list_id] for list_id in moved],
+                    [tasks for tasks, _ in counts],
+                    [completed for _, completed in counts],
+                ],
+            )
 
     def _column_types(self, cursor: Cursor[Any], table: str, columns: Sequence[str]) -> list[int]:
         if table not in self._types:

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.base import ReadOnlyColumnCollection
 
+from read_side import versions
 from read_side.catalogue import LIVE, read_model_build
 from read_side.documents import PRIORITIES, PRIORITY_RANKS
 from read_side.folding import fold
@@ -129,13 +130,13 @@ def list_tasks(
     user_id: str,
     spec: TaskFilter,
     *,
-    page_keys: bool = True,
+    version: int = versions.READ_MODEL_VERSION,
 ) -> Listed:
     """One page of a user's tasks, as their JSON documents, and the number of tasks that
-    match in all, from the read model build whose ``tables`` are served. ``page_keys``:
-    the build's sort indexes hold read_side.tables.PAGE_KEYS (read_side.versions.
-    holds_page_keys: false for a build of an older version)."""
+    match in all, from the read model build whose ``tables`` are served: a build of
+    ``version`` (an older one's tables lack what read_side.versions says it lacks)."""
     conditions = _conditions(tables, user_id, spec)
+    stored = versions.holds_task_counts(version) and _by_status_at_most(spec)
     if spec.q:
         # A search's count compares every one of the user's texts, and so does the page
         # of a search that finds less than a page: that page is its own count, and the
@@ -147,14 +148,18 @@ def list_tasks(
         if len(rows) < spec.limit and (rows or (spec.offset == 0 and spec.overdue is None)):
             span = _span_of(rows[0], spec) if rows else None
             return Listed([row.doc for row in rows], spec.offset + len(rows), span)
-    deep = page_keys and conn.dialect.name == "postgresql" and keys_find_page(spec)
-    rows = conn.execute(page_statement(tables, user_id, spec, conditions, deep=deep)).all()
+    deep = (
+        versions.holds_page_keys(version)
+        and conn.dialect.name == "postgresql"
+        and keys_find_page(spec)
+    )
+    statement = page_statement(tables, user_id, spec, conditions, deep=deep, stored_total=stored)
+    rows = conn.execute(statement).all()
     if not rows:
         # Past the last page the count has no row to ride on.
+        total = _total(tables, user_id, spec, conditions, stored=stored)
         rows = conn.execute(
-            select(func.count().label("total"), *_span_columns(tables, user_id, spec)).where(
-                *conditions
-            )
+            select(total.label("total"), *_span_columns(tables, user_id, spec))
         ).all()
         return Listed([], int(rows[0].total), _span_of(rows[0], spec))
     return Listed([row.doc for row in rows], int(rows[0].total), _span_of(rows[0], spec))
@@ -168,17 +173,19 @@ def page_statement(
     *,
     total: bool = True,
     deep: bool = False,
+    stored_total: bool = False,
 ) -> Select[Any]:
     """The statement of ``list_tasks``'s page: the documents, each with the total (unless
     ``total`` is false). ``deep``: the page's tasks are found by their keys first (see
-    ``keys_find_page``)."""
+    ``keys_find_page``); ``stored_total``: the total is the user's stored count (a
+    listing filtered by status at most, from a build that keeps the counts)."""
     _task = tables.task
     if conditions is None:
         conditions = _conditions(tables, user_id, spec)
     # The total rides on the page as an uncorrelated subquery, computed once: one
     # statement, one snapshot. (COUNT(*) OVER () would do the same, but SQLite computes
     # the window over every matching row first: 2.5 ms for 1,000 tasks, against 0.3.)
-    counted = select(func.count()).where(*conditions).correlate(None).scalar_subquery()
+    counted = _total(tables, user_id, spec, conditions, stored=stored_total)
     columns = (_task.c.doc, counted.label("total")) if total else (_task.c.doc,)
     if deep:
         # The page's ids from the sort's index alone, past the tasks before it; then
@@ -216,12 +223,41 @@ def keys_find_page(spec: TaskFilter) -> bool:
     """Whether a page lies deep enough to be found by the keys of PostgreSQL's sort
     indexes alone (read_side.tables.PAGE_KEYS): the listings they hold every column of,
     those filtered by status at most, in an order whose index holds them."""
-    # (Compared whole, so that a filter added later is one they do not hold.)
+    held = _SORT_COLUMNS.get(spec.sort, spec.sort) in SORTS_HOLDING_PAGE_KEYS
+    return spec.offset >= DEEP_OFFSET and _by_status_at_most(spec) and held
+
+
+def _by_status_at_most(spec: TaskFilter) -> bool:
+    """Whether a listing is filtered by status at most, in any order and page."""
+    # (Compared whole, so that a filter added later is one it does not pass.)
     unfiltered = TaskFilter(status=spec.status, sort=spec.sort, order=spec.order)
     # (An empty search is none: _conditions and list_tasks read it so.)
     narrowed = replace(spec, limit=unfiltered.limit, offset=0, now=None, q=spec.q or None)
-    held = _SORT_COLUMNS.get(spec.sort, spec.sort) in SORTS_HOLDING_PAGE_KEYS
-    return spec.offset >= DEEP_OFFSET and narrowed == unfiltered and held
+    return narrowed == unfiltered
+
+
+def _total(
+    tables: ViewTables,
+    user_id: str,
+    spec: TaskFilter,
+    conditions: Sequence[ColumnElement[bool]],
+    *,
+    stored: bool,
+) -> ColumnElement[Any]:
+    """The number of tasks a listing finds, as a subquery: counted in its conditions'
+    rows, or (``stored``: filtered by status at most) read from the user's stored
+    counts, kept by the projector with the rows."""
+    if not stored:
+        return select(func.count()).where(*conditions).correlate(None).scalar_subquery()
+    owner = tables.owner.c
+    counts = {
+        "all": owner.tasks,
+        "completed": owner.completed_tasks,
+        "pending": owner.tasks - owner.completed_tasks,
+    }
+    found = select(counts[spec.status]).where(owner.list_id == list_id_of(user_id))
+    # (No row: a user with no tasks yet.)
+    return func.coalesce(found.correlate(None).scalar_subquery(), 0)
 
 
 def _span_columns(

@@ -14,7 +14,7 @@ import hashlib
 
 from read_side.tables import LIVE_TABLES, ViewTables
 
-READ_MODEL_VERSION = 4
+READ_MODEL_VERSION = 5
 
 # The shape of the tables each version was released with. Never edit a recorded
 # shape: a changed table is a new version, with its shape added here.
@@ -27,6 +27,8 @@ SHAPES = {
     3: "fc7e6e78ebc5b0d2",
     # PostgreSQL's sort indexes hold the task's id and status: deep pages found there.
     4: "687f6151148bf52b",
+    # Each user's count of live and completed tasks, kept in task_list_owner.
+    5: "8af0fc7cfa1a22e4",
 }
 
 # The first version whose PostgreSQL sort indexes hold read_side.tables.PAGE_KEYS: an
@@ -37,6 +39,15 @@ PAGE_KEYS_SINCE = 4
 
 def holds_page_keys(version: int) -> bool:
     return version >= PAGE_KEYS_SINCE
+
+
+# The first version whose task_list_owner keeps each user's task counts: an older
+# build's listings count their rows.
+TASK_COUNTS_SINCE = 5
+
+
+def holds_task_counts(version: int) -> bool:
+    return version >= TASK_COUNTS_SINCE
 
 
 # Tables made before versions existed (their shape and logic are whatever the release

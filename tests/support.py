@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -28,6 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from api.settings import Settings
 from read_side.documents import task_document
 from read_side.folding import fold, fold_or_none
+from read_side.queries import list_id_of
 from write_side import TaskLedger
 
 if TYPE_CHECKING:
@@ -378,6 +379,23 @@ def unplanned_row(values: dict[str, Any], seq: int) -> dict[str, Any]:
         "tags": "[]",
         "priority_rank": 0,
     }
+
+
+def owner_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each user's task_list_owner row as the projector leaves it after writing the
+    task ``rows`` (of ``unplanned_row``): the last position, and the counts that
+    listings filtered by status at most answer as their total (read model 5)."""
+    owners: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        user = row["user_id"]
+        owner = owners.setdefault(
+            user,
+            {"list_id": list_id_of(user), "user_id": user, "tasks": 0, "completed_tasks": 0},
+        )
+        owner["last_position"] = max(owner.get("last_position", 0), row["created_seq"])
+        owner["tasks"] += 1
+        owner["completed_tasks"] += row["completed"]
+    return list(owners.values())
 
 
 def query_plan(conn: Connection, statement: ClauseElement) -> str:

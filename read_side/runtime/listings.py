@@ -27,7 +27,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from read_side import queries
+from read_side import queries, versions
 from read_side.queries import MomentSpan, TaskFilter
 from read_side.tables import ViewTables
 
@@ -177,17 +177,17 @@ class CachedListings:
         *,
         build_id: int | None = None,
         count: int | None = None,
-        page_keys: bool = True,
+        version: int = versions.READ_MODEL_VERSION,
     ) -> Page:
         """A page from the build whose ``tables`` are served (``build_id``). Pages are
         filed by build: two versions of the read model may show the same position
         differently. Raises BuildSwitched when another build is live now. ``count``:
         the ChangeCount read before anything else (None: a batch was under way).
-        ``page_keys``: as queries.list_tasks."""
+        ``version``: the build's, as queries.list_tasks."""
 
         def listed() -> Judged:
             documents, total, span = queries.list_tasks(
-                conn, tables, user_id, spec, page_keys=page_keys
+                conn, tables, user_id, spec, version=version
             )
             return (f"[{','.join(documents)}]", total), span
 

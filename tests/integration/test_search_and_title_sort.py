@@ -30,7 +30,7 @@ from read_side.queries import (
 )
 from read_side.runtime.engine import create_read_engine, create_read_tables
 from read_side.tables import LIVE_TABLES, ViewTables
-from tests.support import make_settings, query_plan, unplanned_row
+from tests.support import make_settings, owner_rows, query_plan, unplanned_row
 from write_side import TaskLedger
 
 # Titles alike but for case and accents (ties of the title sort), texts a search finds
@@ -133,6 +133,7 @@ def fill_big_user(conn: Connection, tables: ViewTables, tasks: int = 30_000) -> 
         }
         rows.append(unplanned_row(values, n))
     conn.execute(insert(tables.task), rows)
+    conn.execute(insert(tables.owner), owner_rows(rows))
 
 
 def plan_of(conn: Connection, spec: TaskFilter, tables: ViewTables, *, total: bool = True) -> str:

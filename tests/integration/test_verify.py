@@ -12,12 +12,12 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 from rich.console import Console
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from api.progress import replay_progress
 from read_side.projector import Projector
 from read_side.runtime.engine import create_read_engine
-from read_side.tables import ViewTables, projection_position, task_view
+from read_side.tables import ViewTables, projection_position, task_list_owner, task_view
 from read_side.verify import Difference, Verification, verify
 from tests.support import Background, in_threads, make_settings, open_ledger, wait_for
 from write_side import Task, TaskLedger
@@ -157,6 +157,33 @@ def test_verify_reports_the_field_of_a_row_altered_by_hand(
     assert (result.live_rows, result.replayed_rows) == (2, 2)
 
 
+def test_verify_reports_a_users_stored_counts_that_are_not_their_rows(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    done = add(ledger, "alice", "milk")
+    add(ledger, "alice", "bread")
+    add(ledger, "bob", "post")
+    ledger.toggle_task("alice", done.id)
+    Projector(ledger, engine).catch_up()
+    assert verify(ledger, engine).ok
+    with engine.begin() as conn:
+        conn.execute(
+            update(task_list_owner)
+            .where(task_list_owner.c.user_id == "alice")
+            .values(tasks=3, completed_tasks=1)
+        )
+        conn.execute(delete(task_view).where(task_view.c.user_id == "bob"))
+    result = verify(ledger, engine)
+    # (Bob's row gone: missing from the table, and one task fewer than his count.)
+    assert result.differences[1:] == [
+        Difference("user alice", "miscounted", {"tasks": (3, 2), "completed_tasks": (1, 1)}),
+        Difference("user bob", "miscounted", {"tasks": (1, 0), "completed_tasks": (0, 0)}),
+    ]
+    assert result.differences[0].kind == "missing"
+    # An older build's tables keep no counts: only their rows are compared.
+    assert [d.kind for d in verify(ledger, engine, counts=False).differences] == ["missing"]
+
+
 def test_verify_checks_a_copied_set_of_tables_at_its_own_position(
     ledger: TaskLedger, engine: Engine
 ) -> None:
@@ -182,7 +209,9 @@ def test_verify_checks_a_copied_set_of_tables_at_its_own_position(
         conn.execute(update(copy.task).where(copy.task.c.id == second.id).values(completed=True))
     damaged = verify(ledger, engine, tables=copy, name="tasks_v2")
     assert damaged.differences == [
-        Difference(str(second.id), "different", {"completed": (True, False)})
+        Difference(str(second.id), "different", {"completed": (True, False)}),
+        # (Completed by hand: not in the user's stored count.)
+        Difference("user alice", "miscounted", {"tasks": (2, 2), "completed_tasks": (0, 1)}),
     ]
     assert verify(ledger, engine).ok
     assert str(first.id) not in {difference.task_id for difference in damaged.differences}
