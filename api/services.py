@@ -602,7 +602,11 @@ class Services:
                 if existing.has_table(theirs.name)
                 else set()
             )
-            missing = sorted({column.name for column in own.columns} - present)
+            missing = sorted(
+                name
+                for name in {column.name for column in own.columns} - present
+                if versions.reads_column(build.version, own.name, name)
+            )
             if missing:
                 return (
                     f"the live read model {build.label} lacks columns this code's version "

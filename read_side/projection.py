@@ -71,25 +71,7 @@ class RowChanges:
             case TaskList.Started(user_id=user_id):
                 self.owners[event.originator_id] = user_id
             case TaskList.TaskAdded():
-                list_id = event.originator_id
-                user_id = self.owners.get(list_id) or owner_of(list_id)
-                self.added[event.task_id] = {
-                    "id": event.task_id,
-                    "user_id": user_id,
-                    "title": event.title,
-                    "description": event.description,
-                    "title_folded": fold(event.title),
-                    "description_folded": fold_or_none(event.description),
-                    "completed": False,
-                    "created_at": event.timestamp,
-                    "updated_at": event.timestamp,
-                    "version": 1,
-                    "created_seq": position,
-                    "tags": list(event.tags),
-                    "recurs_from": event.recurs_from,
-                    **_plan(event),
-                }
-                self._count(list_id, tasks=1)
+                self._add(event, position, owner_of)
             case TaskList.TaskEdited():
                 self._change(
                     event,
@@ -124,6 +106,30 @@ class RowChanges:
                 pass
         if isinstance(event, TaskList.Event):
             self.last_positions[event.originator_id] = position
+
+    def _add(self, event: Any, position: int, owner_of: Callable[[UUID], str]) -> None:
+        """A new task's row, at log position ``position``."""
+        list_id = event.originator_id
+        user_id = self.owners.get(list_id) or owner_of(list_id)
+        # (A TaskAdded delivered twice is one row: counted once.)
+        if event.task_id not in self.added:
+            self._count(list_id, tasks=1)
+        self.added[event.task_id] = {
+            "id": event.task_id,
+            "user_id": user_id,
+            "title": event.title,
+            "description": event.description,
+            "title_folded": fold(event.title),
+            "description_folded": fold_or_none(event.description),
+            "completed": False,
+            "created_at": event.timestamp,
+            "updated_at": event.timestamp,
+            "version": 1,
+            "created_seq": position,
+            "tags": list(event.tags),
+            "recurs_from": event.recurs_from,
+            **_plan(event),
+        }
 
     def _change(self, event: Any, rows: Mapping[UUID, Row], **values: Any) -> None:
         task_id = event.task_id

@@ -247,8 +247,9 @@ def _total(
     """The number of tasks a listing finds, as a subquery: counted in its conditions'
     rows, or (``stored``: filtered by status at most) read from the user's stored
     counts, kept by the projector with the rows."""
+    counted = select(func.count()).where(*conditions).correlate(None).scalar_subquery()
     if not stored:
-        return select(func.count()).where(*conditions).correlate(None).scalar_subquery()
+        return counted
     owner = tables.owner.c
     counts = {
         "all": owner.tasks,
@@ -256,8 +257,9 @@ def _total(
         "pending": owner.tasks - owner.completed_tasks,
     }
     found = select(counts[spec.status]).where(owner.list_id == list_id_of(user_id))
-    # (No row: a user with no tasks yet.)
-    return func.coalesce(found.correlate(None).scalar_subquery(), 0)
+    # No row: a user with no tasks yet, whose rows are counted (none, found at once), so
+    # that a lost owner row never shows tasks with a total of 0.
+    return func.coalesce(found.correlate(None).scalar_subquery(), counted)
 
 
 def _span_columns(

@@ -230,10 +230,10 @@ class TaskListOwner(SQLModel, table=True):
     # total of a listing filtered by status at most is read here, with the page, instead
     # of counted in an index (8-12 ms for a 50,000-task user on PostgreSQL). They commit
     # with the rows they count, as the position does.
-    tasks: int = Field(sa_column=Column(BigInteger, nullable=False, server_default=text("0")))
-    completed_tasks: int = Field(
-        sa_column=Column(BigInteger, nullable=False, server_default=text("0"))
-    )
+    # (No default: a writer that knows nothing of them, an older release's projector,
+    # fails at once instead of leaving them wrong.)
+    tasks: int = Field(sa_column=Column(BigInteger, nullable=False))
+    completed_tasks: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 class ProjectionPosition(SQLModel, table=True):

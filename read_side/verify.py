@@ -12,7 +12,18 @@ from typing import Any, Literal
 from uuid import UUID
 
 from eventsourcing.application import Application
-from sqlalchemy import Connection, Engine, delete, func, inspect, or_, select, true
+from sqlalchemy import (
+    Connection,
+    Engine,
+    delete,
+    func,
+    inspect,
+    null,
+    or_,
+    select,
+    true,
+    union_all,
+)
 
 from read_side.documents import DOCUMENT_FIELDS
 from read_side.projector import Projector
@@ -130,19 +141,25 @@ def _miscounted(conn: Connection, tables: ViewTables) -> list[Difference]:
     )
     tasks = func.coalesce(counted.c.tasks, 0)
     completed = func.coalesce(counted.c.completed, 0)
-    statement = (
-        select(owner.user_id, owner.tasks, owner.completed_tasks, tasks, completed)
-        .select_from(tables.owner.outerjoin(counted, counted.c.user_id == owner.user_id))
-        .where(or_(owner.tasks != tasks, owner.completed_tasks != completed))
-        .order_by(owner.user_id)
-    )
+    wrong = select(owner.user_id, owner.tasks, owner.completed_tasks, tasks, completed)
+    wrong = wrong.select_from(
+        tables.owner.outerjoin(counted, counted.c.user_id == owner.user_id)
+    ).where(or_(owner.tasks != tasks, owner.completed_tasks != completed))
+    # And the users whose rows have no owner row at all (stored: None).
+    ownerless = select(counted.c.user_id, null(), null(), counted.c.tasks, counted.c.completed)
+    ownerless = ownerless.select_from(
+        counted.outerjoin(tables.owner, owner.user_id == counted.c.user_id)
+    ).where(owner.list_id.is_(None))
+    found = conn.execute(union_all(wrong, ownerless)).all()
     return [
         Difference(
             f"user {user_id}",
             "miscounted",
             {"tasks": (stored, rows), "completed_tasks": (stored_completed, rows_completed)},
         )
-        for user_id, stored, stored_completed, rows, rows_completed in conn.execute(statement)
+        for user_id, stored, stored_completed, rows, rows_completed in sorted(
+            found, key=lambda row: row[0]
+        )
     ]
 
 

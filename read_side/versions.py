@@ -50,6 +50,20 @@ def holds_task_counts(version: int) -> bool:
     return version >= TASK_COUNTS_SINCE
 
 
+# Columns this code reads only from a build of the version that added them, or a later
+# one: a build of an older version lacks them and is read without them (the holds_*
+# checks above), so it can be served while this version is built beside it.
+COLUMNS_SINCE = {
+    ("task_list_owner", "tasks"): TASK_COUNTS_SINCE,
+    ("task_list_owner", "completed_tasks"): TASK_COUNTS_SINCE,
+}
+
+
+def reads_column(version: int, table: str, column: str) -> bool:
+    """Whether this code reads ``column`` of (live) ``table`` from a build of ``version``."""
+    return version >= COLUMNS_SINCE.get((table, column), 0)
+
+
 # Tables made before versions existed (their shape and logic are whatever the release
 # that made them had): adopted as this version, and rebuilt in the background.
 UNVERSIONED = 0
