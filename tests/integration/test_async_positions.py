@@ -34,6 +34,7 @@ def _move(engine: Engine, user_id: str, position: int) -> None:
         )
         if moved.rowcount == 0:
             row = {"list_id": list_id, "user_id": user_id, "last_position": position}
+            row |= {"tasks": 0, "completed_tasks": 0}
             conn.execute(insert(owner).values(**row))
 
 
