@@ -358,11 +358,17 @@ class Services:
         its first query, this process follows it at once and reads the new build."""
         for _ in range(3):
             served = self.require_read_model()
+            reports = self.health.reports
             try:
                 with self.reading() as conn:
-                    return read(conn, served)
+                    answer = read(conn, served)
             except BuildSwitched:
                 self.check_read_model()
+                continue
+            if self.health.reports == reports:
+                return answer
+            # The tables were found wrong while this read them (perhaps from a new,
+            # empty read file put in place of a damaged one): read again, or say so.
         raise ReadModelUnavailable("the read model is switching builds")
 
     def forget_answers(self) -> None:
@@ -374,10 +380,23 @@ class Services:
 
     def read_model_unreadable(self, error: BaseException) -> None:
         """A read of the tables found their storage damaged: stop serving them, and
-        let go of connections to the file (a rebuilt one is opened by its path)."""
+        let go of connections to the file (a rebuilt one is opened by its path). The
+        projector here is told: its own connections may not meet the damage."""
+        self._stop_serving(error)
+        if self.worker is not None and self._read_file is not None:
+            self.worker.damaged(error)
+
+    def _stop_serving(self, error: BaseException) -> None:
         self.health.report(f"the read tables cannot be read ({damage(error)})")
         self.forget_answers()
         self.query_engine.dispose()
+
+    def _setting_aside(self, error: BaseException) -> None:
+        # The keeper here sets the damaged file aside next: not served from now on (a
+        # check under way finishes first, so that it cannot clear this), until a check
+        # sees the new file's rebuild done.
+        with self._checking:
+            self._stop_serving(error)
 
     def check_read_model(self, *, for_readiness: bool = False) -> None:
         """Bring this process's view of the read tables up to date with the shared
@@ -660,6 +679,7 @@ class Services:
             retired_grace=retired_grace(settings),
             on_projected=self._projected_by_me,
             on_checked=self.check_read_model,
+            on_setting_aside=self._setting_aside,
             watcher=self.changes,
             poll_interval=settings.projector_poll_seconds,
             on_batch=metrics.batched,

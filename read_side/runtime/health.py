@@ -17,6 +17,8 @@ class ReadModelHealth:
 
     def __init__(self) -> None:
         self._fault: str | None = None
+        # Moved by every report: a read begun before one may have read wrong tables.
+        self.reports = 0
         self._lock = threading.Lock()
 
     @property
@@ -29,6 +31,7 @@ class ReadModelHealth:
 
     def report(self, fault: str) -> None:
         with self._lock:
+            self.reports += 1
             if fault == self._fault:
                 return
             self._fault = fault

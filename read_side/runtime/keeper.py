@@ -32,7 +32,7 @@ from sqlalchemy import Engine
 from infrastructure.leadership import Leadership
 from read_side import catalogue
 from read_side.catalogue import Build
-from read_side.projector import BatchWatcher, read_position
+from read_side.projector import BatchWatcher, check_read_model, read_position
 from read_side.runtime.engine import create_read_tables, damage, is_unreadable, set_aside
 from read_side.runtime.worker import ProjectorWorker
 
@@ -62,6 +62,7 @@ class ReadModelKeeper:
         retired_grace: timedelta = catalogue.RETIRED_GRACE,
         on_projected: Callable[[str, int], None] | None = None,
         on_checked: Callable[[], None] | None = None,
+        on_setting_aside: Callable[[BaseException], None] | None = None,
         watcher: BatchWatcher | None = None,
         **worker_options: Any,
     ) -> None:
@@ -74,6 +75,11 @@ class ReadModelKeeper:
         self.retired_grace = retired_grace
         self.on_projected = on_projected
         self.on_checked = on_checked
+        # Told before a damaged read file is set aside: this process stops serving it
+        # then, before the new, empty file can be opened in its place.
+        self.on_setting_aside = on_setting_aside
+        # Damage a reader in this process met (see ``damaged``).
+        self._damage: BaseException | None = None
         # Told of every batch this process projects, whichever build it is for.
         self.watcher = watcher
         self._worker_options = worker_options
@@ -113,6 +119,13 @@ class ReadModelKeeper:
         if (worker := self.worker) is not None:
             worker.wake()
 
+    def damaged(self, error: BaseException) -> None:
+        """A reader in this process found the read file damaged: set it aside and
+        rebuild, even when this keeper's own connections still read it (SQLite keeps
+        the pages a connection read while the WAL does not change)."""
+        self._damage = error
+        self._wake.set()
+
     def start(self) -> None:
         self._thread.start()
 
@@ -128,6 +141,9 @@ class ReadModelKeeper:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                told, self._damage = self._damage, None
+                if told is not None:
+                    self._replace_damaged(told)
                 self._follow()
             except Exception as error:
                 if is_unreadable(error):
@@ -283,7 +299,7 @@ class ReadModelKeeper:
 
         return after_round
 
-    def _replace_damaged(self, error: Exception) -> None:
+    def _replace_damaged(self, error: BaseException) -> None:
         """The read tables' storage cannot even tell which build is live (a damaged
         SQLite file): one process sets the file aside and starts a new one, marked
         as a rebuild, which the keepers then project from the log."""
@@ -293,14 +309,24 @@ class ReadModelKeeper:
             return
         try:
             self._end_worker()
+            # Fresh connections: pooled ones may still hold the damaged pages as they
+            # were before.
+            self.engine.dispose()
             try:
                 with self.engine.connect() as conn:
-                    catalogue.live_build(conn)
+                    live = catalogue.live_build(conn)
+                    if live is not None:
+                        # Read as a check reads them (a row of each table): the damage
+                        # a reader met may be in any of them.
+                        tables = live.tables if live.version == self.version else None
+                        check_read_model(conn, self.ledger, live.projection, tables)
                 return  # Another process has replaced it already.
             except Exception as again:
                 if not is_unreadable(again):
                     raise
             fault = f"the read tables cannot be read ({damage(error)})"
+            if self.on_setting_aside is not None:
+                self.on_setting_aside(error)
             kept = set_aside(self.engine)
             if kept is None:
                 return

@@ -187,8 +187,9 @@ def test_a_restored_event_store_is_not_served_and_is_rebuilt(
 
 
 def _damage_page_2(read_file: Path) -> None:
-    """Overwrite the second page of the read file (task_view's root: the first table
-    made), after moving every page out of the WAL so that readers see it."""
+    """Overwrite the second page of the read file (the root of read_model_build, the
+    first table made, which every listing and check reads), after moving every page out
+    of the WAL so that readers see it."""
     with contextlib.closing(sqlite3.connect(read_file, timeout=30)) as conn:
         wait_for(
             lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0,
