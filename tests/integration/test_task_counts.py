@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -87,19 +88,22 @@ def test_the_projector_keeps_each_users_counts_with_their_rows(
     assert (totals, nobody) == ({"all": 4, "pending": 2, "completed": 2}, 0)
 
 
-def test_a_listing_by_status_at_most_answers_the_stored_count(
-    ledger: TaskLedger, engine: Engine
-) -> None:
+def alices_three_tasks_projected(ledger: TaskLedger, engine: Engine, owner_row: Any) -> None:
+    """Alice's tasks a, b and c in the tables, then ``owner_row`` (a statement on
+    task_list_owner) run on them."""
     for title in "abc":
         ledger.add_task("alice", title, None)
     Projector(ledger, engine).catch_up()
-    # Counts set apart from the rows: which one a listing answers shows which it read.
     with engine.begin() as conn:
-        conn.execute(
-            update(task_list_owner)
-            .where(task_list_owner.c.list_id == list_id_of("alice"))
-            .values(tasks=1000, completed_tasks=10)
-        )
+        conn.execute(owner_row.where(task_list_owner.c.list_id == list_id_of("alice")))
+
+
+def test_a_listing_by_status_at_most_answers_the_stored_count(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    # Counts set apart from the rows: which one a listing answers shows which it read.
+    counts = update(task_list_owner).values(tasks=1000, completed_tasks=10)
+    alices_three_tasks_projected(ledger, engine, counts)
 
     def total(spec: TaskFilter, version: int | None = None) -> int:
         with engine.connect() as conn:
@@ -122,12 +126,8 @@ def test_a_listing_by_status_at_most_answers_the_stored_count(
 def test_a_user_without_an_owner_row_has_their_rows_counted_and_verify_says_so(
     ledger: TaskLedger, engine: Engine
 ) -> None:
-    for title in "abc":
-        ledger.add_task("alice", title, None)
-    Projector(ledger, engine).catch_up()
     # (A restore that lost it, a hand's mistake.)
-    with engine.begin() as conn:
-        conn.execute(delete(task_list_owner).where(task_list_owner.c.user_id == "alice"))
+    alices_three_tasks_projected(ledger, engine, delete(task_list_owner))
     with engine.connect() as conn:
         listed = list_tasks(conn, LIVE_TABLES, "alice", TaskFilter(status="completed"))
         assert list_tasks(conn, LIVE_TABLES, "alice", TaskFilter()).total == 3
