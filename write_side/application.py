@@ -9,11 +9,11 @@ from itertools import islice, takewhile
 from typing import Any, TypedDict, Unpack
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, Repository
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, JSONTranscoder, Transcoder
 from eventsourcing.utils import strtobool
 
-from write_side.commands import Change, Command, CommandRunner, Counted, Decide
+from write_side.commands import Change, Command, CommandRunner, Counted, Decide, Loaded
 from write_side.domain import NO_PLAN, UNSET, Plan, Task, TaskList, Unset
 from write_side.history import (
     History,
@@ -96,7 +96,9 @@ class TaskLedger(Application[UUID]):
         tune_pool(factory, self._connect_options)
         return factory
 
-    def construct_repository(self) -> Repository[UUID]:
+    repository: MeasuredRepository
+
+    def construct_repository(self) -> MeasuredRepository:
         """The library's repository, with a cache bounded in bytes as well as count."""
         repository = MeasuredRepository(
             event_store=self.events,
@@ -202,15 +204,17 @@ class TaskLedger(Application[UUID]):
 
     def task_list(self, user_id: str) -> TaskList | None:
         try:
-            return self.repository.get(TaskList.create_id(user_id))
+            tasks: TaskList = self.repository.get(TaskList.create_id(user_id))
         except AggregateNotFoundError:
             return None
+        return tasks
 
     def request_record(self, user_id: str, key: str) -> RequestRecord | None:
         try:
-            return self.repository.get(RequestRecord.create_id(user_id, key))
+            record: RequestRecord = self.repository.get(RequestRecord.create_id(user_id, key))
         except AggregateNotFoundError:
             return None
+        return record
 
     def history(self, user_id: str, until: datetime | None = None) -> History:
         """The user's events from the log, and their tasks as they stood at ``until``."""
@@ -333,8 +337,21 @@ class TaskLedger(Application[UUID]):
 
     # What the command runner needs of the store ------------------------------
 
+    def load_list(self, user_id: str, *, cached: bool) -> Loaded:
+        if cached:
+            tasks = self.repository.cached_copy(TaskList.create_id(user_id))
+            if tasks is not None:
+                return Loaded(tasks, unchecked=True)
+        return Loaded(self.task_list(user_id), unchecked=False)
+
     def save_outcome(self, tasks: TaskList, record: RequestRecord | None) -> int | None:
-        return self._saver.save(tasks, record)
+        events = list(tasks.pending_events)
+        position = self._saver.save(tasks, record)
+        if position is None:
+            self.repository.shared.mark(tasks.id)
+        else:
+            self.repository.adopt(tasks, events)
+        return position
 
     def position(self, stream_id: UUID, version: int | None = None) -> int:
         return int(stream_position(self.recorder, stream_id, version))

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 from write_side.domain import Task, TaskList
@@ -62,10 +62,20 @@ class ConcurrencyExhausted(Exception):
     """Too many concurrent writers on one stream; the client may retry."""
 
 
+class Loaded(NamedTuple):
+    """A user's list, loaded for a command (None: no stream yet)."""
+
+    tasks: TaskList | None
+    # Taken from this process's cache without asking the store for newer events:
+    # current unless another process has written to the stream since.
+    unchecked: bool
+
+
 class Streams(Protocol):
     """What running a command needs of the event store."""
 
-    def task_list(self, user_id: str) -> TaskList | None: ...
+    def load_list(self, user_id: str, *, cached: bool) -> Loaded:
+        """The user's list; ``cached``: unchecked from the cache, where it may be."""
 
     def request_record(self, user_id: str, key: str) -> RequestRecord | None: ...
 
@@ -141,19 +151,31 @@ class CommandRunner:
         return Change(task, position, attempt, replayed=True, next_task=record.next_task)
 
     def _attempt(
-        self, command: Command, record: RequestRecord | None, attempt: int
+        self, command: Command, record: RequestRecord | None, attempt: int, *, check: bool = False
     ) -> Change | None:
-        """Load, check, decide, save, once; None when a concurrent save got in first."""
+        """Load, check, decide, save, once; None when a concurrent save got in first.
+
+        The first attempt takes the list this process cached, unchecked (no round trip
+        to the store). That is exact as long as the outcome is saved: a save built on
+        a list another process has moved on conflicts. An outcome that saves nothing
+        to the list (a rule refused it, nothing changed) is not checked by any save,
+        so it is decided again on the store's state (``check``) before it stands."""
+        loaded = self._streams.load_list(command.user_id, cached=attempt == 0 and not check)
         # A user's stream starts with their first command; on a user without one,
         # commands on a task fail with TaskNotFound and save nothing.
-        tasks = self._streams.task_list(command.user_id)
-        if tasks is None:
-            tasks = TaskList.start(command.user_id)
-        if command.task_id is not None and command.if_version is not None:
-            # Checked on the state the save will build on: if another writer gets in
-            # first, the save conflicts and the check runs again.
-            tasks.require_version(command.task_id, command.if_version)
-        task = command.decide(tasks)
+        tasks = loaded.tasks or TaskList.start(command.user_id)
+        try:
+            if command.task_id is not None and command.if_version is not None:
+                # Checked on the state the save will build on: if another writer gets
+                # in first, the save conflicts and the check runs again.
+                tasks.require_version(command.task_id, command.if_version)
+            task = command.decide(tasks)
+        except TaskLedgerError:
+            if loaded.unchecked:
+                return self._attempt(command, record, attempt, check=True)
+            raise
+        if loaded.unchecked and not tasks.pending_events:
+            return self._attempt(command, record, attempt, check=True)
         next_task = None if task is None else tasks.next_of(task.id)
         if command.request is not None:
             record = _recorded(record, command.user_id, command.request, task, next_task)

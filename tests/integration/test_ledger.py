@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from eventsourcing.persistence import IntegrityError
@@ -23,6 +24,7 @@ from write_side import (
     commands,
 )
 from write_side.commands import Command
+from write_side.store.aggregate_cache import SharedStreams
 
 
 def test_commands_report_the_task_and_increasing_positions(ledger: TaskLedger) -> None:
@@ -103,6 +105,97 @@ def test_a_conflicting_save_is_retried_against_fresh_state(fresh_settings: Setti
     stream = here.task_list("shared")
     assert stream is not None
     assert sorted(task.title for task in stream.tasks()) == ["first", "mine", "rival"]
+    here.close()
+    elsewhere.close()
+
+
+def _reads_of_events(ledger: TaskLedger) -> list[int]:
+    """From now on, each read of the ledger's events from the store adds to the list."""
+    reads: list[int] = []
+    read = ledger.events.get
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return read(*args, **kwargs)
+
+    ledger.events.get = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_a_command_on_a_list_this_process_saved_does_not_ask_the_store(
+    ledger: TaskLedger,
+) -> None:
+    """The list the last save left in the cache is the stream's state unless another
+    process wrote since: the next command takes it as it is (no round trip), and a
+    save built on it is checked by the store (a conflict, were it stale)."""
+    ledger.add_task("alice", "a", None)
+    reads = _reads_of_events(ledger)
+    change = ledger.add_task("alice", "b", None)
+    assert reads == []
+    assert change.task is not None and change.conflicts_retried == 0
+    stream = ledger.task_list("alice")
+    assert stream is not None
+    assert [task.title for task in stream.tasks()] == ["a", "b"]
+
+
+def test_a_refusal_on_a_list_another_process_moved_is_decided_again_on_the_store(
+    fresh_settings: Settings,
+) -> None:
+    """No save checks a command that saves nothing: a task another process added, or
+    a version it made, is looked for in the store before the command is refused."""
+    here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
+    mine = here.add_task("shared", "mine", None).task
+    theirs = elsewhere.add_task("shared", "theirs", None).task
+    assert mine is not None and theirs is not None
+    toggled = here.toggle_task("shared", theirs.id)
+    assert toggled.task is not None and toggled.task.completed
+    edited = elsewhere.update_task("shared", mine.id, title="edited").task
+    assert edited is not None
+    renamed = here.update_task("shared", mine.id, title="again", if_version={edited.version})
+    assert renamed.task is not None and renamed.task.title == "again"
+    with pytest.raises(TaskNotFound):
+        here.toggle_task("shared", UUID(int=7))
+    here.close()
+    elsewhere.close()
+
+
+def test_a_no_op_on_a_list_another_process_moved_is_decided_again_on_the_store(
+    fresh_settings: Settings,
+) -> None:
+    """The task is "a" in this process's cache and "b" in the store: setting it to
+    "a" is a change, saved, not an unchanged answer from the cache."""
+    here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
+    task = here.add_task("shared", "a", None).task
+    assert task is not None
+    elsewhere.update_task("shared", task.id, title="b")
+    change = here.update_task("shared", task.id, title="a")
+    assert change.task is not None
+    assert (change.task.title, change.task.version) == ("a", 3)
+    here.close()
+    elsewhere.close()
+
+
+def test_a_stream_another_process_writes_is_asked_of_the_store_while_it_does(
+    fresh_settings: Settings,
+) -> None:
+    """A conflict says another process writes the stream: this process's commands
+    then fast-forward it again (no conflict each time), for a minute after the last
+    sign of the other writer, which each event of theirs a fast-forward finds renews."""
+    here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
+    now = [0.0]
+    here.repository.shared = SharedStreams(clock=lambda: now[0])
+    here.add_task("shared", "a", None)
+    elsewhere.add_task("shared", "b", None)
+    assert here.add_task("shared", "c", None).conflicts_retried == 1
+    for moment in (30.0, 80.0, 130.0):  # each within a minute of the sign before
+        now[0] = moment
+        elsewhere.add_task("shared", f"theirs at {moment}", None)
+        assert here.add_task("shared", f"mine at {moment}", None).conflicts_retried == 0
+    now[0] = 191.0  # a minute after the last sign: the cached list is taken again
+    elsewhere.add_task("shared", "theirs, later", None)
+    assert here.add_task("shared", "mine, later", None).conflicts_retried == 1
+    stream = here.task_list("shared")
+    assert stream is not None and len(stream.tasks()) == 11
     here.close()
     elsewhere.close()
 

@@ -4,6 +4,7 @@ repository (on the in-memory event store: no database)."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -31,7 +32,9 @@ from write_side.store.aggregate_cache import (
     AGGREGATE_OVERHEAD,
     MAX_EVENT_GROWTH,
     ByteBoundedCache,
+    SharedStreams,
     estimate_bytes,
+    growth,
 )
 
 _DUE = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -228,6 +231,54 @@ def test_growth_in_place_is_counted_until_measured_again() -> None:
     tasks.collect_events()
     cache.fast_forwarded(tasks.id, tasks)
     assert cache.bytes == estimate_bytes(tasks)  # the allowance passed an eighth
+
+
+def test_a_saved_copy_takes_the_cached_lists_place_counted_by_its_events() -> None:
+    """What a save of this process leaves is cached in place of the list it was
+    copied from, its growth counted by its events until measured again; a copy of an
+    older version than the cached list does not replace it."""
+    tasks = task_list("a", 200)
+    cache = ByteBoundedCache(max_bytes=2**30)
+    cache.put(tasks.id, tasks)
+    measured = estimate_bytes(tasks)
+    saved = copy.deepcopy(tasks)
+    saved.add("one more", None)
+    events = saved.collect_events()
+    cache.adopt(saved.id, saved, tasks.version, sum(map(growth, events)))
+    assert cache.get(tasks.id) is saved
+    assert cache.bytes == measured + sum(map(growth, events)) < measured + MAX_EVENT_GROWTH
+    late = copy.deepcopy(tasks)  # a copy of the version before: another thread's
+    late.add("late", None)
+    cache.adopt(late.id, late, tasks.version, sum(map(growth, late.collect_events())))
+    assert cache.get(tasks.id) is saved
+    for i in range(40):
+        saved = copy.deepcopy(saved)
+        saved.add(f"more {i}", None)
+        base = saved.version - 1
+        cache.adopt(saved.id, saved, base, sum(map(growth, saved.collect_events())))
+    assert cache.bytes == estimate_bytes(saved)  # the allowance passed an eighth
+
+
+def test_a_saved_list_not_cached_is_taken_whole() -> None:
+    tasks = task_list("a", 20)
+    cache = ByteBoundedCache(max_bytes=2**30)
+    cache.adopt(tasks.id, tasks, 0, 0)
+    assert cache.get(tasks.id) is tasks
+    assert cache.bytes == estimate_bytes(tasks)
+
+
+def test_a_stream_stays_shared_for_a_minute_after_the_last_sign() -> None:
+    now = [0.0]
+    shared = SharedStreams(clock=lambda: now[0])
+    stream, other = uuid4(), uuid4()
+    shared.mark(stream)
+    now[0] = SharedStreams.SECONDS - 1
+    assert stream in shared and other not in shared
+    shared.mark(stream)
+    now[0] = 2 * SharedStreams.SECONDS - 2
+    assert stream in shared
+    now[0] = 2 * SharedStreams.SECONDS
+    assert stream not in shared
 
 
 def test_growth_in_place_evicts_others() -> None:
