@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from functools import cached_property
@@ -32,6 +33,8 @@ from write_side.store.postgres_recorders import LedgerPostgresFactory, uses_libr
 from write_side.store.saving import StreamSaver, create_tables
 from write_side.store.snapshots import DecodedSnapshots, KeptSnapshots
 from write_side.store.transcodings import LedgerTranscoder, TaskAsDict
+
+log = logging.getLogger(__name__)
 
 # Events read at a time when a reader may stop before the stream's end.
 _CHUNK = 1000
@@ -348,9 +351,16 @@ class TaskLedger(Application[UUID]):
         events = list(tasks.pending_events)
         position = self._saver.save(tasks, record)
         if position is None:
-            self.repository.shared.mark(tasks.id)
-        else:
+            # (Another process wrote: the retry's fast-forward finds its events and
+            # tells the repository's OtherWriters.)
+            return None
+        try:
             self.repository.adopt(tasks, events)
+        except Exception:
+            # Committed: the cache's bookkeeping must not fail the command. The list
+            # goes, and the next command loads it.
+            log.exception("cache of %s not updated after its save", tasks.id)
+            self.repository.forget(tasks.id)
         return position
 
     def position(self, stream_id: UUID, version: int | None = None) -> int:

@@ -170,7 +170,8 @@ class CommandRunner:
                 # in first, the save conflicts and the check runs again.
                 tasks.require_version(command.task_id, command.if_version)
             task = command.decide(tasks)
-        except TaskLedgerError:
+        except Exception:
+            # (Any refusal, a rule's or not: the list may be behind the store's.)
             if loaded.unchecked:
                 return self._attempt(command, record, attempt, check=True)
             raise

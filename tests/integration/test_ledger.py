@@ -24,7 +24,7 @@ from write_side import (
     commands,
 )
 from write_side.commands import Command
-from write_side.store.aggregate_cache import SharedStreams
+from write_side.store.aggregate_cache import OtherWriters
 
 
 def test_commands_report_the_task_and_increasing_positions(ledger: TaskLedger) -> None:
@@ -129,13 +129,14 @@ def test_a_command_on_a_list_this_process_saved_does_not_ask_the_store(
     process wrote since: the next command takes it as it is (no round trip), and a
     save built on it is checked by the store (a conflict, were it stale)."""
     ledger.add_task("alice", "a", None)
+    ledger.add_task("alice", "b", None)  # loads the list from the store: cached
     reads = _reads_of_events(ledger)
-    change = ledger.add_task("alice", "b", None)
+    change = ledger.add_task("alice", "c", None)
     assert reads == []
     assert change.task is not None and change.conflicts_retried == 0
     stream = ledger.task_list("alice")
     assert stream is not None
-    assert [task.title for task in stream.tasks()] == ["a", "b"]
+    assert [task.title for task in stream.tasks()] == ["a", "b", "c"]
 
 
 def test_a_refusal_on_a_list_another_process_moved_is_decided_again_on_the_store(
@@ -145,6 +146,7 @@ def test_a_refusal_on_a_list_another_process_moved_is_decided_again_on_the_store
     a version it made, is looked for in the store before the command is refused."""
     here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
     mine = here.add_task("shared", "mine", None).task
+    here.add_task("shared", "mine too", None)  # loads the list: cached from now on
     theirs = elsewhere.add_task("shared", "theirs", None).task
     assert mine is not None and theirs is not None
     toggled = here.toggle_task("shared", theirs.id)
@@ -166,6 +168,7 @@ def test_a_no_op_on_a_list_another_process_moved_is_decided_again_on_the_store(
     "a" is a change, saved, not an unchanged answer from the cache."""
     here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
     task = here.add_task("shared", "a", None).task
+    here.add_task("shared", "another", None)  # loads the list: cached from now on
     assert task is not None
     elsewhere.update_task("shared", task.id, title="b")
     change = here.update_task("shared", task.id, title="a")
@@ -175,29 +178,54 @@ def test_a_no_op_on_a_list_another_process_moved_is_decided_again_on_the_store(
     elsewhere.close()
 
 
-def test_a_stream_another_process_writes_is_asked_of_the_store_while_it_does(
+def test_while_another_process_writes_commands_ask_the_store_again(
     fresh_settings: Settings,
 ) -> None:
-    """A conflict says another process writes the stream: this process's commands
-    then fast-forward it again (no conflict each time), for a minute after the last
-    sign of the other writer, which each event of theirs a fast-forward finds renews."""
+    """A conflict says another process writes the store: this process's commands then
+    fast-forward their lists again, every user's (no conflict each), for a minute after
+    the last sign of the other writer, which each event of theirs a fast-forward finds
+    renews; a minute after the last, cached lists are taken unasked again."""
     here, elsewhere = open_ledger(fresh_settings), open_ledger(fresh_settings)
     now = [0.0]
-    here.repository.shared = SharedStreams(clock=lambda: now[0])
-    here.add_task("shared", "a", None)
-    elsewhere.add_task("shared", "b", None)
-    assert here.add_task("shared", "c", None).conflicts_retried == 1
-    for moment in (30.0, 80.0, 130.0):  # each within a minute of the sign before
+    here.repository.other_writers = OtherWriters(clock=lambda: now[0])
+    users = [f"user{n}" for n in range(12)]
+    for user in users:
+        here.add_task(user, "mine", None)
+        here.add_task(user, "mine too", None)  # loads the list: cached from now on
+    for user in users:
+        elsewhere.add_task(user, "theirs", None)
+    retried = [here.add_task(user, "mine again", None).conflicts_retried for user in users]
+    assert retried == [1] + [0] * (len(users) - 1)
+    for moment in (50.0, 100.0, 150.0):  # each within a minute of the sign before
         now[0] = moment
-        elsewhere.add_task("shared", f"theirs at {moment}", None)
-        assert here.add_task("shared", f"mine at {moment}", None).conflicts_retried == 0
-    now[0] = 191.0  # a minute after the last sign: the cached list is taken again
-    elsewhere.add_task("shared", "theirs, later", None)
-    assert here.add_task("shared", "mine, later", None).conflicts_retried == 1
-    stream = here.task_list("shared")
-    assert stream is not None and len(stream.tasks()) == 11
+        for user in users:
+            elsewhere.add_task(user, f"theirs at {moment}", None)
+            assert here.add_task(user, f"mine at {moment}", None).conflicts_retried == 0
+    now[0] = 211.0  # a minute after the last sign: cached lists are taken unasked again
+    elsewhere.add_task(users[0], "theirs, later", None)
+    assert here.add_task(users[0], "mine, later", None).conflicts_retried == 1
+    for user in users:
+        stream = here.task_list(user)
+        assert stream is not None and len(stream.tasks()) == 10 + (user == users[0]) * 2
     here.close()
     elsewhere.close()
+
+
+def test_a_save_stands_whatever_the_cache_does_after_it(ledger: TaskLedger) -> None:
+    """The cache's bookkeeping after a commit cannot fail the command: the list is
+    dropped from the cache instead, and the next command loads it."""
+    ledger.add_task("alice", "a", None)
+    ledger.add_task("alice", "a too", None)  # cached from now on
+
+    def broken(saved: Any, events: list[Any]) -> None:
+        raise KeyError("bookkeeping")
+
+    ledger.repository.adopt = broken  # type: ignore[method-assign]
+    change = ledger.add_task("alice", "b", None)
+    assert change.task is not None and change.task.title == "b"
+    assert ledger.repository.cached_copy(TaskList.create_id("alice")) is None
+    stream = ledger.task_list("alice")
+    assert stream is not None and [task.title for task in stream.tasks()] == ["a", "a too", "b"]
 
 
 def test_long_streams_are_snapshotted(ledger: TaskLedger, fresh_settings: Settings) -> None:

@@ -13,7 +13,7 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -32,7 +32,7 @@ from write_side.store.aggregate_cache import (
     AGGREGATE_OVERHEAD,
     MAX_EVENT_GROWTH,
     ByteBoundedCache,
-    SharedStreams,
+    OtherWriters,
     estimate_bytes,
     growth,
 )
@@ -259,26 +259,39 @@ def test_a_saved_copy_takes_the_cached_lists_place_counted_by_its_events() -> No
     assert cache.bytes == estimate_bytes(saved)  # the allowance passed an eighth
 
 
-def test_a_saved_list_not_cached_is_taken_whole() -> None:
+def test_a_saved_list_not_cached_stays_out() -> None:
+    """Not cached: new, evicted, or too big to keep (measuring it on every command
+    would cost a list over the bound a measurement each time)."""
     tasks = task_list("a", 20)
     cache = ByteBoundedCache(max_bytes=2**30)
     cache.adopt(tasks.id, tasks, 0, 0)
-    assert cache.get(tasks.id) is tasks
-    assert cache.bytes == estimate_bytes(tasks)
+    assert cache.ids() == []
+    assert cache.bytes == 0
 
 
-def test_a_stream_stays_shared_for_a_minute_after_the_last_sign() -> None:
+def test_a_saved_list_that_outgrows_the_bound_leaves_the_cache() -> None:
+    tasks = task_list("a", 200)
+    cache = ByteBoundedCache(max_bytes=estimate_bytes(tasks) + 10)
+    cache.put(tasks.id, tasks)
+    saved = copy.deepcopy(tasks)
+    saved.add("one more", None)
+    cache.adopt(saved.id, saved, tasks.version, sum(map(growth, saved.collect_events())))
+    assert cache.ids() == []
+    assert cache.bytes == 0
+
+
+def test_another_writer_is_assumed_for_a_minute_after_the_last_sign() -> None:
     now = [0.0]
-    shared = SharedStreams(clock=lambda: now[0])
-    stream, other = uuid4(), uuid4()
-    shared.mark(stream)
-    now[0] = SharedStreams.SECONDS - 1
-    assert stream in shared and other not in shared
-    shared.mark(stream)
-    now[0] = 2 * SharedStreams.SECONDS - 2
-    assert stream in shared
-    now[0] = 2 * SharedStreams.SECONDS
-    assert stream not in shared
+    others = OtherWriters(clock=lambda: now[0])
+    assert not others.lately
+    others.seen()
+    now[0] = OtherWriters.SECONDS - 1
+    assert others.lately
+    others.seen()
+    now[0] = 2 * OtherWriters.SECONDS - 2
+    assert others.lately
+    now[0] = 2 * OtherWriters.SECONDS
+    assert not others.lately
 
 
 def test_growth_in_place_evicts_others() -> None:

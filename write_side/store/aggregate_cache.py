@@ -17,16 +17,18 @@ A command may also take a list from the cache without asking the store for newer
 events (``MeasuredRepository.cached_copy``): the list a save of this process left
 there (``adopt``) is current unless another process has written to the stream since.
 The library's fast-forward asks the store on every command, a round trip under the
-user's lock (create throughput 298 -> 396/s here without it, PostgreSQL). What keeps
-an unasked copy exact is the command runner's (write_side/commands.py): a save built
-on a stale copy conflicts, and a command that would save nothing is decided again on
-the store's state. A stream that conflicted is written by another process: its lists
-are fast-forwarded again for ``SharedStreams.SECONDS``.
+user's lock. What keeps an unasked copy exact is the command runner's
+(write_side/commands.py): a save built on a stale copy conflicts, and a command that
+would save nothing is decided again on the store's state. While another process writes
+to the store (``OtherWriters``: a fast-forward finding events this process did not
+save says so) every command fast-forwards, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
 import sys
 import threading
 import time
@@ -278,24 +280,22 @@ class ByteBoundedCache(Cache[UUID, Any]):
         """Hold ``saved``, an aggregate just saved by this process from a copy of the
         cached one at ``base_version``, in its place: the next command's copy then needs
         nothing from the store. ``grown``: the most its saved events can have added
-        (``growth``). A list not cached (new, or evicted) is taken whole and measured."""
+        (``growth``). A list not cached (new, evicted, too big to keep) stays out: the
+        next command loads it, as before (measuring it here would cost a list too big
+        for the bound a measurement on every command)."""
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None and entry.aggregate.version != base_version:
-                # Brought up to date meanwhile (a fast-forward): it holds these events.
+            if entry is None or entry.aggregate.version != base_version:
+                # Not cached, or brought up to date meanwhile (a fast-forward: it holds
+                # these events too).
                 return
-        if entry is None:
-            self.put(key, saved)
-            return
-        with self._lock:
-            if self._entries.get(key) is not entry:
-                return  # evicted or replaced meanwhile
             entry.aggregate = saved
             entry.grown += grown
             entry.counted_version = max(entry.counted_version, saved.version)
+            self._entries.move_to_end(key)
             if entry.grown <= entry.measured // 8:
+                # (May evict it, as any growth may: the next command loads it.)
                 self._recount(key, entry, entry.measured + entry.grown)
-                self._entries.move_to_end(key)
                 return
         self.fast_forwarded(key, saved, 0)  # measured again, as a fast-forward would
 
@@ -320,32 +320,29 @@ class ByteBoundedCache(Cache[UUID, Any]):
             self.evictions += 1
 
 
-class SharedStreams:
-    """The streams another process has written to lately: a conflict on saving one
-    says so, as do events of others found by a fast-forward of one. Their cached
-    aggregates are not handed out unasked for ``SECONDS`` after the last sign."""
+class OtherWriters:
+    """Whether another process has written to the event store lately: a fast-forward
+    that found events this process did not save says so (its own saves are in its
+    cache already), as the retry of a save that conflicted does. While it is so, and
+    for ``SECONDS`` after the last sign, no cached list is handed out unasked. A process
+    alone sees no sign; one of two taking turns on the store sees one on nearly every
+    fast-forward."""
 
-    # Long enough that a stream two processes take turns on costs a conflict a minute
-    # at most (each conflict fails a group commit's transaction); short enough that a
-    # user whose other writer has gone gets the fast path back soon.
+    # One process taking a cached list unasked after the other writer has been quiet
+    # this long costs a conflict (its group commit's transaction fails, the group is
+    # saved again one by one), and that conflict turns it back to fast-forwarding.
     SECONDS = 60.0
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._until: dict[UUID, float] = {}
-        self._lock = threading.Lock()
+        self._until = -math.inf
 
-    def mark(self, stream_id: UUID) -> None:
-        now = self._clock()
-        with self._lock:
-            if len(self._until) >= 1024:
-                # Bounded by the streams of one minute's conflicts: the lapsed go.
-                self._until = {key: end for key, end in self._until.items() if end > now}
-            self._until[stream_id] = now + self.SECONDS
+    def seen(self) -> None:
+        self._until = self._clock() + self.SECONDS
 
-    def __contains__(self, stream_id: object) -> bool:
-        end = self._until.get(stream_id)  # type: ignore[call-overload]
-        return end is not None and end > self._clock()
+    @property
+    def lately(self) -> bool:
+        return self._clock() < self._until
 
 
 class MeasuredRepository(Repository[UUID]):
@@ -357,7 +354,7 @@ class MeasuredRepository(Repository[UUID]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.shared = SharedStreams()
+        self.other_writers = OtherWriters()
 
     def get(self, aggregate_id: UUID, **options: Any) -> Any:
         if not isinstance(self.cache, ByteBoundedCache) or options.get("version") is not None:
@@ -365,21 +362,27 @@ class MeasuredRepository(Repository[UUID]):
         counted = _Counted(options.pop("projector_func", project_aggregate))
         aggregate = super().get(aggregate_id, projector_func=counted, **options)
         self.cache.fast_forwarded(aggregate_id, aggregate, counted.grown)
-        if counted.events and aggregate_id in self.shared:
-            # What a fast-forward finds past the list this process saved is another's.
-            self.shared.mark(aggregate_id)
+        if counted.events and isinstance(aggregate, TaskList):
+            # Past the list this process saved (adopted), events are another's.
+            self.other_writers.seen()
         return aggregate
 
     def cached_copy(self, aggregate_id: UUID) -> Any | None:
         """A copy of the cached aggregate, the store not asked for newer events; None
-        when it is not cached or its stream is shared (``SharedStreams``)."""
-        if not isinstance(self.cache, ByteBoundedCache) or aggregate_id in self.shared:
+        when it is not cached or another process writes lately (``OtherWriters``)."""
+        if not isinstance(self.cache, ByteBoundedCache) or self.other_writers.lately:
             return None
         try:
             cached = self.cache.get(aggregate_id)
         except KeyError:
             return None
         return copy.deepcopy(cached)
+
+    def forget(self, aggregate_id: UUID) -> None:
+        """Drop the cached aggregate, if any: the next ``get`` loads it from the store."""
+        if self.cache is not None:
+            with contextlib.suppress(KeyError):
+                self.cache.get(aggregate_id, evict=True)
 
     def adopt(self, saved: Any, events: list[Any]) -> None:
         """Cache ``saved``, just saved with ``events`` from a copy of the cached one."""
