@@ -349,7 +349,14 @@ class TaskLedger(Application[UUID]):
 
     def save_outcome(self, tasks: TaskList, record: RequestRecord | None) -> int | None:
         events = list(tasks.pending_events)
-        position = self._saver.save(tasks, record)
+        try:
+            position = self._saver.save(tasks, record)
+        except BaseException:
+            # Its outcome may be unknown (committed, the answer lost): the cached list
+            # may be behind by these events, and this process's next command would
+            # conflict with them and take them for another writer's. It goes instead.
+            self.repository.forget(tasks.id)
+            raise
         if position is None:
             # (Another process wrote: the retry's fast-forward finds its events and
             # tells the repository's OtherWriters.)

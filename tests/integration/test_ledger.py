@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, OperationalError
 
 from api.settings import Settings
 from tests.support import in_threads, make_settings, open_ledger
@@ -226,6 +226,30 @@ def test_a_save_stands_whatever_the_cache_does_after_it(ledger: TaskLedger) -> N
     assert ledger.repository.cached_copy(TaskList.create_id("alice")) is None
     stream = ledger.task_list("alice")
     assert stream is not None and [task.title for task in stream.tasks()] == ["a", "a too", "b"]
+
+
+def test_a_save_whose_outcome_is_unknown_leaves_the_cache(ledger: TaskLedger) -> None:
+    """Committed, but the process never heard so: its next command loads the list from
+    the store rather than conflicting with its own events (and taking them for another
+    writer's, which would turn the unasked path off for a minute)."""
+    ledger.add_task("alice", "a", None)
+    ledger.add_task("alice", "a too", None)  # cached from now on
+    save = ledger._saver.save
+
+    def committed_then_lost(tasks: TaskList, record: Any) -> int | None:
+        save(tasks, record)
+        raise OperationalError("the answer was lost")
+
+    ledger._saver.save = committed_then_lost  # type: ignore[method-assign]
+    with pytest.raises(OperationalError):
+        ledger.add_task("alice", "b", None)
+    ledger._saver.save = save  # type: ignore[method-assign]
+    change = ledger.add_task("alice", "c", None)
+    assert change.conflicts_retried == 0
+    assert not ledger.repository.other_writers.lately
+    stream = ledger.task_list("alice")
+    assert stream is not None
+    assert [task.title for task in stream.tasks()] == ["a", "a too", "b", "c"]
 
 
 def test_long_streams_are_snapshotted(ledger: TaskLedger, fresh_settings: Settings) -> None:
