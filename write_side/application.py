@@ -12,7 +12,6 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import InfrastructureFactory, JSONTranscoder, Transcoder
-from eventsourcing.utils import strtobool
 
 from write_side.commands import Change, Command, CommandRunner, Counted, Decide, Loaded
 from write_side.domain import NO_PLAN, UNSET, Plan, Task, TaskList, Unset
@@ -102,15 +101,21 @@ class TaskLedger(Application[UUID]):
     repository: MeasuredRepository
 
     def construct_repository(self) -> MeasuredRepository:
-        """The library's repository, with a cache bounded in bytes as well as count."""
+        """The library's repository, with a cache bounded in bytes as well as count.
+
+        Its cache's fast-forward, blocking, and copies for commands are always on,
+        whatever the library's AGGREGATE_CACHE_FASTFORWARD, …_SKIPPING and
+        DEEPCOPY_FROM_AGGREGATE_CACHE say: a conflict's retry, and the second look at a
+        refusal taken on a cached list, must read the store (write_side/commands.py),
+        and a command that fails must leave the cached list as it was. (Without the
+        fast-forward, the library expects saves of aggregates to refresh the cache;
+        the group commit saves events, and every command on a cached list conflicted.)"""
         repository = MeasuredRepository(
             event_store=self.events,
             snapshot_store=self.snapshots,
-            fastforward=strtobool(self.env.get(self.AGGREGATE_CACHE_FASTFORWARD, "y")),
-            fastforward_skipping=strtobool(
-                self.env.get(self.AGGREGATE_CACHE_FASTFORWARD_SKIPPING, "n")
-            ),
-            deepcopy_from_cache=strtobool(self.env.get(self.DEEPCOPY_FROM_AGGREGATE_CACHE, "y")),
+            fastforward=True,
+            fastforward_skipping=False,
+            deepcopy_from_cache=True,
         )
         max_count = int(self.env.get(self.AGGREGATE_CACHE_MAXSIZE) or 0)
         max_bytes = int(self.env.get(self.AGGREGATE_CACHE_BYTES, str(DEFAULT_MAX_BYTES)))

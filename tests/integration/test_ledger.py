@@ -161,6 +161,36 @@ def test_a_refusal_on_a_list_another_process_moved_is_decided_again_on_the_store
     elsewhere.close()
 
 
+def test_the_librarys_cache_settings_cannot_make_a_second_look_stale(
+    fresh_settings: Settings,
+) -> None:
+    """With the library's settings for a cache that is not fast-forwarded (or skips
+    it, or hands out the cached list itself), a refusal's second look would read the
+    stale cache again: the ledger keeps them on whatever the environment says."""
+    storage = fresh_settings.storage
+    env = {
+        **storage.event_store_env,
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        "AGGREGATE_CACHE_FASTFORWARD_SKIPPING": "y",
+        "DEEPCOPY_FROM_AGGREGATE_CACHE": "n",
+    }
+    here = TaskLedger(env=env, connect_options=storage.connect_options)
+    here.create_tables()
+    elsewhere = open_ledger(fresh_settings)
+    here.add_task("shared", "mine", None)
+    here.add_task("shared", "mine too", None)  # loads the list: cached from now on
+    theirs = elsewhere.add_task("shared", "theirs", None).task
+    assert theirs is not None
+    toggled = here.toggle_task("shared", theirs.id)
+    assert toggled.task is not None and toggled.task.completed
+    with pytest.raises(TaskNotFound):
+        here.toggle_task("shared", UUID(int=7))
+    stream = here.task_list("shared")
+    assert stream is not None and len(stream.tasks()) == 3
+    here.close()
+    elsewhere.close()
+
+
 def test_a_no_op_on_a_list_another_process_moved_is_decided_again_on_the_store(
     fresh_settings: Settings,
 ) -> None:
