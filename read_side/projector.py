@@ -391,7 +391,7 @@ class Projector:
 
     def _write(self, conn: Connection, changes: RowChanges) -> None:
         """Each kind of change in one statement, with as many rows as the batch has."""
-        sql = self._sql
+        sql, positions = self._sql, changes.last_positions
         if sql.bulk is not None:
             with _driver_cursor(conn) as cursor:
                 sql.bulk.write(cursor, changes)
@@ -405,7 +405,8 @@ class Projector:
                 ],
             )
         if changes.added:
-            self._add_tasks(conn, changes)
+            added = [_task_row(row) for row in changes.added.values()]
+            conn.execute(sql.add_task, added)
         if changes.changed:
             changed = []
             for task_id, row in changes.changed.items():
@@ -418,25 +419,8 @@ class Projector:
             conn.execute(sql.delete_tags, {"ids": list(untagged)})
         if tags := changes.tag_rows():
             conn.execute(sql.add_tags, tags)
-        self._move_owners(conn, changes)
-
-    def _add_tasks(self, conn: Connection, changes: RowChanges) -> None:
-        arrays = self._sql.arrays
-        if arrays is None:
-            conn.execute(self._sql.add_task, [_task_row(row) for row in changes.added.values()])
-            return
-        # (SQLAlchemy's executemany sends a statement, and builds a parameter dict, a
-        # row: with the owners' moves, 4-5% of the CPU of a create on PostgreSQL.)
-        with _driver_cursor(conn) as cursor:
-            arrays.copy_tasks(cursor, changes.added.values())
-
-    def _move_owners(self, conn: Connection, changes: RowChanges) -> None:
-        if self._sql.arrays is not None:
-            with _driver_cursor(conn) as cursor:
-                self._sql.arrays.move_owners(cursor, changes)
-            return
         moved = []
-        for list_id, position in changes.last_positions.items():
+        for list_id, position in positions.items():
             if list_id not in changes.owners:
                 tasks, completed = changes.counted.get(list_id, _UNCOUNTED)
                 moved.append(
@@ -448,7 +432,7 @@ class Projector:
                     }
                 )
         if moved:
-            conn.execute(self._sql.move_owner, moved)
+            conn.execute(sql.move_owner, moved)
 
     def _rows(self, conn: Connection, task_ids: set[UUID]) -> dict[UUID, Row]:
         if not task_ids:
@@ -513,10 +497,7 @@ class _Statements:
 
     def __init__(self, tables: ViewTables, is_postgres: bool, *, replaying: bool = False) -> None:
         task, owner, tag, at = tables.task, tables.owner, tables.tag, _position.c
-        # PostgreSQL's statements of many rows each (a replay's take and write, a live
-        # batch's inserts and owners' moves): one statement, not one a row.
-        self.arrays = _Bulk(tables) if is_postgres else None
-        self.bulk = self.arrays if replaying else None
+        self.bulk = _Bulk(tables) if replaying and is_postgres else None
         self.owner = select(owner.c.user_id).where(owner.c.list_id == bindparam("list_id"))
         self.task_rows = select(*(column for column in task.c if column.name != "doc")).where(
             task.c.id.in_(bindparam("ids", expanding=True))
@@ -645,6 +626,7 @@ class _Bulk:
     def write(self, cursor: Cursor[Any], changes: RowChanges) -> None:
         """The tables as ``Projector._write``'s statements leave them, given the rows
         that ``take`` took out."""
+        positions = changes.last_positions
         if changes.owners:
             types = self._column_types(cursor, "owner", self.owner_columns)
             with cursor.copy(self.copy_owner) as copy:
@@ -653,10 +635,16 @@ class _Bulk:
                     owner = _owner_row(changes, list_id, user_id)
                     copy.write_row([owner[name] for name in self.owner_columns])
         if changes.added or changes.changed:
+            columns = self.task_columns
+            types = self._column_types(cursor, "task", columns)
             # In user order: both listing indexes lead with the user, and less time goes
             # on them when one user's entries go in together.
             rows = sorted(chain(changes.added.values(), changes.changed.values()), key=_user)
-            self.copy_tasks(cursor, rows)
+            with cursor.copy(self.copy_task) as copy:
+                copy.set_types(types)
+                for row in rows:
+                    whole = _task_row(row)
+                    copy.write_row([whole[name] for name in columns])
         if changes.deleted:
             cursor.execute(self.delete_tasks, [list(changes.deleted)])
         if untagged := changes.untagged():
@@ -667,22 +655,6 @@ class _Bulk:
                 copy.set_types(types)
                 for tag in tags:
                     copy.write_row([tag[name] for name in self.tag_columns])
-        self.move_owners(cursor, changes)
-
-    def copy_tasks(self, cursor: Cursor[Any], rows: Iterable[Row]) -> None:
-        """Insert these task rows (documents made here), by one binary COPY."""
-        columns = self.task_columns
-        types = self._column_types(cursor, "task", columns)
-        with cursor.copy(self.copy_task) as copy:
-            copy.set_types(types)
-            for row in rows:
-                whole = _task_row(row)
-                copy.write_row([whole[name] for name in columns])
-
-    def move_owners(self, cursor: Cursor[Any], changes: RowChanges) -> None:
-        """Move the owner rows of the batch's streams (but those it adds) to their last
-        positions, their counts by the batch's, in one statement."""
-        positions = changes.last_positions
         moved = [list_id for list_id in positions if list_id not in changes.owners]
         if moved:
             counts = [changes.counted.get(list_id, _UNCOUNTED) for list_id in moved]
