@@ -290,14 +290,10 @@ class ByteBoundedCache(Cache[UUID, Any]):
                 # these events too).
                 return
             entry.aggregate = saved
-            entry.grown += grown
-            entry.counted_version = max(entry.counted_version, saved.version)
             self._entries.move_to_end(key)
-            if entry.grown <= entry.measured // 8:
-                # (May evict it, as any growth may: the next command loads it.)
-                self._recount(key, entry, entry.measured + entry.grown)
-                return
-        self.fast_forwarded(key, saved, 0)  # measured again, as a fast-forward would
+        # Its growth counted as a fast-forward's, measured again past an eighth (and
+        # evicted, as any growth may, past the bound: the next command loads it).
+        self.fast_forwarded(key, saved, grown)
 
     def _recount(self, key: UUID, entry: _Entry, counted: int) -> None:
         self._bytes += counted - entry.counted
