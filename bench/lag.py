@@ -23,20 +23,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import uvloop
 
 from bench import harness as h
+from bench.paced_client import Write, paced_writes
 from tests.support import bearer
 
 USERS = 32
-# Requests in flight at most: past a few hundred, httpx's own pool bookkeeping grows
-# with them (quadratically) and the client, not the server, falls behind its pace.
-# A write held back by it is sent late, and its lateness is reported.
-MAX_IN_FLIGHT = 256
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -48,53 +44,11 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-async def _paced_writes(
-    url: str, users: list[str], rate: float, seconds: float
-) -> list[dict[str, Any]]:
-    headers = {user: bearer(h.token(user)) for user in users}
-    results: list[dict[str, Any]] = []
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-
-        async def one(i: int, user: str, due: float) -> None:
-            try:
-                sent = time.monotonic()
-                result: dict[str, Any] = {"i": i, "due": due, "sent": sent, "late": sent - due}
-                result |= {"status": 0, "position": None, "pending": False}
-                try:
-                    response = await client.post(
-                        f"/api/{user}/tasks",
-                        json={"title": f"lag probe {i}"},
-                        headers=headers[user],
-                    )
-                    result["done"] = time.monotonic()
-                except httpx.HTTPError as error:
-                    result |= {"done": time.monotonic(), "error": repr(error)}
-                else:
-                    position = response.headers.get("x-ledger-position")
-                    result["status"] = response.status_code
-                    result["position"] = int(position) if position else None
-                    result["pending"] = response.headers.get("x-projection-pending") == "true"
-                results.append(result)
-            finally:
-                # (Taken by the pacing loop, before this write was started.)
-                in_flight.release()
-
-        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        # Warm the connection pool a little so the first probes do not pay for connects.
-        await asyncio.gather(*(client.get("/healthz") for _ in range(8)))
-        tasks = []
-        start = time.monotonic() + 0.05
-        total = int(rate * seconds)
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await in_flight.acquire()
-            tasks.append(asyncio.create_task(one(i, users[i % len(users)], due)))
-        await asyncio.gather(*tasks)
-    return results
+def _paced_writes(url: str, users: list[str], rate: float, seconds: float) -> list[Write]:
+    authorizations = {user: bearer(h.token(user))["Authorization"] for user in users}
+    # (uvloop, as the server runs: the client's share of the two cores is the smaller.)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(paced_writes(url, users, authorizations, rate, seconds))
 
 
 def _first_reaching(records: list[tuple[int, float]], position: int) -> float | None:
@@ -138,7 +92,7 @@ def measure_lag(
             with h.measured(server.pids, storage.dbname, quiet_wait=quiet_wait) as measured:
                 h.log(f"lag: {rate:.0f} writes/s for {seconds:.0f} s ({storage.backend})")
                 rss_before = h.rss_mb(server.pid)[0]
-                results = asyncio.run(_paced_writes(server.url, users, rate, seconds))
+                results = _paced_writes(server.url, users, rate, seconds)
             server_rss = h.rss_mb(server.pid)[0]
             projector_rss = h.rss_mb(server.projector.pid)[0] if server.projector else 0.0
         finally:
@@ -153,12 +107,12 @@ def measure_lag(
     }
 
 
-def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    ok = [r for r in results if 200 <= r["status"] < 300 and r["position"] is not None]
+def _analyse(backend: str, results: list[Write], out: Path) -> dict[str, Any]:
+    ok = [r for r in results if 200 <= r.status < 300 and r.position is not None]
     errors = len(results) - len(ok)
-    pending = sum(1 for r in ok if r["pending"])
+    pending = sum(1 for r in ok if r.pending)
     # The rate at which requests went out (open loop: it does not wait for answers).
-    sending = max(r["sent"] for r in results) - min(r["sent"] for r in results)
+    sending = max(r.sent for r in results) - min(r.sent for r in results)
     events: list[tuple[str, float]] = []
     projected: list[tuple[int, float]] = []
     for line in out.read_text().splitlines():
@@ -175,7 +129,7 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
         best = max(best, position)
         monotonic_projected.append((best, stamp))
 
-    positions = sorted(r["position"] for r in ok)
+    positions = sorted(r.position for r in ok if r.position is not None)
     committed: dict[int, float] = {}
     # Each write's commit: the first moment the log's end was seen at or past it.
     event_records = [(int(p), t) for p, t in events]
@@ -186,21 +140,23 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
     lags: list[float] = []
     latencies: list[float] = []
     # From the moment the write was due: what a client at that pace would have seen,
-    # the time held back by MAX_IN_FLIGHT included (no coordinated omission).
-    from_due = [r["done"] - r["due"] for r in ok]
+    # the time waiting for a free connection included (no coordinated omission).
+    from_due = [r.done - r.due for r in ok]
     notice: list[float] = []
     to_commit: list[float] = []
     unseen = 0
     for r in ok:
-        latencies.append(r["done"] - r["sent"])
-        reached = _first_reaching(monotonic_projected, r["position"])
-        commit = committed.get(r["position"])
+        latencies.append(r.done - r.sent)
+        if r.position is None:
+            continue
+        reached = _first_reaching(monotonic_projected, r.position)
+        commit = committed.get(r.position)
         if reached is None or commit is None:
             unseen += 1
             continue
         lags.append(max(reached - commit, 0.0))
-        notice.append(r["done"] - reached)
-        to_commit.append(commit - r["sent"])
+        notice.append(r.done - reached)
+        to_commit.append(commit - r.sent)
     return {
         "writes": len(results),
         "ok": len(ok),
@@ -208,7 +164,7 @@ def _analyse(backend: str, results: list[dict[str, Any]], out: Path) -> dict[str
         "projection_pending": pending,
         "achieved_rate": (len(results) - 1) / sending if sending else 0.0,
         # How late the client sent requests against its schedule (client overload).
-        "send_late_p99_ms": h.percentile([r["late"] for r in results], 99) * 1000,
+        "send_late_p99_ms": h.percentile([r.sent - r.due for r in results], 99) * 1000,
         "lag": _summary(lags),
         "write_latency": _summary(latencies),
         "write_latency_from_due": _summary(from_due),
