@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, event, insert, select, update
 
 from read_side.projector import Projector, read_position
 from read_side.queries import TaskFilter
@@ -93,6 +94,49 @@ def test_a_failing_batch_commits_neither_rows_nor_position(
     monkeypatch.setattr(projector, "_write", real_write)
     assert projector.catch_up() == 6
     assert len(rows(engine)) == 5
+
+
+def test_a_live_batch_on_postgresql_writes_in_one_round_trip(
+    ledger: TaskLedger, engine: Engine, tmp_path: Path
+) -> None:
+    # Rows of every kind, the streams' moves, the position and the check row: sent
+    # together and answered once, however many rows of each the batch has.
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips: its statements run in-process")
+    projector = Projector(ledger, engine)
+    earlier = [(user, add(ledger, user, title)) for title in "ab" for user in ("alice", "bob")]
+    projector.catch_up()  # the owners' rows, the check row
+    for i in range(3):
+        for user in ("alice", "bob"):
+            add(ledger, user, f"t{i}")
+    for user, task in earlier[:3]:
+        ledger.toggle_task(user, task.id)
+    user, task = earlier[3]
+    ledger.delete_task(user, task.id)
+    trace = tmp_path / "libpq.trace"
+    traced: list[Any] = []
+
+    def trace_it(conn: Connection) -> None:
+        driver: Any = conn.connection.driver_connection
+        driver.pgconn.trace(out.fileno())
+        traced.append(driver)
+
+    with trace.open("w") as out:
+        # The libpq protocol trace of the batch's transaction on the read tables.
+        event.listen(engine, "begin", trace_it)
+        try:
+            assert projector.project_batch() == 10
+        finally:
+            event.remove(engine, "begin", trace_it)
+            for driver in traced:
+                driver.pgconn.untrace()
+    # Each exchange ends with the server's ReadyForQuery: BEGIN, the position locked,
+    # the changed rows read, the writes, COMMIT (eleven before: one per kind of write).
+    exchanges = trace.read_text().count("ReadyForQuery")
+    assert exchanges == 5
+    assert len(rows(engine)) == 9
+    assert sum(row["completed"] for row in rows(engine).values()) == 3
+    assert verify(ledger, engine).differences == []
 
 
 def test_two_projectors_at_once_apply_each_event_once(ledger: TaskLedger, engine: Engine) -> None:

@@ -136,9 +136,9 @@ def test_a_failing_replay_batch_commits_neither_rows_nor_position(
     position, before = projector.position(), contents(engine, replayed)
     real_write = projector._write
 
-    def write_then_crash(conn: Any, changes: Any) -> None:
+    def write_then_crash(*args: Any) -> None:
         # The rows this batch changes were taken out of the table to be written back.
-        real_write(conn, changes)
+        real_write(*args)
         raise RuntimeError("killed after writing the rows, before moving the position")
 
     monkeypatch.setattr(projector, "_write", write_then_crash)
