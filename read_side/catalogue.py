@@ -292,19 +292,24 @@ def projector(
     )
 
 
-def retired(build: Build) -> Callable[[Connection], str | None]:
+def retired(build: Build) -> Retired:
     """A projector's fence (``Projector(fence=...)``): why ``build`` may no longer be
     written, once a switch has retired or dropped it."""
-    at = read_model_build.c
-    query = select(at.state).where(at.id == build.id)
+    return Retired(build)
 
-    def fence(conn: Connection) -> str | None:
-        state = conn.execute(query).scalar_one_or_none()
+
+class Retired:
+    """The fence of a build's projector (read_side.projector.Fence): the build's state."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+        at = read_model_build.c
+        self.query = select(at.state).where(at.id == build.id)
+
+    def reason(self, state: str | None) -> str | None:
         if state in (BUILDING, LIVE):
             return None
-        return f"{build.label} is {state or 'gone'}: another build is live"
-
-    return fence
+        return f"{self.build.label} is {state or 'gone'}: another build is live"
 
 
 def builder_lock_name() -> str:

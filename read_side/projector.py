@@ -162,6 +162,18 @@ class BatchWatcher(Protocol):
     def moved(self) -> None: ...
 
 
+class Fence(Protocol):
+    """Why a projector's tables may no longer be written (``Projector(fence=...)``):
+    ``query`` reads one value (or no row) in each batch's transaction, once its
+    position row is locked, and ``reason`` says why that value fences it (None: it
+    does not)."""
+
+    @property
+    def query(self) -> Select[Any]: ...
+
+    def reason(self, found: Any) -> str | None: ...
+
+
 class ProjectionFenced(Exception):
     """The tables this projector writes may no longer be written: a switch retired
     their build, or their damaged file was set aside for a new one."""
@@ -190,7 +202,7 @@ class Projector:
         tables: ViewTables = LIVE_TABLES,
         anchored: bool | None = None,
         replaying: bool = False,
-        fence: Callable[[Connection], str | None] | None = None,
+        fence: Fence | None = None,
         watcher: BatchWatcher | None = None,
     ) -> None:
         self.ledger, self.engine, self.tables = ledger, engine, tables
@@ -207,6 +219,8 @@ class Projector:
         self.anchored = tables is LIVE_TABLES if anchored is None else anchored
         # Why the tables may no longer be written, asked in each batch's transaction.
         self.fence = fence
+        if fence is not None and self._sql.pipelined is not None:
+            self._fence_query = _for_psycopg(fence.query)
         # The check row as this process's last batch committed it (None: unknown).
         self._last_checked: _Checked | None = None
 
@@ -245,10 +259,10 @@ class Projector:
         """The batch's transaction: the events applied, and the position reached
         (``batch`` is told the streams of the events before they are written)."""
         with self.engine.begin() as conn:
-            position = self._lock_position(conn)
+            position, found = self._lock_position(conn, self.fence)
             # Asked with the position row locked: a switch that retires these tables
             # locks it too, so no batch lands on them after it (read_side.catalogue).
-            if self.fence is not None and (reason := self.fence(conn)):
+            if self.fence is not None and (reason := self.fence.reason(found)):
                 raise ProjectionFenced(reason)
             notifications = self._next(conn, position, stop)
             if not notifications:
@@ -345,17 +359,26 @@ class Projector:
 
     # ------------------------------------------------------------------------
 
-    def _lock_position(self, conn: Connection) -> int:
+    def _lock_position(self, conn: Connection, fence: Fence | None = None) -> tuple[int, Any]:
+        """The projection's position, its row locked until the transaction ends, and
+        what ``fence``'s query finds, asked after the lock is held."""
         which = {"projection": self.name}
-        if not self._is_postgres:
-            # SQLite: take the write lock now, so that a second projector waits here
-            # rather than failing at commit after doing the work.
-            conn.execute(self._sql.touch_position, which)
-        value = conn.execute(self._sql.lock_position, which).scalar_one_or_none()
+        found = None
+        if self._sql.pipelined is not None:
+            asked = None if fence is None else self._fence_query
+            value, found = self._sql.pipelined.lock(conn, self.name, asked)
+        else:
+            if not self._is_postgres:
+                # SQLite: take the write lock now, so that a second projector waits
+                # here rather than failing at commit after doing the work.
+                conn.execute(self._sql.touch_position, which)
+            value = conn.execute(self._sql.lock_position, which).scalar_one_or_none()
+            if fence is not None:
+                found = conn.execute(fence.query).scalar_one_or_none()
         if value is None:
             conn.execute(insert(_position).values(name=self.name, position=0))
-            return 0
-        return int(value)
+            return 0, found
+        return int(value), found
 
     def _changes(
         self,
@@ -590,23 +613,14 @@ class _Pipelined:
     as they are (none of their types converts a value in Python: checked here)."""
 
     def __init__(self, sql: _Statements, tables: ViewTables) -> None:
-        dialect = psycopg_dialect()  # type: ignore[no-untyped-call]
-
         def compiled(statement: ClauseElement, keys: Sequence[str] | None = None) -> str:
-            done = statement.compile(dialect=dialect, column_keys=keys)
-            if not isinstance(done, SQLCompiler):
-                raise TypeError(f"not a statement: {statement}")
-            for bind in done.binds.values():
-                if not bind.required:
-                    raise TypeError(f"{bind.key}: a value in the statement ({statement})")
-                # (A Boolean's only refuses what is not one: psycopg sends a bool as
-                # a boolean, anything else as what PostgreSQL refuses for the column.)
-                if bind.type.bind_processor(dialect) is not None and not isinstance(
-                    bind.type, Boolean
-                ):
-                    raise TypeError(f"{bind.key}: its type converts values ({bind.type})")
-            return str(done)
+            # (A statement of rows holds no values of its own: its rows are all it takes.)
+            text, values = _for_psycopg(statement, keys)
+            if values:
+                raise TypeError(f"{', '.join(values)}: values in the statement ({statement})")
+            return text
 
+        self.lock_position = _for_psycopg(sql.lock_position)
         task, owner, tag = tables.task, tables.owner, tables.tag
         self.add_owner = compiled(sql.add_owner, owner.c.keys())
         self.add_task = compiled(sql.add_task, task.c.keys())
@@ -620,6 +634,23 @@ class _Pipelined:
         ids: BindParameter[Any] = bindparam("ids")
         self.delete_tasks = compiled(delete(task).where(task.c.id == any_(ids)))
         self.delete_tags = compiled(delete(tag).where(tag.c.task_id == any_(ids)))
+
+    def lock(
+        self, conn: Connection, projection: str, fence: tuple[str, Row] | None
+    ) -> tuple[int | None, Any]:
+        """BEGIN, the projection's position row locked, and the ``fence``'s query
+        (compiled by ``_for_psycopg``) asked after it, in one round trip: the position
+        (None: no row yet) and what the fence's query found (None: no row)."""
+        driver: Any = conn.connection.driver_connection
+        text, values = self.lock_position
+        with driver.cursor() as locked, driver.cursor() as asked:
+            with driver.pipeline():
+                locked.execute(text, values | {"projection": projection})
+                if fence is not None:
+                    asked.execute(*fence)
+            row = locked.fetchone()
+            found = asked.fetchone() if fence is not None else None
+        return (None if row is None else row[0]), (None if found is None else found[0])
 
     def write(
         self,
@@ -658,6 +689,27 @@ class _Pipelined:
                     check.execute(self.record_last, checked)
             # (Read before the cursor closes, which forgets it.)
             return None if checked is None else int(check.rowcount)
+
+
+def _for_psycopg(statement: ClauseElement, keys: Sequence[str] | None = None) -> tuple[str, Row]:
+    """``statement`` as psycopg runs it, with the values it holds; those it is given
+    must pass as they are: none of its parameters' types may convert a value in
+    Python (checked here), as SQLAlchemy would have."""
+    dialect = psycopg_dialect()  # type: ignore[no-untyped-call]
+    done = statement.compile(dialect=dialect, column_keys=keys)
+    if not isinstance(done, SQLCompiler):
+        raise TypeError(f"not a statement: {statement}")
+    for bind in done.binds.values():
+        # (A Boolean's only refuses what is not one: psycopg sends a bool as a
+        # boolean, anything else as what PostgreSQL refuses for the column.)
+        if bind.type.bind_processor(dialect) is not None and not isinstance(bind.type, Boolean):
+            raise TypeError(f"{bind.key}: its type converts values ({bind.type})")
+    # (By the names the compiled statement gives them: an anonymous value's is made up.)
+    names = done.bind_names
+    values = {
+        names[bind]: bind.effective_value for bind in done.binds.values() if not bind.required
+    }
+    return str(done), values
 
 
 class _Bulk:

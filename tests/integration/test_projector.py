@@ -96,6 +96,19 @@ def test_a_failing_batch_commits_neither_rows_nor_position(
     assert len(rows(engine)) == 5
 
 
+class _Unfenced:
+    """A fence that never fences, and keeps what its query found."""
+
+    query = select(projection_position.c.name).where(projection_position.c.name == "tasks")
+
+    def __init__(self) -> None:
+        self.found: list[Any] = []
+
+    def reason(self, found: Any) -> str | None:
+        self.found.append(found)
+        return None
+
+
 def test_a_live_batch_on_postgresql_writes_in_one_round_trip(
     ledger: TaskLedger, engine: Engine, tmp_path: Path
 ) -> None:
@@ -103,7 +116,8 @@ def test_a_live_batch_on_postgresql_writes_in_one_round_trip(
     # together and answered once, however many rows of each the batch has.
     if engine.dialect.name != "postgresql":
         pytest.skip("SQLite has no round trips: its statements run in-process")
-    projector = Projector(ledger, engine)
+    fence = _Unfenced()
+    projector = Projector(ledger, engine, fence=fence)
     earlier = [(user, add(ledger, user, title)) for title in "ab" for user in ("alice", "bob")]
     projector.catch_up()  # the owners' rows, the check row
     for i in range(3):
@@ -130,10 +144,13 @@ def test_a_live_batch_on_postgresql_writes_in_one_round_trip(
             event.remove(engine, "begin", trace_it)
             for driver in traced:
                 driver.pgconn.untrace()
-    # Each exchange ends with the server's ReadyForQuery: BEGIN, the position locked,
-    # the changed rows read, the writes, COMMIT (eleven before: one per kind of write).
+    # Each exchange ends with the server's ReadyForQuery: BEGIN (psycopg waits for
+    # it), the position locked and the fence asked, the changed rows read, the
+    # writes, COMMIT (twelve before: the lock and the fence apart, and one exchange
+    # per kind of write).
     exchanges = trace.read_text().count("ReadyForQuery")
     assert exchanges == 5
+    assert fence.found == ["tasks", "tasks"]  # the batch before, and this one
     assert len(rows(engine)) == 9
     assert sum(row["completed"] for row in rows(engine).values()) == 3
     assert verify(ledger, engine).differences == []
