@@ -28,7 +28,12 @@ class ProjectorWorker:
     NOTIFY from the event store); ``poll_interval`` is only the safety net. SQLite has
     no NOTIFY: a projector in its own process would learn of another process's saves
     only by that poll, so there the worker also watches the log's end, every
-    ``watch_interval`` (a cheap read of the events file).
+    ``watch_interval`` (a cheap read of the events file), and every ``busy_interval``
+    for ``busy_seconds`` after a batch: while writes come, the watch's wait is most
+    of the projection's lag (half the interval on average), and an idle projector
+    still reads the file only a hundred times a second. (bench/lag.py at 500 writes/s,
+    against 10 ms throughout: lag p50 8 → 3.7 ms, p99 21 → 11 ms; the projector's CPU
+    0.40 → 0.61 ms a write, in smaller batches; 1 ms: 2.2 ms, 10 ms, 0.81 ms.)
     """
 
     def __init__(
@@ -39,6 +44,8 @@ class ProjectorWorker:
         poll_interval: float = 1.0,
         standby_interval: float = 1.0,
         watch_interval: float | None = None,
+        busy_interval: float = 0.003,
+        busy_seconds: float = 1.0,
         check_interval: float = 1.0,
         on_checked: Callable[[], None] | None = None,
         after_round: Callable[[], None] | None = None,
@@ -52,6 +59,9 @@ class ProjectorWorker:
         if watch_interval is None and projector.engine.dialect.name == "sqlite":
             watch_interval = 0.01
         self.watch_interval = watch_interval
+        self.busy_interval, self.busy_seconds = busy_interval, busy_seconds
+        # Until when the log is watched every busy_interval (monotonic seconds).
+        self._busy_until = -float("inf")
         self.check_interval = check_interval
         # Told when a rebuild starts or ends, so that this process's view follows at once.
         self.on_checked = on_checked
@@ -173,6 +183,7 @@ class ProjectorWorker:
             self.projector.catch_up(on_batch=self._batched)
 
     def _batched(self, events: int, seconds: float) -> None:
+        self._busy_until = time.monotonic() + self.busy_seconds
         self._applied.batch(events)
         if self.on_batch is not None:
             self.on_batch(self.projector.name, events, seconds)
@@ -226,7 +237,9 @@ class ProjectorWorker:
             return self._wake.wait(self.poll_interval)
         deadline = time.monotonic() + self.poll_interval
         while (remaining := deadline - time.monotonic()) > 0:
-            if self._wake.wait(min(self.watch_interval, remaining)):
+            busy = time.monotonic() < self._busy_until
+            interval = min(self.watch_interval, self.busy_interval) if busy else self.watch_interval
+            if self._wake.wait(min(interval, remaining)):
                 return True
             try:
                 if self._log_end() > seen:
