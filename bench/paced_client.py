@@ -20,10 +20,16 @@ from urllib.parse import urlsplit
 
 import orjson
 
-# Connections to the server, each carrying one write at a time. A write due while all are
-# busy waits for one and is sent late: its lateness is reported (and "write p99 from its
-# schedule" counts it), so a slow server shows as late writes, not as a slower pace.
+# Connections to the server, each carrying one write at a time: at most this many, and
+# a quarter of a second's writes (fewer at a low rate, so that none sits idle past the
+# server's keep-alive). A write due while all are busy waits for one and is sent late:
+# its lateness is reported (and "write p99 from its schedule" counts it), so a slow
+# server shows as late writes, not as a slower pace.
 CONNECTIONS = 128
+# An answer not received by then is an error of its own (the run goes on).
+TIMEOUT_SECONDS = 30.0
+# What a write may fail with: the connection, the answer's form, the deadline.
+_FAILURES = (OSError, ValueError, RuntimeError, asyncio.IncompleteReadError, TimeoutError)
 
 
 @dataclass
@@ -49,6 +55,19 @@ class _Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+        """``raw`` sent and its answer read; sent again once on a new connection when
+        a kept one turns out closed before any of the answer came (the server's
+        keep-alive ended it: the request never reached the application)."""
+        reused = self.writer is not None
+        try:
+            return await asyncio.wait_for(self._exchange(raw), TIMEOUT_SECONDS)
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            nothing = not isinstance(error, asyncio.IncompleteReadError) or not error.partial
+            if not (reused and nothing):
+                raise
+        return await asyncio.wait_for(self._exchange(raw), TIMEOUT_SECONDS)
+
+    async def _exchange(self, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         if self.reader is None or self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.reader, self.writer
@@ -113,7 +132,7 @@ async def paced_writes(
             write.sent = time.monotonic()
             try:
                 write.status, headers, _ = await connection.request(raw)
-            except (OSError, RuntimeError, asyncio.IncompleteReadError) as error:
+            except _FAILURES as error:
                 write.done, write.error = time.monotonic(), repr(error)
                 continue
             write.done = time.monotonic()
@@ -122,7 +141,7 @@ async def paced_writes(
             write.pending = headers.get("x-projection-pending") == "true"
         connection.close()
 
-    pool = [_Connection(host, port) for _ in range(connections)]
+    pool = [_Connection(host, port) for _ in range(max(1, min(connections, round(rate / 4))))]
     # Every connection opened before the first write is due, so none pays for a connect.
     await asyncio.gather(*(c.request(_get(netloc, "/healthz")) for c in pool))
     carriers = [asyncio.create_task(carry(c)) for c in pool]

@@ -700,6 +700,9 @@ def _for_psycopg(statement: ClauseElement, keys: Sequence[str] | None = None) ->
     if not isinstance(done, SQLCompiler):
         raise TypeError(f"not a statement: {statement}")
     for bind in done.binds.values():
+        if bind.expanding:
+            # (Rendered at each execution by SQLAlchemy: compiled once, it is not SQL.)
+            raise TypeError(f"{bind.key}: an expanding IN; compare with ANY(array) instead")
         # (A Boolean's only refuses what is not one: psycopg sends a bool as a
         # boolean, anything else as what PostgreSQL refuses for the column.)
         if bind.type.bind_processor(dialect) is not None and not isinstance(bind.type, Boolean):

@@ -1,7 +1,7 @@
 -- POST tasks round-robin over many users. Args: TOKENS_FILE [QUOTA]
 -- TOKENS_FILE has "user token" lines. With QUOTA > 0 the thread sends exactly QUOTA
--- POSTs (then only GET /healthz fillers) and stops once QUOTA of them answered 201,
--- so no POST is left in flight: used to seed exact numbers of tasks.
+-- POSTs (then only GET /healthz fillers) and stops once all QUOTA are answered (201 or
+-- failed), so no POST is left in flight: used to seed exact numbers of tasks.
 -- Counters are globals so that done() can read them with thread:get().
 local threads = {}
 function setup(thread)
@@ -28,6 +28,8 @@ function init(args)
 end
 
 local filler = nil
+-- What GET /healthz answers: a filler's answer, not a POST's.
+FILLER_ANSWER = '{"status":"ok"}'
 
 function request()
   if quota > 0 and sent >= quota then
@@ -45,11 +47,13 @@ end
 function response(status, headers, body)
   if status == 201 then
     created = created + 1
-  elseif status ~= 200 then
+  elseif not (status == 200 and body == FILLER_ANSWER) then
+    -- (Anything but a filler's answer answers a POST: a 200 too, a replay.)
     failed = failed + 1
     if failed <= 3 then io.stderr:write("HTTP " .. status .. " " .. body .. "\n") end
   end
-  if quota > 0 and created >= quota and not stopped then
+  -- Every POST answered, each created or failed: the harness checks the count.
+  if quota > 0 and created + failed >= quota and not stopped then
     stopped = true
     wrk.thread:stop()
     -- wrk's main thread sleeps for the whole -d duration regardless: tell the

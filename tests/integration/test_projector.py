@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, Engine, delete, event, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from read_side.projector import Projector, read_position
 from read_side.queries import TaskFilter
 from read_side.runtime.listings import CachedListings
-from read_side.tables import LIVE_TABLES, projection_position, task_view
+from read_side.tables import LIVE_TABLES, projection_position, task_list_owner, task_view
 from read_side.verify import verify
 from tests.support import in_threads
 from write_side import Task, TaskLedger
@@ -153,6 +155,35 @@ def test_a_live_batch_on_postgresql_writes_in_one_round_trip(
     assert fence.found == ["tasks", "tasks"]  # the batch before, and this one
     assert len(rows(engine)) == 9
     assert sum(row["completed"] for row in rows(engine).values()) == 3
+    assert verify(ledger, engine).differences == []
+
+
+def test_a_batch_the_database_refuses_half_way_leaves_nothing_and_applies_later(
+    ledger: TaskLedger, engine: Engine
+) -> None:
+    # A row the batch inserts is already there: the database refuses it in the middle
+    # of the batch's statements (on PostgreSQL, of its pipeline, its statements
+    # prepared by then), after a new user's row. Nothing of the batch stays; once the
+    # clash is gone, the batch applies whole.
+    projector = Projector(ledger, engine)
+    for i in range(6):
+        add(ledger, "alice", f"t{i}")
+        projector.catch_up()
+    before = projector.position()
+    clash = add(ledger, "alice", "clash")
+    add(ledger, "bob", "bob's first")
+    with engine.begin() as conn:
+        taken = dict(conn.execute(select(task_view).limit(1)).mappings().one())
+        conn.execute(insert(task_view).values(taken | {"id": clash.id}))
+    with pytest.raises((IntegrityError, psycopg.errors.UniqueViolation)):
+        projector.project_batch()
+    assert projector.position() == before
+    with engine.connect() as conn:
+        owners = conn.execute(select(task_list_owner.c.user_id)).scalars().all()
+    assert owners == ["alice"]
+    with engine.begin() as conn:
+        conn.execute(delete(task_view).where(task_view.c.id == clash.id))
+    assert projector.catch_up() == 3  # the clash, bob's stream and task
     assert verify(ledger, engine).differences == []
 
 
