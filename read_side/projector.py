@@ -259,7 +259,7 @@ class Projector:
         """The batch's transaction: the events applied, and the position reached
         (``batch`` is told the streams of the events before they are written)."""
         with self.engine.begin() as conn:
-            position, found = self._lock_position(conn, self.fence)
+            position, found = self._lock_position(conn, fenced=True)
             # Asked with the position row locked: a switch that retires these tables
             # locks it too, so no batch lands on them after it (read_side.catalogue).
             if self.fence is not None and (reason := self.fence.reason(found)):
@@ -359,15 +359,16 @@ class Projector:
 
     # ------------------------------------------------------------------------
 
-    def _lock_position(self, conn: Connection, fence: Fence | None = None) -> tuple[int, Any]:
+    def _lock_position(self, conn: Connection, *, fenced: bool = False) -> tuple[int, Any]:
         """The projection's position, its row locked until the transaction ends, and
-        what ``fence``'s query finds, asked after the lock is held."""
-        which = {"projection": self.name}
+        (``fenced``) what the fence's query finds, asked after the lock is held."""
+        fence = self.fence if fenced else None
         found = None
         if self._sql.pipelined is not None:
             asked = None if fence is None else self._fence_query
             value, found = self._sql.pipelined.lock(conn, self.name, asked)
         else:
+            which = {"projection": self.name}
             if not self._is_postgres:
                 # SQLite: take the write lock now, so that a second projector waits
                 # here rather than failing at commit after doing the work.
@@ -403,7 +404,6 @@ class Projector:
     def _write(self, conn: Connection, changes: RowChanges, last: Notification) -> None:
         """The batch's changes, then the position moved to ``last``'s (API processes
         told on commit) and, for anchored tables, the check row: ``last`` recorded."""
-        moves = _moves(changes)
         position = {"projection": self.name, "position": last.id, "channel": PROJECTION_CHANNEL}
         checked, updated = None, None
         if self.anchored:
@@ -416,9 +416,9 @@ class Projector:
                 "applied_at": datetime.now(UTC),
             }
         if self._sql.pipelined is not None:
-            updated = self._sql.pipelined.write(conn, changes, moves, position, checked)
+            updated = self._sql.pipelined.write(conn, changes, position, checked)
         else:
-            self._write_rows(conn, changes, moves)
+            self._write_rows(conn, changes)
             conn.execute(self._sql.move_position, position)
             if checked is not None:
                 updated = conn.execute(self._sql.record_last, checked).rowcount
@@ -431,38 +431,16 @@ class Projector:
                 )
             )
 
-    def _write_rows(self, conn: Connection, changes: RowChanges, moves: Sequence[Row]) -> None:
+    def _write_rows(self, conn: Connection, changes: RowChanges) -> None:
         """Each kind of change in one statement, with as many rows as the batch has."""
         sql = self._sql
         if sql.bulk is not None:
             with _driver_cursor(conn) as cursor:
                 sql.bulk.write(cursor, changes)
             return
-        if changes.owners:
-            conn.execute(
-                sql.add_owner,
-                [
-                    _owner_row(changes, list_id, user_id)
-                    for list_id, user_id in changes.owners.items()
-                ],
-            )
-        if changes.added:
-            added = [_task_row(row) for row in changes.added.values()]
-            conn.execute(sql.add_task, added)
-        if changes.changed:
-            changed = []
-            for task_id, row in changes.changed.items():
-                whole = _task_row(row)
-                changed.append({name: whole[name] for name in _CHANGED} | {"task_id": task_id})
-            conn.execute(sql.change_task, changed)
-        if changes.deleted:
-            conn.execute(sql.delete_tasks, {"ids": list(changes.deleted)})
-        if untagged := changes.untagged():
-            conn.execute(sql.delete_tags, {"ids": list(untagged)})
-        if tags := changes.tag_rows():
-            conn.execute(sql.add_tags, tags)
-        if moves:
-            conn.execute(sql.move_owner, moves)
+        for name, rows in _row_writes(changes):
+            # (One set as one statement: an expanding IN takes no list of sets.)
+            conn.execute(getattr(sql, name), rows[0] if len(rows) == 1 else rows)
 
     def _rows(self, conn: Connection, task_ids: set[UUID]) -> dict[UUID, Row]:
         if not task_ids:
@@ -509,6 +487,27 @@ def _moves(changes: RowChanges) -> list[Row]:
                 }
             )
     return moves
+
+
+def _row_writes(changes: RowChanges) -> list[tuple[str, list[Row]]]:
+    """The rows a batch writes, in the order they go, each kind as the name of its
+    statement (in ``_Statements`` and ``_Pipelined`` alike) with its parameter sets (a
+    deletion's: one, the ids); the kinds the batch has none of are left out."""
+    changed = []
+    for task_id, row in changes.changed.items():
+        whole = _task_row(row)
+        changed.append({name: whole[name] for name in _CHANGED} | {"task_id": task_id})
+    untagged = changes.untagged()
+    writes = [
+        ("add_owner", [_owner_row(changes, *owner) for owner in changes.owners.items()]),
+        ("add_task", [_task_row(row) for row in changes.added.values()]),
+        ("change_task", changed),
+        ("delete_tasks", [{"ids": list(changes.deleted)}] if changes.deleted else []),
+        ("delete_tags", [{"ids": list(untagged)}] if untagged else []),
+        ("add_tags", changes.tag_rows()),
+        ("move_owner", _moves(changes)),
+    ]
+    return [(name, rows) for name, rows in writes if rows]
 
 
 def _owner_row(changes: RowChanges, list_id: UUID, user_id: str) -> Row:
@@ -656,34 +655,19 @@ class _Pipelined:
         self,
         conn: Connection,
         changes: RowChanges,
-        moves: Sequence[Row],
         position: Row,
         checked: Row | None,
     ) -> int | None:
         """``Projector._write``'s statements with their parameters: the rows, the
-        streams' ``moves``, the ``position``'s and the check row's (``checked``, unless
-        None); returns the check rows updated (0: there is none yet)."""
+        ``position``'s and the check row's (``checked``, unless None); returns the
+        check rows updated (0: there is none yet)."""
         driver: Any = conn.connection.driver_connection
         with driver.cursor() as cursor, driver.cursor() as check:
             with driver.pipeline():
-                for list_id, user_id in changes.owners.items():
-                    cursor.execute(self.add_owner, _owner_row(changes, list_id, user_id))
-                for row in changes.added.values():
-                    cursor.execute(self.add_task, _task_row(row))
-                for task_id, row in changes.changed.items():
-                    whole = _task_row(row)
-                    cursor.execute(
-                        self.change_task,
-                        {name: whole[name] for name in _CHANGED} | {"task_id": task_id},
-                    )
-                if changes.deleted:
-                    cursor.execute(self.delete_tasks, {"ids": list(changes.deleted)})
-                if untagged := changes.untagged():
-                    cursor.execute(self.delete_tags, {"ids": list(untagged)})
-                for tag in changes.tag_rows():
-                    cursor.execute(self.add_tags, tag)
-                for move in moves:
-                    cursor.execute(self.move_owner, move)
+                for name, rows in _row_writes(changes):
+                    statement = getattr(self, name)
+                    for row in rows:
+                        cursor.execute(statement, row)
                 cursor.execute(self.move_position, position)
                 if checked is not None:
                     check.execute(self.record_last, checked)
